@@ -1,0 +1,56 @@
+"""Arvados object identifiers: ``<cluster>-<type code>-<15 random chars>``.
+
+The five-character type code in the middle is how Arvados (and the SDK, e.g. ``arv-ls``) tells a
+collection UUID from a project UUID, so ours must use the same codes.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+# Resource table name -> (Arvados kind, five-character type code).
+RESOURCE_KINDS: dict[str, tuple[str, str]] = {
+    "api_client_authorizations": ("arvados#apiClientAuthorization", "gj3su"),
+    "authorized_keys": ("arvados#authorizedKey", "fngyi"),
+    "collections": ("arvados#collection", "4zz18"),
+    "container_requests": ("arvados#containerRequest", "xvhdp"),
+    "containers": ("arvados#container", "dz642"),
+    "groups": ("arvados#group", "j7d0g"),
+    "keep_services": ("arvados#keepService", "bi6l4"),
+    "links": ("arvados#link", "o0j2j"),
+    "logs": ("arvados#log", "57u5n"),
+    "users": ("arvados#user", "tpzed"),
+    "virtual_machines": ("arvados#virtualMachine", "2x53u"),
+    "workflows": ("arvados#workflow", "7fd4e"),
+}
+
+TYPE_CODE_TO_TABLE = {code: table for table, (_kind, code) in RESOURCE_KINDS.items()}
+KIND_TO_TABLE = {kind: table for table, (kind, _code) in RESOURCE_KINDS.items()}
+
+UUID_RE = re.compile(r"^([a-z0-9]{5})-([a-z0-9]{5})-([a-z0-9]{15})$")
+PDH_RE = re.compile(r"^([0-9a-f]{32})\+(\d+)$")
+
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_uuid(cluster_id: str, table: str) -> str:
+    """A fresh random UUID for an object stored in ``table``."""
+    code = RESOURCE_KINDS[table][1]
+    tail = "".join(secrets.choice(_ALPHABET) for _ in range(15))
+    return f"{cluster_id}-{code}-{tail}"
+
+
+def table_of(uuid: str) -> str | None:
+    """The resource table a UUID belongs to, or None if it is not a UUID we know."""
+    m = UUID_RE.match(uuid or "")
+    return TYPE_CODE_TO_TABLE.get(m.group(2)) if m else None
+
+
+def kind_of_table(table: str) -> str:
+    return RESOURCE_KINDS[table][0]
+
+
+def is_pdh(value: str) -> bool:
+    """True for a portable data hash (``<md5>+<size>``), which names a collection by content."""
+    return bool(PDH_RE.match(value or ""))
