@@ -1,0 +1,49 @@
+"""Shared fixtures: one real local cluster per test session, talked to through the real SDK."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from toil_arvados.localcluster import control
+from toil_arvados.localcluster.config import ClusterConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterConfig]:
+    """A cluster in a temp dir on free loopback ports, stopped at the end of the session."""
+    state = tmp_path_factory.mktemp("cluster")
+    cfg = control.up(state, cores=2, ram=4 << 30)
+    try:
+        yield cfg
+    finally:
+        control.down(state)
+
+
+@pytest.fixture(scope="session")
+def cluster_env(cluster: ClusterConfig) -> Iterator[dict[str, str]]:
+    """The SDK's environment variables for the session's cluster, set in os.environ."""
+    env = control.client_env(cluster)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def api(cluster_env: dict[str, str]):
+    import arvados
+
+    return arvados.api("v1", host=cluster_env["ARVADOS_API_HOST"], token=cluster_env["ARVADOS_API_TOKEN"],
+                       insecure=True, num_retries=2)

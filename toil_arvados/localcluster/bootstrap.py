@@ -1,0 +1,40 @@
+"""First-start objects every Arvados cluster has: the system user, an admin, its token, Keep."""
+from __future__ import annotations
+
+from typing import Any
+
+from .store import Store
+
+
+def bootstrap(store: Store, config: Any) -> None:
+    """Create what is missing; idempotent, so every start can call it (ports may have moved)."""
+    sysuser = config.system_user_uuid
+    if store.get(sysuser) is None:
+        store.create("users", _user("root", "System", "user", admin=True, owner=sysuser), by=sysuser, uuid=sysuser)
+    admin = config.admin_user_uuid
+    if store.get(admin) is None:
+        store.create("users", _user("admin", "Local", "Admin", admin=True, owner=sysuser), by=sysuser, uuid=admin)
+    if store.get(config.root_token_uuid) is None:
+        store.create("api_client_authorizations", {
+            "owner_uuid": admin, "api_token": config.root_token_secret, "scopes": ["all"],
+            "expires_at": None, "created_by_ip_address": None, "last_used_at": None,
+            "last_used_by_ip_address": None, "refreshes_at": None,
+        }, by=sysuser, uuid=config.root_token_uuid)
+    keep = {
+        "service_host": config.host, "service_port": config.keep_port, "service_ssl_flag": False,
+        "service_type": "disk", "read_only": False, "owner_uuid": sysuser,
+    }
+    existing = next(iter(store.records("keep_services")), None)
+    if existing is None:
+        store.create("keep_services", keep, by=sysuser)
+    elif any(existing.get(k) != v for k, v in keep.items()):
+        store.update(existing["uuid"], keep, by=sysuser)
+
+
+def _user(username: str, first: str, last: str, *, admin: bool, owner: str) -> dict:
+    return {
+        "owner_uuid": owner, "email": f"{username}@localhost", "username": username,
+        "first_name": first, "last_name": last, "full_name": f"{first} {last}",
+        "identity_url": None, "is_active": True, "is_admin": admin, "is_invited": True,
+        "prefs": {"profile": {}}, "writable_by": [owner],
+    }

@@ -1,0 +1,125 @@
+"""The local cluster's settings, kept in ``<state dir>/cluster.json`` so a restart finds them.
+
+Secrets (the root token, the blob signing key) are made once, at the first ``cluster up``, and
+the file is readable by its owner only: clients get the token from ``toil-arvados cluster env``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path(os.environ.get("TOIL_ARVADOS_CLUSTER_DIR", "~/.local/share/toil-arvados/cluster")).expanduser()
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"4G"``, ``"512M"``, ``"1073741824"`` -> bytes (binary units, as Arvados' ram constraint)."""
+    if isinstance(text, int):
+        return text
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = s[-1] if s and s[-1] in _SIZE_UNITS else ""
+    number = s[: len(s) - len(unit)] if unit else s
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"invalid size {text!r}: use a number of bytes or a suffix K, M, G, T (e.g. 8G)") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _secret(n: int = 50) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _total_ram() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass
+class ClusterConfig:
+    """Everything the cluster processes and its clients need to agree on."""
+
+    state_dir: str
+    cluster_id: str = "local"
+    host: str = "127.0.0.1"
+    api_port: int = 0
+    keep_port: int = 0
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    ram: int = field(default_factory=_total_ram)
+    root_token_secret: str = field(default_factory=_secret)
+    root_token_uuid_tail: str = field(default_factory=lambda: _secret(15))
+    blob_signing_key: str = field(default_factory=lambda: _secret(64))
+    blob_signature_ttl: int = 14 * 24 * 3600
+    container_count_max: int = 3
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_path / "cluster.json"
+
+    @property
+    def root_token_uuid(self) -> str:
+        return f"{self.cluster_id}-gj3su-{self.root_token_uuid_tail}"
+
+    @property
+    def root_token(self) -> str:
+        return f"v2/{self.root_token_uuid}/{self.root_token_secret}"
+
+    @property
+    def system_user_uuid(self) -> str:
+        return f"{self.cluster_id}-tpzed-000000000000000"
+
+    @property
+    def admin_user_uuid(self) -> str:
+        return f"{self.cluster_id}-tpzed-{self.root_token_uuid_tail}"
+
+    @property
+    def api_host(self) -> str:
+        """The value of ``ARVADOS_API_HOST`` (host:port, no scheme), as the SDK expects."""
+        return f"{self.host}:{self.api_port}"
+
+    def save(self) -> None:
+        self.state_path.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+        os.replace(tmp, self.config_file)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "ClusterConfig":
+        data = json.loads((Path(state_dir) / "cluster.json").read_text())
+        data["state_dir"] = str(state_dir)
+        return cls(**data)
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path, **overrides: object) -> "ClusterConfig":
+        """The saved settings, updated with the options given now (cores, ram, port)."""
+        state_dir = Path(state_dir).resolve()
+        if (state_dir / "cluster.json").exists():
+            cfg = cls.load(state_dir)
+        else:
+            cfg = cls(state_dir=str(state_dir))
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        if not cfg.api_port:
+            cfg.api_port = free_port(cfg.host)
+        if not cfg.keep_port:
+            cfg.keep_port = free_port(cfg.host)
+        return cfg

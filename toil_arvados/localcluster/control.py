@@ -1,0 +1,168 @@
+"""Starting, stopping and finding the local cluster process (``toil-arvados cluster ...``).
+
+``up`` returns only once the API answers, by polling it (no fixed sleeps); ``down`` waits until the
+process has exited so a following ``up`` on the same state directory is safe.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .config import ClusterConfig, free_port
+
+
+class ClusterError(Exception):
+    """A problem starting or reaching the cluster, phrased for the user."""
+
+
+def _pid(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / "server.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def answers(cfg: ClusterConfig, timeout: float = 2.0) -> bool:
+    """True when the API server serves its health check."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"https://{cfg.api_host}/_health/ping", timeout=timeout, context=ctx) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def is_running(state_dir: Path) -> bool:
+    return _pid(Path(state_dir)) is not None
+
+
+def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, port: int | None = None,
+       timeout: float = 120.0) -> ClusterConfig:
+    """Start the cluster in the background (or find it running) and wait until it answers."""
+    state_dir = Path(state_dir).resolve()
+    if is_running(state_dir):
+        cfg = ClusterConfig.load(state_dir)
+        if answers(cfg):
+            return cfg
+    cfg = ClusterConfig.load_or_create(state_dir, cores=cores, ram=ram, api_port=port)
+    if port is None and _port_busy(cfg.host, cfg.api_port):
+        cfg.api_port = free_port(cfg.host)
+    elif port is not None and _port_busy(cfg.host, port):
+        raise ClusterError(f"port {port} on {cfg.host} is in use: choose another with --port, or omit it")
+    if _port_busy(cfg.host, cfg.keep_port):
+        cfg.keep_port = free_port(cfg.host)
+    cfg.save()
+    log = open(state_dir / "server.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toil_arvados.localcluster.server", "--state-dir", str(state_dir)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+    )
+    log.close()
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"the cluster exited at start (code {proc.returncode}); "
+                               f"see {state_dir / 'server.log'}: {_tail(state_dir / 'server.log')}")
+        if answers(cfg, timeout=1.0):
+            return cfg
+        time.sleep(delay)  # polling interval between readiness checks, not a readiness guess
+        delay = min(delay * 2, 0.25)
+    proc.terminate()
+    raise ClusterError(f"the cluster did not answer within {timeout:.0f}s; see {state_dir / 'server.log'}")
+
+
+def down(state_dir: Path, timeout: float = 60.0) -> bool:
+    """Stop the cluster; True if it was running. State stays on disk for the next ``up``."""
+    state_dir = Path(state_dir).resolve()
+    pid = _pid(state_dir)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            (state_dir / "server.pid").unlink(missing_ok=True)
+            return True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+    os.kill(pid, signal.SIGKILL)
+    (state_dir / "server.pid").unlink(missing_ok=True)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _status = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by a parent that is not us) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def env_lines(cfg: ClusterConfig) -> list[str]:
+    return [
+        f"export ARVADOS_API_HOST={cfg.api_host}",
+        f"export ARVADOS_API_TOKEN={cfg.root_token}",
+        "export ARVADOS_API_HOST_INSECURE=1",
+    ]
+
+
+def client_env(cfg: ClusterConfig) -> dict[str, str]:
+    return {"ARVADOS_API_HOST": cfg.api_host, "ARVADOS_API_TOKEN": cfg.root_token,
+            "ARVADOS_API_HOST_INSECURE": "1"}
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def running_cluster(state_dir: Path, **options: int) -> Iterator[ClusterConfig]:
+    """A cluster for the duration of a ``with`` block (tests, the demo, benchmarks)."""
+    cfg = up(state_dir, **options)
+    try:
+        yield cfg
+    finally:
+        down(state_dir)

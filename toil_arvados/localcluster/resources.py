@@ -1,0 +1,176 @@
+"""The plain resources: users, tokens, projects, links, logs, Keep services, workflows.
+
+Collections and the container life cycle have modules of their own; these need little beyond the
+generic CRUD in :mod:`api`, plus the few extra methods the SDK and its tools call.
+"""
+from __future__ import annotations
+
+import secrets
+import string
+
+from .api import ApiError, Request, Resource, not_found, unprocessable
+from .uuids import table_of
+
+
+def new_token_secret() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(50))
+
+
+class Users(Resource):
+    table = "users"
+
+    def routes(self):
+        return [("GET", "current", self.current), ("GET", "system", self.system)]
+
+    async def current(self, req: Request) -> dict:
+        return self._shape(req, req.user.user)
+
+    async def system(self, req: Request) -> dict:
+        return self._shape(req, self.store.get(self.store.system_user_uuid))
+
+    def visible(self, req: Request, record: dict) -> bool:
+        return True  # Arvados lists users to everyone who is logged in (names only matter here)
+
+    def prepare_create(self, req: Request, attrs: dict) -> dict:
+        if not req.user.is_admin:
+            raise ApiError(403, "Forbidden: only an admin can create users")
+        attrs["owner_uuid"] = self.store.system_user_uuid
+        first, last = attrs.get("first_name") or "", attrs.get("last_name") or ""
+        attrs["full_name"] = f"{first} {last}".strip()
+        return attrs
+
+    def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
+        if not req.user.is_admin and {"is_admin", "is_active", "owner_uuid"} & set(changes):
+            raise ApiError(403, "Forbidden: only an admin can change is_admin or is_active")
+        return changes
+
+
+class ApiClientAuthorizations(Resource):
+    table = "api_client_authorizations"
+
+    def routes(self):
+        return [("GET", "current", self.current)]
+
+    async def current(self, req: Request) -> dict:
+        return self.present(req, dict(req.user.token))
+
+    def visible(self, req: Request, record: dict) -> bool:
+        return req.user.is_admin or record.get("owner_uuid") == req.user.uuid
+
+    def present(self, req: Request, record: dict) -> dict:
+        # v2 form, as Arvados returns it to the token's owner.
+        record["api_token"] = f"v2/{record['uuid']}/{record['api_token']}"
+        return record
+
+    def prepare_create(self, req: Request, attrs: dict) -> dict:
+        owner = attrs.get("owner_uuid") or req.user.uuid
+        if owner != req.user.uuid and not req.user.is_admin:
+            raise ApiError(403, "Forbidden: cannot create a token for another user")
+        attrs["owner_uuid"] = owner
+        attrs["api_token"] = new_token_secret()
+        attrs.setdefault("scopes", ["all"])
+        return attrs
+
+
+class Groups(Resource):
+    table = "groups"
+    unique_names = True
+
+    def routes(self):
+        return [("GET", "contents", self.contents), ("GET", "shared", self.shared),
+                ("POST", "{uuid}/trash", self.trash), ("POST", "{uuid}/untrash", self.untrash)]
+
+    def prepare_create(self, req: Request, attrs: dict) -> dict:
+        if attrs.get("group_class") not in ("project", "role", "filter"):
+            raise unprocessable(
+                f"Invalid group_class {attrs.get('group_class')!r}: must be one of project, role, filter")
+        return attrs
+
+    async def contents(self, req: Request) -> dict:
+        """What a project (or a user's home project) holds, across kinds, as one list."""
+        owner = req.params.get("uuid") or req.user.uuid
+        if table_of(owner) not in ("users", "groups"):
+            raise not_found()
+        if self.store.get(owner) is None:
+            raise not_found()
+        rows: list[dict] = []
+        for table in ("collections", "container_requests", "groups", "workflows"):
+            res = self.api.resources[table]
+            rows += [r for r in self.store.records(table)
+                     if (req.flag("recursive") or r.get("owner_uuid") == owner) and res.visible(req, r)]
+        items, available = self.select_list(req, rows)
+        shaped = [self.api.resources[table_of(r["uuid"])]._shape(req, r) for r in items]
+        out = self.list_envelope(req, shaped, available)
+        out["kind"] = "arvados#objectList"
+        return out
+
+    async def shared(self, req: Request) -> dict:
+        rows = [r for r in self.store.records("groups")
+                if r.get("group_class") == "project" and r.get("owner_uuid") != req.user.uuid
+                and self.visible(req, r)]
+        items, available = self.select_list(req, rows)
+        return self.list_envelope(req, [self._shape(req, r) for r in items], available)
+
+    async def trash(self, req: Request) -> dict:
+        old = self.fetch(req, req.params["uuid"])
+        from .store import timestamp
+
+        now = timestamp()
+        rec = self.store.update(old["uuid"], {"is_trashed": True, "trash_at": now}, by=req.user.uuid)
+        return self._shape(req, rec)
+
+    async def untrash(self, req: Request) -> dict:
+        old = self.fetch(req, req.params["uuid"])
+        rec = self.store.update(old["uuid"], {"is_trashed": False, "trash_at": None, "delete_at": None},
+                                by=req.user.uuid)
+        return self._shape(req, rec)
+
+
+class Links(Resource):
+    table = "links"
+
+    def routes(self):
+        return []
+
+    def prepare_create(self, req: Request, attrs: dict) -> dict:
+        if not attrs.get("link_class"):
+            raise unprocessable("link_class can't be blank")
+        if attrs["link_class"] == "permission":
+            if attrs.get("name") not in ("can_read", "can_write", "can_manage", "can_login"):
+                raise unprocessable(f"Invalid permission name {attrs.get('name')!r}")
+            head = self.store.get(attrs.get("head_uuid") or "")
+            if head is None:
+                raise unprocessable(f"head_uuid {attrs.get('head_uuid')} does not exist")
+            if not (req.user.is_admin or self.authz.level(req.user, head) >= 3):
+                raise ApiError(403, f"Forbidden: need can_manage on {head['uuid']} to grant permission")
+        return attrs
+
+
+class Logs(Resource):
+    table = "logs"
+
+    def prepare_create(self, req: Request, attrs: dict) -> dict:
+        attrs.pop("id", None)  # the store numbers events
+        return attrs
+
+
+class KeepServices(Resource):
+    table = "keep_services"
+
+    def routes(self):
+        return [("GET", "accessible", self.accessible)]
+
+    async def accessible(self, req: Request) -> dict:
+        req.user  # must be logged in
+        items = [self._shape(req, r) for r in self.store.records("keep_services")]
+        out = self.list_envelope(req, items, len(items))
+        out["limit"] = len(items)
+        return out
+
+    def visible(self, req: Request, record: dict) -> bool:
+        return True
+
+
+class Workflows(Resource):
+    table = "workflows"

@@ -1,0 +1,326 @@
+"""Run containers in their own Linux mount + PID namespaces (no container engine).
+
+There is no Docker on this machine, but an Arvados container's command must see its mounts
+at the paths the container record names (``/var/spool/cwl``, ``/keep/<pdh>/...``, ``/tmp``,
+single-file mounts such as ``/var/spool/cwl/cwl.input.json``).  Each container therefore gets
+a private mount namespace whose root is a tmpfs of bind mounts (see :mod:`.nsinit`, which
+does the work inside the namespaces), and a PID namespace so that cancelling it kills every
+process it started.  The image is recorded, not enforced.
+
+Run spec (JSON-serializable dict; host paths are resolved by the dispatcher)::
+
+    container_uuid   str          used for naming (cgroups) and logs
+    command          list[str]    argv; argv[0] is looked up in the container's PATH
+    cwd              str          working directory inside the container ("" / "." = "/")
+    environment      dict         exactly the command's environment (PATH/HOME defaulted)
+    mounts           list[dict]   {"path": container path, "source": host path,
+                                   "writable": bool}; files or directories, any order
+    stdin            str | None   host file fed to stdin (None: /dev/null)
+    stdout           str | None   host file receiving stdout (a stdout mount), truncated
+    stdout_log       str          host file receiving stdout otherwise (appended)
+    stderr_log       str          host file receiving stderr (appended)
+    crunch_log       str          host file for the runtime's own timestamped lines (appended)
+    image            str          recorded in the crunch log only
+    vcpus, ram       int          enforced with cgroup v1 cpu/memory when available
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+from . import ContainerSetupError, RunSpec
+
+logger = logging.getLogger(__name__)
+
+NSINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsinit.py")
+#: Docker's (and crunch-run's) floor for a memory limit.
+MIN_RAM = 4 * 1024 * 1024
+_CGROUP_V1 = "/sys/fs/cgroup"
+
+
+def _crunch_log(path: Optional[str], msg: str) -> None:
+    """Append one timestamped line to the crunch log, in nsinit's format."""
+    if not path:
+        return
+    now = time.time_ns()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 1_000_000_000))
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp}.{now % 1_000_000_000:09d}Z {msg}\n")
+    except OSError as e:
+        logger.warning("cannot write crunch log %s: %s", path, e)
+
+
+def _own_cgroup(controller: str) -> Optional[tuple[str, str]]:
+    """(hierarchy directory, our cgroup path) for a cgroup v1 *controller*, if mounted."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if controller in ctrls.split(","):
+            hierarchy = os.path.join(_CGROUP_V1, ctrls)
+            if os.path.isdir(hierarchy):
+                return hierarchy, path
+    return None
+
+
+class _Limits:
+    """Per-container cgroups (v1) enforcing ``ram`` and ``vcpus``, best effort.
+
+    Why nested under *our own* cgroup: the container stays accounted to whatever limits the
+    dispatcher itself runs under, and we never touch cgroups we did not create.
+    """
+
+    def __init__(self, uuid: str, vcpus: Any, ram: Any) -> None:
+        self.dirs: list[str] = []
+        self.procs: list[str] = []
+        self.log: list[str] = []
+        self.memory_dir: Optional[str] = None
+        name = "toil-arvados-" + (uuid or f"pid{os.getpid()}-{time.monotonic_ns()}")
+        if ram:
+            ram = max(int(ram), MIN_RAM)
+            d = self._make("memory", name)
+            if d and self._write(d, "memory.limit_in_bytes", ram):
+                self.memory_dir = d
+                self.log.append(f"enforcing ram: memory limit {ram} bytes (cgroup {d})")
+            else:
+                self.log.append(f"ram {ram} bytes requested: not enforced (no usable memory "
+                                "cgroup)")
+        if vcpus:
+            d = self._make("cpu", name)
+            period = 100_000
+            if d:
+                try:
+                    with open(os.path.join(d, "cpu.cfs_period_us")) as f:
+                        period = int(f.read())
+                except (OSError, ValueError):
+                    pass
+            quota = int(float(vcpus) * period)
+            if d and self._write(d, "cpu.cfs_quota_us", quota):
+                self.log.append(f"enforcing vcpus: cpu quota {vcpus} CPU(s) "
+                                f"({quota}us per {period}us, cgroup {d})")
+            else:
+                self.log.append(f"vcpus {vcpus} requested: not enforced (no usable cpu cgroup)")
+
+    def _make(self, controller: str, name: str) -> Optional[str]:
+        own = _own_cgroup(controller)
+        if own is None:
+            return None
+        d = os.path.join(own[0], own[1].lstrip("/"), name)
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            logger.debug("cannot create cgroup %s: %s", d, e)
+            return None
+        self.dirs.append(d)
+        self.procs.append(os.path.join(d, "cgroup.procs"))
+        return d
+
+    @staticmethod
+    def _write(d: str, knob: str, value: int) -> bool:
+        try:
+            with open(os.path.join(d, knob), "w") as f:
+                f.write(str(value))
+            return True
+        except OSError as e:
+            logger.debug("cannot set %s/%s: %s", d, knob, e)
+            return False
+
+    def memory_limit_hit(self) -> bool:
+        """True when the memory cgroup ever refused an allocation (i.e. likely OOM)."""
+        if not self.memory_dir:
+            return False
+        try:
+            with open(os.path.join(self.memory_dir, "memory.failcnt")) as f:
+                return int(f.read()) > 0
+        except (OSError, ValueError):
+            return False
+
+    async def remove(self) -> None:
+        """Remove our cgroups; they are busy for a moment while killed processes exit."""
+        for d in self.dirs:
+            for _ in range(100):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        logger.warning("cannot remove cgroup %s: %s", d, e)
+                        break
+                    await asyncio.sleep(0.02)
+            else:
+                logger.warning("cgroup %s still busy; left behind", d)
+
+
+class NamespaceContainer:
+    """A container started by :class:`NamespaceRuntime` (implements ``RunningContainer``)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, spec: RunSpec, limits: _Limits,
+                 kill_grace: float) -> None:
+        self._proc = proc
+        self._spec = spec
+        self._limits = limits
+        self._kill_grace = kill_grace
+        self.pid: int = proc.pid
+        self.signal: Optional[int] = None
+        self.signal_name: Optional[str] = None
+        self.killed = False
+        #: True when the container's processes died from outside the command (nsinit or its
+        #: PID 1 killed): the exit code then says nothing about the command.
+        self.lost = False
+        self.exit_code: Optional[int] = None
+        self._kill_requested = False
+        self._task = asyncio.ensure_future(self._run())
+
+    async def wait(self) -> int:
+        """The command's exit code (128+signum for a signal death; see ``signal``)."""
+        return await asyncio.shield(self._task)
+
+    def kill(self) -> None:
+        """Kill everything in the container now.
+
+        SIGTERM makes nsinit's monitor SIGKILL PID 1 of the container's PID namespace (the
+        kernel then kills every process in it) and reap it, so ``wait()`` returns only when
+        nothing is left.  If the monitor does not exit within ``kill_grace`` seconds, its
+        whole process group gets SIGKILL.
+        """
+        if self._proc.returncode is not None:
+            return
+        self._kill_requested = True
+        try:
+            os.kill(self._proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        asyncio.get_running_loop().call_later(self._kill_grace, self._force_kill)
+
+    def _force_kill(self) -> None:
+        if self._proc.returncode is None:
+            logger.warning("container %s: nsinit ignored SIGTERM; SIGKILL to its group",
+                           self._spec.get("container_uuid"))
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def _run(self) -> int:
+        try:
+            out = await self._proc.stdout.read()  # type: ignore[union-attr]
+            rc = await self._proc.wait()
+        finally:
+            if self._limits.dirs:
+                oom = self._limits.memory_limit_hit()
+                await self._limits.remove()
+            else:
+                oom = False
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        result: dict[str, Any] = {}
+        if lines:
+            try:
+                result = json.loads(lines[-1])
+            except ValueError:
+                result = {}
+        uuid = self._spec.get("container_uuid")
+        if not result:
+            if self._kill_requested:
+                result = {"exit_code": 128 + signal.SIGKILL, "signal": signal.SIGKILL,
+                          "killed": True}
+            else:  # nsinit itself was killed from outside
+                sig = -rc if rc < 0 else None
+                result = {"lost": True, "exit_code": 128 + sig if sig else rc, "signal": sig,
+                          "message": f"container runtime (nsinit) exited with status {rc}"}
+                _crunch_log(self._spec.get("crunch_log"), f"container lost: {result['message']}")
+        if result.get("lost"):
+            self.lost = True
+            logger.warning("container %s lost: %s", uuid, result.get("message"))
+        elif "error" in result:
+            raise ContainerSetupError(result["error"])
+        self.exit_code = int(result["exit_code"])
+        self.signal = result.get("signal")
+        self.killed = bool(result.get("killed")) or self._kill_requested
+        if self.signal:
+            self.signal_name = signal.Signals(self.signal).name
+            if oom and self.signal == signal.SIGKILL and not self.killed:
+                _crunch_log(self._spec.get("crunch_log"),
+                            "container exceeded its memory limit (ram constraint) and was "
+                            "killed by the kernel")
+        logger.debug("container %s: exit code %s signal %s killed %s", uuid, self.exit_code,
+                     self.signal_name, self.killed)
+        return self.exit_code
+
+
+class NamespaceRuntime:
+    """Runs each container under ``nsinit`` in fresh mount + PID namespaces (needs root)."""
+
+    def __init__(self, python: str = sys.executable, ns_root_dir: Optional[str] = None,
+                 enforce_limits: bool = True, kill_grace: float = 2.0) -> None:
+        """
+        :param python: interpreter for nsinit (stdlib only, run with ``-I -S`` for speed).
+        :param ns_root_dir: empty host directory each container mounts its tmpfs root over,
+            inside its own mount namespace (default ``/run/toil-arvados-nsroot``).
+        :param enforce_limits: create per-container cgroups for ``ram``/``vcpus``.
+        :param kill_grace: seconds ``kill()`` waits before SIGKILLing nsinit itself.
+        """
+        self.python = python
+        self.ns_root_dir = ns_root_dir
+        self.enforce_limits = enforce_limits
+        self.kill_grace = kill_grace
+
+    async def start(self, spec: RunSpec) -> NamespaceContainer:
+        """Start the container; returns as soon as nsinit is running."""
+        command = spec.get("command")
+        if not isinstance(command, list) or not command:
+            raise ContainerSetupError("container command must be a non-empty list")
+        for m in spec.get("mounts") or []:
+            if not str(m.get("path", "")).startswith("/") or not m.get("source"):
+                raise ContainerSetupError(f"bad mount in run spec: {m!r}")
+        child_spec = dict(spec)
+        if self.ns_root_dir:
+            child_spec["ns_root_dir"] = self.ns_root_dir
+        if self.enforce_limits:
+            limits = _Limits(spec.get("container_uuid", ""), spec.get("vcpus"), spec.get("ram"))
+        else:
+            limits = _Limits("", None, None)
+            limits.log.append("resource limits (vcpus, ram) recorded, not enforced")
+        child_spec["cgroup_procs"] = limits.procs
+        child_spec["limits_log"] = limits.log
+
+        stderr_fd: Optional[int] = None
+        if spec.get("crunch_log"):
+            # nsinit's own Python errors, if any, land in the crunch log too.
+            stderr_fd = os.open(spec["crunch_log"],
+                                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "TOIL_ARVADOS_NSINIT_PARENT": str(os.getpid())}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-I", "-S", NSINIT, "-",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=stderr_fd, env=env, start_new_session=True, close_fds=True)
+        except BaseException:
+            await limits.remove()
+            raise
+        finally:
+            if stderr_fd is not None:
+                os.close(stderr_fd)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(child_spec).encode())
+        try:
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # nsinit died early; wait() reports it
+        proc.stdin.close()
+        logger.debug("container %s: nsinit pid %s", spec.get("container_uuid"), proc.pid)
+        return NamespaceContainer(proc, spec, limits, self.kill_grace)

@@ -1,0 +1,159 @@
+"""The cluster process: API server (HTTPS + websocket), Keep and the dispatcher in one event loop.
+
+Run as ``python -m toil_arvados.localcluster.server --state-dir DIR``; ``toil-arvados cluster up``
+starts it in the background and waits until it answers.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .api import ApiServer
+from .auth import Authorizer
+from .blockstore import BlockStore
+from .bootstrap import bootstrap
+from .collections import Collections
+from .config import ClusterConfig
+from .containers import ContainerRequests, Containers, Lifecycle
+from .discovery import discovery_document
+from .dispatcher import Dispatcher
+from .eventbus import EventBus
+from .keepstore import make_keep_app
+from .resources import ApiClientAuthorizations, Groups, KeepServices, Links, Logs, Users, Workflows
+from .runtime.namespace import NamespaceRuntime
+from .store import Store
+from .tls import ensure_certificate, server_context
+
+logger = logging.getLogger(__name__)
+
+
+def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
+    """The subset of Arvados' exported cluster config (``GET /arvados/v1/config``) clients read."""
+    api_url = f"https://{cfg.api_host}/"
+    return {
+        "ClusterID": cfg.cluster_id,
+        "API": {"MaxItemsPerResponse": 1000, "MaxRequestSize": 134217728,
+                "AsyncPermissionsUpdateInterval": "20s"},
+        "Collections": {"DefaultReplication": 1, "BlobSigningTTL": f"{cfg.blob_signature_ttl}s",
+                        "CollectionVersioning": False, "TrashSweepInterval": "60s",
+                        "DefaultTrashLifetime": "336h", "ForwardSlashNameSubstitution": "",
+                        "BlobSigning": True},
+        "Containers": {"DefaultKeepCacheRAM": 0, "MaxRetryAttempts": cfg.container_count_max,
+                       "RuntimeEngine": "namespace", "SupportedDockerImageFormats": {"v2": {}},
+                       "LocalKeepBlobBuffersPerVCPU": 0},
+        "StorageClasses": {"default": {"Default": True, "Priority": 0}},
+        "Services": {"Controller": {"ExternalURL": api_url},
+                     "Websocket": {"ExternalURL": f"wss://{cfg.api_host}/websocket"},
+                     "Keepstore": {"InternalURLs": {f"http://{cfg.host}:{cfg.keep_port}/": {}}},
+                     "Workbench1": {"ExternalURL": ""}, "Workbench2": {"ExternalURL": ""},
+                     "WebDAV": {"ExternalURL": ""}, "WebDAVDownload": {"ExternalURL": ""}},
+        "Users": {"AnonymousUserToken": ""},
+        "Workbench": {"SiteName": "toil-arvados local cluster"},
+        "Login": {},
+    }
+
+
+class Cluster:
+    """Everything one ``cluster up`` runs, wired together."""
+
+    def __init__(self, cfg: ClusterConfig) -> None:
+        self.cfg = cfg
+        state = cfg.state_path
+        state.mkdir(parents=True, exist_ok=True)
+        self.store = Store(state / "arvados.sqlite3", cfg.cluster_id, cfg.system_user_uuid)
+        bootstrap(self.store, cfg)
+        self.authz = Authorizer(self.store)
+        self.blockstore = BlockStore(state / "keep")
+        self.lifecycle = Lifecycle(self.store, cfg)
+        self.api = ApiServer(self.store, self.authz, self._discovery)
+        self.api.config = cfg
+        self.api.lifecycle = self.lifecycle
+        for resource in (Users, ApiClientAuthorizations, Groups, Links, Logs, KeepServices, Workflows,
+                         Collections, ContainerRequests, Containers):
+            self.api.add(resource(self.api))
+        self.api.route("GET", "config", self._config, auth=False)
+        self.api.route("GET", "vocabulary", self._vocabulary, auth=False)
+        self.api.route("POST", "sys/trash_sweep", self._trash_sweep)
+        self.eventbus = EventBus(self.store, self.authz.authenticate, self.authz.can_read)
+        env = {"ARVADOS_API_HOST": cfg.api_host, "ARVADOS_API_HOST_INSECURE": "1"}
+        self.dispatcher = Dispatcher(self.store, self.lifecycle, cfg, self.blockstore, NamespaceRuntime(),
+                                     api_env=env)
+        self._runners: list[web.AppRunner] = []
+        self._dispatch_task: asyncio.Task | None = None
+
+    def _discovery(self, http: web.Request) -> dict:
+        return discovery_document(
+            f"https://{self.cfg.api_host}/", f"wss://{self.cfg.api_host}/websocket",
+            uuid_prefix=self.cfg.cluster_id, blob_signature_ttl=self.cfg.blob_signature_ttl)
+
+    async def _config(self, req: Any) -> dict:
+        return exported_config(self.cfg)
+
+    async def _vocabulary(self, req: Any) -> dict:
+        return {"strict_tags": False, "tags": {}}
+
+    async def _trash_sweep(self, req: Any) -> dict:
+        return {}
+
+    async def start(self) -> None:
+        cert, key = ensure_certificate(self.cfg.state_path / "tls", self.cfg.host)
+        api_app = self.api.make_app()
+        self.eventbus.route(api_app, "/websocket")
+        api_runner = web.AppRunner(api_app, access_log=None)
+        await api_runner.setup()
+        await web.TCPSite(api_runner, self.cfg.host, self.cfg.api_port,
+                          ssl_context=server_context(cert, key)).start()
+        keep_app = make_keep_app(self.blockstore, authenticate=self.authz.user_for_token,
+                                 signing_key=self.cfg.blob_signing_key, ttl_seconds=self.cfg.blob_signature_ttl)
+        keep_runner = web.AppRunner(keep_app, access_log=None)
+        await keep_runner.setup()
+        await web.TCPSite(keep_runner, self.cfg.host, self.cfg.keep_port).start()
+        self._runners = [api_runner, keep_runner]
+        self._dispatch_task = asyncio.get_running_loop().create_task(self.dispatcher.run())
+        logger.info("cluster %s serving https://%s (Keep on port %d)", self.cfg.cluster_id, self.cfg.api_host,
+                    self.cfg.keep_port)
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        if self._dispatch_task:
+            self._dispatch_task.cancel()
+        for runner in self._runners:
+            await runner.cleanup()
+        self.store.close()
+
+
+async def serve(cfg: ClusterConfig) -> None:
+    cluster = Cluster(cfg)
+    await cluster.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    (cfg.state_path / "server.pid").write_text(str(os.getpid()))
+    await stop.wait()
+    logger.info("stopping cluster")
+    await cluster.stop()
+    (cfg.state_path / "server.pid").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the local Arvados-compatible cluster in the foreground.")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    cfg = ClusterConfig.load(args.state_dir.resolve())
+    asyncio.run(serve(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The cluster's object store: every Arvados object in memory, written through to SQLite.
+
+A single-machine cluster holds at most a few hundred thousand objects, so keeping them all in
+memory makes list queries (filters, order) simple Python over dicts while SQLite gives durability
+across ``cluster down`` / ``cluster up``. Every create/update/delete writes an Arvados ``logs``
+record in the same transaction: that record is what the websocket event bus pushes and what the
+SDK's polling fallback reads with ``logs.list``, so both paths see one history.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sqlite3
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .uuids import RESOURCE_KINDS, kind_of_table, new_uuid, table_of
+
+logger = logging.getLogger(__name__)
+
+LogListener = Callable[[dict], None]
+
+# Attributes never copied into a log record's old/new attributes: they are secrets.
+# Also manifest_text: Arvados leaves it out of logs, where it would only bloat every event.
+_SECRET_ATTRIBUTES = {"secret_mounts", "runtime_token", "api_token", "manifest_text", "unsigned_manifest_text"}
+
+
+def timestamp(t: float | None = None) -> str:
+    """Arvados' timestamp form: UTC, nanosecond digits, ``Z`` suffix (sorts as text)."""
+    t = time.time() if t is None else t
+    whole = datetime.fromtimestamp(int(t), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    nanos = int(round((t - int(t)) * 1e9))
+    if nanos >= 1_000_000_000:
+        return timestamp(int(t) + 1)
+    return f"{whole}.{nanos:09d}Z"
+
+
+def parse_timestamp(value: str) -> float:
+    """Seconds since the epoch for an Arvados timestamp (the inverse of :func:`timestamp`)."""
+    whole, _, frac = value.rstrip("Z").partition(".")
+    base = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return base + (float("0." + frac) if frac else 0.0)
+
+
+class Store:
+    """All objects by UUID, grouped by resource table, plus the ordered event log."""
+
+    def __init__(self, db_path: Path, cluster_id: str, system_user_uuid: str) -> None:
+        self.cluster_id = cluster_id
+        self.system_user_uuid = system_user_uuid
+        self._db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS objects (uuid TEXT PRIMARY KEY, tbl TEXT NOT NULL, data TEXT NOT NULL)"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.tables: dict[str, dict[str, dict]] = {t: {} for t in RESOURCE_KINDS}
+        self._listeners: list[LogListener] = []
+        self._log_list: list[dict] = []  # logs in id order, for replay
+        for uuid, tbl, data in self._db.execute("SELECT uuid, tbl, data FROM objects"):
+            self.tables.setdefault(tbl, {})[uuid] = json.loads(data)
+        self._log_list = sorted(self.tables["logs"].values(), key=lambda r: r["id"])
+        self._next_log_id = (self._log_list[-1]["id"] + 1) if self._log_list else 1
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, uuid: str) -> dict | None:
+        """The stored record (do not mutate it: use :meth:`update`)."""
+        table = table_of(uuid)
+        return self.tables.get(table, {}).get(uuid) if table else None
+
+    def records(self, table: str) -> Iterable[dict]:
+        return self.tables[table].values()
+
+    def logs_after(self, last_id: int) -> list[dict]:
+        """Log records with ``id > last_id`` in id order (websocket ``last_log_id`` replay)."""
+        lo, hi = 0, len(self._log_list)
+        while lo < hi:  # binary search: ids are increasing
+            mid = (lo + hi) // 2
+            if self._log_list[mid]["id"] <= last_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        return self._log_list[lo:]
+
+    @property
+    def last_log_id(self) -> int:
+        return self._next_log_id - 1
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add_listener(self, fn: LogListener) -> None:
+        """Call ``fn(log_record)`` after each change is committed (on the writer's thread)."""
+        self._listeners.append(fn)
+
+    def create(self, table: str, attrs: dict, *, by: str | None = None, uuid: str | None = None,
+               log: bool = True) -> dict:
+        """Store a new object, filling the common fields Arvados gives every resource."""
+        now = timestamp()
+        record = copy.deepcopy(attrs)
+        record["uuid"] = uuid or new_uuid(self.cluster_id, table)
+        record["kind"] = kind_of_table(table)
+        record.setdefault("owner_uuid", by or self.system_user_uuid)
+        record["created_at"] = record.get("created_at") or now
+        record["modified_at"] = now
+        record["modified_by_user_uuid"] = by or self.system_user_uuid
+        if table == "logs":  # a client-written log (e.g. live stderr) is an event of its own
+            record["id"] = self._next_log_id
+            self._next_log_id += 1
+            record.setdefault("event_at", now)
+            self._log_list.append(record)
+        record["etag"] = _etag(record)
+        self.tables[table][record["uuid"]] = record
+        with self._db:
+            self._write(table, record)
+            entry = self._log("create", None, record, by) if log and table != "logs" else None
+        self._notify(record if table == "logs" else entry)
+        return record
+
+    def update(self, uuid: str, changes: dict, *, by: str | None = None, log: bool = True,
+               touch: bool = True) -> dict:
+        """Apply ``changes`` to a stored object and record the change in the event log."""
+        table = table_of(uuid)
+        old = self.tables[table][uuid]
+        new = dict(old)
+        new.update(copy.deepcopy(changes))
+        if new == old:
+            return old
+        if touch:
+            new["modified_at"] = timestamp()
+            new["modified_by_user_uuid"] = by or self.system_user_uuid
+        new["etag"] = _etag(new)
+        self.tables[table][uuid] = new
+        with self._db:
+            self._write(table, new)
+            entry = self._log("update", old, new, by) if log else None
+        self._notify(entry)
+        return new
+
+    def delete(self, uuid: str, *, by: str | None = None) -> dict:
+        table = table_of(uuid)
+        old = self.tables[table].pop(uuid)
+        with self._db:
+            self._db.execute("DELETE FROM objects WHERE uuid=?", (uuid,))
+            entry = self._log("delete", old, None, by)
+        self._notify(entry)
+        return old
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _write(self, table: str, record: dict) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO objects (uuid, tbl, data) VALUES (?, ?, ?)",
+            (record["uuid"], table, json.dumps(record, separators=(",", ":"))),
+        )
+
+    def _log(self, event_type: str, old: dict | None, new: dict | None, by: str | None) -> dict:
+        subject = new or old
+        assert subject is not None
+        now = timestamp()
+        log_id = self._next_log_id
+        self._next_log_id += 1
+        entry = {
+            "id": log_id,
+            "uuid": new_uuid(self.cluster_id, "logs"),
+            "kind": "arvados#log",
+            "etag": "",
+            "owner_uuid": by or self.system_user_uuid,
+            "object_uuid": subject["uuid"],
+            "object_owner_uuid": subject.get("owner_uuid"),
+            "event_type": event_type,
+            "event_at": now,
+            "summary": f"{event_type} of {subject['uuid']}",
+            "properties": {
+                "old_attributes": _public(old),
+                "new_attributes": _public(new),
+            },
+            "created_at": now,
+            "modified_at": now,
+            "modified_by_user_uuid": by or self.system_user_uuid,
+        }
+        entry["etag"] = _etag(entry)
+        self.tables["logs"][entry["uuid"]] = entry
+        self._log_list.append(entry)
+        self._write("logs", entry)
+        return entry
+
+    def _notify(self, entry: dict | None) -> None:
+        if entry is None:
+            return
+        for fn in self._listeners:
+            try:
+                fn(entry)
+            except Exception:  # a broken subscriber must not break writes
+                logger.exception("event listener failed")
+
+
+def _public(record: dict | None) -> dict | None:
+    if record is None:
+        return None
+    return {k: v for k, v in record.items() if k not in _SECRET_ATTRIBUTES}
+
+
+def _etag(record: dict) -> str:
+    """Arvados etags are base-36 digests of the record; clients only compare them for equality."""
+    import hashlib
+
+    body = json.dumps({k: v for k, v in record.items() if k != "etag"}, sort_keys=True, default=str)
+    n = int(hashlib.md5(body.encode()).hexdigest(), 16)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = []
+    while n:
+        n, r = divmod(n, 36)
+        out.append(digits[r])
+    return "".join(reversed(out))[:25]
+
+
+def deep_copy(record: Any) -> Any:
+    return copy.deepcopy(record)
