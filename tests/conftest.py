@@ -10,6 +10,9 @@ import pytest
 from toil_arvados.localcluster import control
 from toil_arvados.localcluster.config import ClusterConfig
 
+# Toil's shipped unittest-style suites (batch system, job store) need Toil's own fixtures.
+pytest_plugins = ["toil.test.conftest"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
@@ -47,3 +50,21 @@ def api(cluster_env: dict[str, str]):
 
     return arvados.api("v1", host=cluster_env["ARVADOS_API_HOST"], token=cluster_env["ARVADOS_API_TOKEN"],
                        insecure=True, num_retries=2)
+
+
+@pytest.fixture(scope="session")
+def stand_in_image(cluster_env: dict[str, str]) -> str:
+    """An image name containers can use: a stand-in registered in Keep (no registry here)."""
+    from toil_arvados.localcluster.images import register_stand_in
+
+    name = "debian:stable-slim"
+    register_stand_in(cluster_env, name)
+    return name
+
+
+@pytest.fixture
+def project(api, request: pytest.FixtureRequest) -> str:
+    """A fresh project owned by the admin, named after the test, for the test's objects."""
+    group = api.groups().create(body={"group": {"name": request.node.name[:200], "group_class": "project"}},
+                                ensure_unique_name=True).execute()
+    return group["uuid"]

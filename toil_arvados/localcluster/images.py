@@ -34,7 +34,7 @@ def stand_in_tarball(image: str) -> tuple[str, bytes]:
         "comment": f"toil-arvados stand-in for {image}",
     }, sort_keys=True).encode()
     image_id = hashlib.sha256(config).hexdigest()
-    manifest = json.dumps([{"Config": f"{image_id}.json", "RepoTags": [_repo_tag(image)],
+    manifest = json.dumps([{"Config": f"{image_id}.json", "RepoTags": [repo_tag(image)],
                             "Layers": [f"{layer_id}/layer.tar"]}]).encode()
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
@@ -47,7 +47,7 @@ def stand_in_tarball(image: str) -> tuple[str, bytes]:
     return image_id, out.getvalue()
 
 
-def _repo_tag(image: str) -> str:
+def repo_tag(image: str) -> str:
     return image if ":" in image.rsplit("/", 1)[-1] else image + ":latest"
 
 
@@ -66,7 +66,7 @@ def register_stand_in(env: Mapping[str, str], image: str, project_uuid: str | No
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    repo_tag = _repo_tag(image)
+    repo_tag = repo_tag(image)
     existing = api.links().list(filters=[["link_class", "=", "docker_image_repo+tag"],
                                          ["name", "=", repo_tag]]).execute()["items"]
     for link in existing:

@@ -19,7 +19,7 @@ from aiohttp import web
 from .api import ApiServer
 from .auth import Authorizer
 from .blockstore import BlockStore
-from .bootstrap import bootstrap
+from .bootstrap import bootstrap, bootstrap_images
 from .collections import Collections
 from .config import ClusterConfig
 from .containers import ContainerRequests, Containers, Lifecycle
@@ -50,6 +50,10 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
                        "RuntimeEngine": "namespace", "SupportedDockerImageFormats": {"v2": {}},
                        "LocalKeepBlobBuffersPerVCPU": 0},
         "StorageClasses": {"default": {"Default": True, "Priority": 0}},
+        # One instance type: this machine, as much of it as the cluster was given.
+        "InstanceTypes": {"local": {"ProviderType": "local", "VCPUs": cfg.cores, "RAM": cfg.ram,
+                                    "Scratch": 0, "IncludedScratch": 0, "AddedScratch": 0, "Price": 0,
+                                    "Preemptible": False, "GPU": {}}},
         "Services": {"Controller": {"ExternalURL": api_url},
                      "Websocket": {"ExternalURL": f"wss://{cfg.api_host}/websocket"},
                      "Keepstore": {"InternalURLs": {f"http://{cfg.host}:{cfg.keep_port}/": {}}},
@@ -72,6 +76,7 @@ class Cluster:
         bootstrap(self.store, cfg)
         self.authz = Authorizer(self.store)
         self.blockstore = BlockStore(state / "keep")
+        bootstrap_images(self.store, self.blockstore)
         self.lifecycle = Lifecycle(self.store, cfg)
         self.api = ApiServer(self.store, self.authz, self._discovery)
         self.api.config = cfg

@@ -1,0 +1,473 @@
+"""``--batchSystem arvados``: every Toil job is an Arvados container request.
+
+Toil stays the workflow engine and Arvados the scheduler: this class only describes each job
+precisely (:mod:`container_request`), submits it, and reports back when Arvados says it ended.
+
+Completion comes from the Arvados event bus (websocket), so a finished job is noticed within a
+fraction of a second without polling each job. A reconciler thread backs it up with one batched
+``list`` call for all in-flight requests every ``--arvadosPollInterval`` seconds (and the SDK
+falls back to polling the logs table if the websocket is unavailable), so a missed event delays a
+job but never loses it. Jobs Toil marks ``local`` (CWL's small bookkeeping jobs) run on the
+leader, as with Toil's other cluster batch systems.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from argparse import ArgumentParser, _ArgumentGroup
+from dataclasses import dataclass
+from typing import Any
+
+from toil.batchSystems.abstractBatchSystem import (
+    EXIT_STATUS_UNAVAILABLE_VALUE,
+    BatchJobExitReason,
+    InsufficientSystemResources,
+    UpdatedBatchJobInfo,
+)
+from toil.batchSystems.cleanup_support import BatchSystemCleanupSupport
+from toil.batchSystems.options import OptionSetter
+from toil.common import Config
+from toil.job import JobDescription, Requirer
+
+from . import arvados_client
+from .arvados_client import ArvadosSetupError, describe, scrub
+from .container_request import (
+    PROPERTY_JOB_STORE_ID,
+    PROPERTY_WORKFLOW,
+    JobResources,
+    SubmitSettings,
+    container_request_body,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKER_IMAGE = "toil-arvados/worker:latest"
+_STDERR_TAIL = 40  # lines of a failed job's stderr copied into Toil's log
+_LIST_CHUNK = 500  # uuids per batched list call (keeps URLs/bodies modest)
+
+
+@dataclass
+class _Job:
+    batch_id: int
+    cr_uuid: str
+    container_uuid: str | None
+    issued_at: float
+    started_at: float | None = None
+    final: bool = False
+
+
+class ArvadosBatchSystem(BatchSystemCleanupSupport):
+    """Runs Toil jobs as Arvados container requests."""
+
+    @classmethod
+    def supportsAutoDeployment(cls) -> bool:
+        return False
+
+    def __init__(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
+        super().__init__(config, maxCores, maxMemory, maxDisk)
+        self.api = arvados_client.connect()
+        user = arvados_client.check_connection(self.api)
+        project = arvados_client.resolve_project(self.api, getattr(config, "arvados_project", None), user)
+        image = getattr(config, "arvados_worker_image", None) or DEFAULT_WORKER_IMAGE
+        arvados_client.check_image(self.api, image)
+        cluster = arvados_client.cluster_config(self.api)
+        self.largest_instance = _largest_instance(cluster)
+        python = getattr(config, "arvados_worker_python", None)
+        if not python:
+            # On the local cluster's namespace runtime a container sees this machine's filesystem,
+            # so the leader's own interpreter (with toil-arvados installed) is the worker's too.
+            engine = (cluster.get("Containers") or {}).get("RuntimeEngine")
+            python = sys.executable if engine == "namespace" else "python3"
+        self.settings = SubmitSettings(
+            project_uuid=project, image=image,
+            priority=int(getattr(config, "arvados_priority", None) or 500),
+            reuse=bool(getattr(config, "arvados_reuse", False)),
+            worker_python=python,
+            max_attempts=getattr(config, "arvados_max_attempts", None),
+        )
+        self.poll_interval = float(getattr(config, "arvados_poll_interval", None) or 10.0)
+        self._lock = threading.RLock()
+        self._jobs: dict[int, _Job] = {}
+        self._by_cr: dict[str, int] = {}
+        self._next_id = 1
+        self._updates: queue.Queue[UpdatedBatchJobInfo] = queue.Queue()
+        self._finishing: set[int] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reattach: dict[tuple[str, str], dict] = {}
+        if getattr(config, "restart", False):
+            self._load_reattachable()
+        self._events = self._subscribe()
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="arvados-reconciler", daemon=True)
+        self._reconciler.start()
+        logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
+
+    # -- options -------------------------------------------------------------------------------
+
+    @classmethod
+    def add_options(cls, parser: ArgumentParser | _ArgumentGroup) -> None:
+        parser.add_argument("--arvadosProject", dest="arvados_project", default=None,
+                            env_var="TOIL_ARVADOS_PROJECT",
+                            help="UUID of the Arvados project that owns the container requests "
+                                 "(default: your home project)")
+        parser.add_argument("--arvadosWorkerImage", dest="arvados_worker_image", default=None,
+                            env_var="TOIL_ARVADOS_WORKER_IMAGE",
+                            help="Docker image (in Keep) with toil-arvados installed, to run Toil workers "
+                                 f"(default: {DEFAULT_WORKER_IMAGE})")
+        parser.add_argument("--arvadosWorkerPython", dest="arvados_worker_python", default=None,
+                            env_var="TOIL_ARVADOS_WORKER_PYTHON",
+                            help="Python interpreter inside the worker image (default: python3; the leader's "
+                                 "own interpreter on the local cluster)")
+        parser.add_argument("--arvadosPriority", dest="arvados_priority", default=500, type=int,
+                            env_var="TOIL_ARVADOS_PRIORITY",
+                            help="Priority of submitted container requests, 1-1000 (default: %(default)s)")
+        parser.add_argument("--arvadosReuse", dest="arvados_reuse", default=False, action="store_true",
+                            help="Let Arvados reuse identical finished containers for Toil worker jobs "
+                                 "(off by default: a worker's effect is on the job store, not its output)")
+        parser.add_argument("--noArvadosReuse", dest="arvados_reuse", action="store_false",
+                            help="Never reuse containers (the default)")
+        parser.add_argument("--arvadosPollInterval", dest="arvados_poll_interval", default=10.0, type=float,
+                            env_var="TOIL_ARVADOS_POLL_INTERVAL",
+                            help="Seconds between batched state reconciliations backing up the event "
+                                 "bus (default: %(default)s)")
+        parser.add_argument("--arvadosMaxAttempts", dest="arvados_max_attempts", default=None, type=int,
+                            help="container_count_max for each request: how often Arvados itself retries a "
+                                 "container lost to infrastructure (default: the cluster's setting)")
+
+    @classmethod
+    def setOptions(cls, setOption: OptionSetter) -> None:
+        for name in ("arvados_project", "arvados_worker_image", "arvados_worker_python", "arvados_priority",
+                     "arvados_reuse", "arvados_poll_interval", "arvados_max_attempts"):
+            setOption(name)
+
+    # -- resources -----------------------------------------------------------------------------
+
+    def check_resource_request(self, requirer: Requirer) -> None:
+        super().check_resource_request(requirer)
+        if self.largest_instance is None:
+            return
+        cores, ram = self.largest_instance
+        for resource, requested, available in (("cores", requirer.cores, cores), ("memory", requirer.memory, ram)):
+            if requested is not None and available and requested > available:
+                raise InsufficientSystemResources(
+                    requirer, resource, available,
+                    details=[f"The Arvados cluster's largest instance type offers {available} {resource}."])
+
+    def _check_accelerator_request(self, requirer: Requirer) -> None:
+        for acc in requirer.accelerators:
+            if acc.get("kind") != "gpu":
+                raise InsufficientSystemResources(
+                    requirer, "accelerators", [],
+                    details=[f"Arvados offers GPUs only, not {acc.get('kind')!r} accelerators."])
+
+    # -- issuing -------------------------------------------------------------------------------
+
+    def issueBatchJob(self, command: str, job_desc: JobDescription,
+                      job_environment: dict[str, str] | None = None) -> int:
+        local_id = self.handleLocalJob(command, job_desc)
+        if local_id is not None:
+            return local_id
+        self.check_resource_request(job_desc)
+        with self._lock:
+            batch_id = self._next_id
+            self._next_id += 1
+        env = dict(self.environment)
+        env.update(job_environment or {})
+        existing = self._reattach.pop((str(job_desc.jobStoreID), command), None)
+        if existing is not None:
+            cr = existing
+            logger.info("Re-attached job %s to running container request %s", job_desc, cr["uuid"])
+        else:
+            body = container_request_body(
+                worker_command=command, display_name=job_desc.displayName, job_name=job_desc.jobName,
+                job_store_id=str(job_desc.jobStoreID), workflow_id=str(self.config.workflowID),
+                batch_job_id=batch_id,
+                resources=JobResources(cores=job_desc.cores, memory=job_desc.memory, disk=job_desc.disk,
+                                       accelerators=tuple(job_desc.accelerators),
+                                       preemptible=bool(job_desc.preemptible)),
+                settings=self.settings, environment=env)
+            try:
+                cr = self.api.container_requests().create(body={"container_request": body}).execute()
+            except Exception as e:
+                raise ArvadosSetupError(describe(e, f"cannot submit {job_desc} as a container request")) from None
+        job = _Job(batch_id, cr["uuid"], cr.get("container_uuid"), time.time())
+        with self._lock:
+            self._jobs[batch_id] = job
+            self._by_cr[cr["uuid"]] = batch_id
+        logger.debug("Issued %s as %s (batch id %d)", job_desc, cr["uuid"], batch_id)
+        if cr.get("state") == "Final":  # e.g. reused a finished container at once
+            self._mark_final(batch_id)
+        return batch_id
+
+    def _load_reattachable(self) -> None:
+        """After ``--restart``: the requests of this workflow still running, by (job, command)."""
+        filters = [[f"properties.{PROPERTY_WORKFLOW}", "=", str(self.config.workflowID)],
+                   ["state", "=", "Committed"]]
+        try:
+            for cr in _list_all(self.api.container_requests(), filters,
+                                ["uuid", "state", "container_uuid", "command", "properties"]):
+                command = (cr.get("command") or [None])[-1]
+                key = (str((cr.get("properties") or {}).get(PROPERTY_JOB_STORE_ID)), command)
+                self._reattach[key] = cr
+        except Exception as e:
+            logger.warning("%s", describe(e, "could not look for running requests to re-attach"))
+        if self._reattach:
+            logger.info("Found %d running container requests of this workflow to re-attach", len(self._reattach))
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _subscribe(self) -> Any:
+        import arvados.events
+
+        filters = [["object_uuid", "is_a", ["arvados#containerRequest", "arvados#container"]],
+                   ["event_type", "=", "update"]]
+        try:
+            return arvados.events.subscribe(self.api, filters, self._on_event, poll_fallback=self.poll_interval)
+        except Exception as e:
+            logger.warning("%s; relying on polling every %.0fs", describe(e, "no event bus"), self.poll_interval)
+            return None
+
+    def _on_event(self, event: dict) -> None:
+        uuid = event.get("object_uuid")
+        if not uuid:
+            return
+        state = ((event.get("properties") or {}).get("new_attributes") or {}).get("state")
+        with self._lock:
+            batch_id = self._by_cr.get(uuid)
+            if batch_id is not None and state == "Final":
+                self._mark_final(batch_id)
+                return
+            if state == "Running":
+                for job in self._jobs.values():
+                    if job.container_uuid == uuid and job.started_at is None:
+                        job.started_at = time.time()
+
+    def _mark_final(self, batch_id: int) -> None:
+        with self._lock:
+            job = self._jobs.get(batch_id)
+            if job is None or job.final:
+                return
+            job.final = True
+            self._finishing.add(batch_id)
+        self._wake.set()
+
+    def _reconcile_loop(self) -> None:
+        last_full = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(timeout=min(self.poll_interval, 1.0))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if time.monotonic() - last_full >= self.poll_interval:
+                    last_full = time.monotonic()
+                    self._reconcile_all()
+                self._report_finished()
+            except Exception as e:  # a passing API hiccup: the next round retries
+                logger.warning("%s", describe(e, "Arvados state reconciliation failed"))
+
+    def _reconcile_all(self) -> None:
+        """One batched look at every in-flight request: catches anything the event bus missed."""
+        with self._lock:
+            in_flight = {job.cr_uuid: job for job in self._jobs.values() if not job.final}
+        if not in_flight:
+            return
+        crs = _list_all(self.api.container_requests(), [["uuid", "in", list(in_flight)]],
+                        ["uuid", "state", "container_uuid"])
+        containers = {}
+        c_uuids = [cr["container_uuid"] for cr in crs if cr.get("container_uuid")]
+        if c_uuids:
+            containers = {c["uuid"]: c for c in _list_all(self.api.containers(), [["uuid", "in", c_uuids]],
+                                                          ["uuid", "state"])}
+        with self._lock:
+            for cr in crs:
+                job = in_flight[cr["uuid"]]
+                job.container_uuid = cr.get("container_uuid")
+                c = containers.get(job.container_uuid or "")
+                if c and c["state"] in ("Running", "Complete") and job.started_at is None:
+                    job.started_at = time.time()
+                if cr["state"] == "Final":
+                    self._mark_final(job.batch_id)
+
+    def _report_finished(self) -> None:
+        with self._lock:
+            batch_ids, self._finishing = list(self._finishing), set()
+            jobs = [self._jobs[b] for b in batch_ids if b in self._jobs]
+        if not jobs:
+            return
+        crs = {cr["uuid"]: cr for cr in _list_all(
+            self.api.container_requests(), [["uuid", "in", [j.cr_uuid for j in jobs]]],
+            ["uuid", "container_uuid", "log_uuid", "state"])}
+        c_uuids = [cr["container_uuid"] for cr in crs.values() if cr.get("container_uuid")]
+        containers = {c["uuid"]: c for c in _list_all(
+            self.api.containers(), [["uuid", "in", c_uuids]],
+            ["uuid", "state", "exit_code", "started_at", "finished_at", "runtime_status", "log"])} if c_uuids else {}
+        for job in jobs:
+            cr = crs.get(job.cr_uuid, {})
+            c = containers.get(cr.get("container_uuid") or "")
+            info = _update_info(job.batch_id, c, job.cr_uuid)
+            if info.exitStatus != 0:
+                self._log_failure(job, cr, c, info)
+            with self._lock:
+                if self._jobs.pop(job.batch_id, None) is None:
+                    continue  # killed meanwhile: Toil must not hear of it
+                self._by_cr.pop(job.cr_uuid, None)
+            self._updates.put(info)
+
+    def _log_failure(self, job: _Job, cr: dict, c: dict | None, info: UpdatedBatchJobInfo) -> None:
+        """Put the failed worker's stderr (from its log collection) into Toil's log."""
+        reason = BatchJobExitReason.to_string(info.exitReason or 0)
+        status = (c or {}).get("runtime_status") or {}
+        lines = [f"Arvados job {job.cr_uuid} (batch id {job.batch_id}) ended {reason} "
+                 f"with exit status {info.exitStatus}"]
+        if status.get("error"):
+            lines.append(f"  Arvados: {status['error']}{': ' + status['errorDetail'] if status.get('errorDetail') else ''}")
+        log_ref = (c or {}).get("log") or cr.get("log_uuid")
+        if log_ref:
+            try:
+                import arvados.collection
+
+                logs = arvados.collection.CollectionReader(log_ref, api_client=self.api)
+                for name in ("stderr.txt", "crunch-run.txt"):
+                    if name in logs:
+                        with logs.open(name) as f:
+                            tail = f.read().splitlines()[-_STDERR_TAIL:]
+                        if tail:
+                            lines.append(f"  ---- {name} ({cr.get('log_uuid') or log_ref}) ----")
+                            lines.extend("  " + line for line in tail)
+                        if name == "stderr.txt" and tail:
+                            break
+            except Exception as e:
+                lines.append(f"  (could not read the log collection: {scrub(str(e)).splitlines()[0]})")
+        logger.error("%s", scrub("\n".join(lines)))
+
+    # -- Toil's queries ------------------------------------------------------------------------
+
+    def getIssuedBatchJobIDs(self) -> list[int]:
+        with self._lock:
+            remote = list(self._jobs)
+        return remote + self.getIssuedLocalJobIDs()
+
+    def getRunningBatchJobIDs(self) -> dict[int, float]:
+        now = time.time()
+        with self._lock:
+            running = {j.batch_id: now - j.started_at for j in self._jobs.values()
+                       if j.started_at is not None and not j.final}
+        running.update(self.getRunningLocalJobIDs())
+        return running
+
+    def getUpdatedBatchJob(self, maxWait: int) -> UpdatedBatchJobInfo | None:
+        local = self.getUpdatedLocalJob(0)
+        if local is not None:
+            return local
+        deadline = time.monotonic() + maxWait
+        while True:
+            try:
+                return self._updates.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                local = self.getUpdatedLocalJob(0)
+                if local is not None:
+                    return local
+                if time.monotonic() >= deadline:
+                    return None
+
+    def getSchedulingStatusMessage(self) -> str | None:
+        with self._lock:
+            waiting = sum(1 for j in self._jobs.values() if j.started_at is None)
+        return f"{waiting} container requests are queued on Arvados" if waiting else None
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def killBatchJobs(self, jobIDs: list[int]) -> None:
+        self.killLocalJobs(jobIDs)
+        with self._lock:
+            doomed = [self._jobs.pop(b) for b in jobIDs if b in self._jobs]
+            for job in doomed:
+                self._by_cr.pop(job.cr_uuid, None)
+        for job in doomed:
+            self._cancel(job.cr_uuid)
+
+    def _cancel(self, cr_uuid: str) -> None:
+        """Priority 0 is Arvados' cancel: the container stops unless another request shares it."""
+        try:
+            self.api.container_requests().update(uuid=cr_uuid, body={"container_request": {"priority": 0}}).execute()
+        except Exception as e:
+            logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            remaining = list(self._jobs.values())
+            self._jobs.clear()
+            self._by_cr.clear()
+        for job in remaining:
+            if not job.final:
+                self._cancel(job.cr_uuid)
+        for cr in self._reattach.values():  # leftovers Toil did not ask for again
+            self._cancel(cr["uuid"])
+        if self._events is not None:
+            try:
+                self._events.close()
+            except Exception:
+                pass
+        self._reconciler.join(timeout=5)
+        self.shutdownLocal()
+
+
+def _largest_instance(cluster: dict) -> tuple[int, int] | None:
+    types = cluster.get("InstanceTypes") or {}
+    if not types:
+        return None
+    cores = max(int(t.get("VCPUs") or 0) for t in types.values())
+    ram = max(int(t.get("RAM") or 0) for t in types.values())
+    return cores, ram
+
+
+def _list_all(resource: Any, filters: list, select: list[str]) -> list[dict]:
+    """All matching records, asking for large uuid sets in chunks (one call per chunk)."""
+    uuid_filter = next((f for f in filters if f[0] == "uuid" and f[1] == "in"), None)
+    if uuid_filter is not None and len(uuid_filter[2]) > _LIST_CHUNK:
+        out: list[dict] = []
+        uuids = list(uuid_filter[2])
+        for i in range(0, len(uuids), _LIST_CHUNK):
+            chunk = [f if f is not uuid_filter else ["uuid", "in", uuids[i:i + _LIST_CHUNK]] for f in filters]
+            out += _list_all(resource, chunk, select)
+        return out
+    items: list[dict] = []
+    offset = 0
+    while True:
+        page = resource.list(filters=filters, select=select, limit=1000, offset=offset, count="none",
+                             order=["uuid"]).execute()
+        items += page["items"]
+        if len(page["items"]) < 1000:
+            return items
+        offset += len(page["items"])
+
+
+def _update_info(batch_id: int, c: dict | None, cr_uuid: str) -> UpdatedBatchJobInfo:
+    from .localcluster.store import parse_timestamp  # Arvados' timestamp format
+
+    if c is None:
+        return UpdatedBatchJobInfo(jobID=batch_id, exitStatus=EXIT_STATUS_UNAVAILABLE_VALUE,
+                                   exitReason=BatchJobExitReason.LOST, wallTime=None, backing_id=cr_uuid)
+    wall = None
+    if c.get("started_at") and c.get("finished_at"):
+        wall = max(1e-6, parse_timestamp(c["finished_at"]) - parse_timestamp(c["started_at"]))
+    if c["state"] == "Complete":
+        code = c.get("exit_code")
+        code = EXIT_STATUS_UNAVAILABLE_VALUE if code is None else int(code)
+        status = c.get("runtime_status") or {}
+        if code == 0:
+            reason = BatchJobExitReason.FINISHED
+        elif code == 137 and "memory" in str(status).lower():
+            reason = BatchJobExitReason.MEMLIMIT
+        else:
+            reason = BatchJobExitReason.FAILED
+        return UpdatedBatchJobInfo(jobID=batch_id, exitStatus=code, exitReason=reason, wallTime=wall,
+                                   backing_id=cr_uuid)
+    return UpdatedBatchJobInfo(jobID=batch_id, exitStatus=EXIT_STATUS_UNAVAILABLE_VALUE,
+                               exitReason=BatchJobExitReason.LOST, wallTime=wall, backing_id=cr_uuid)
