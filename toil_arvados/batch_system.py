@@ -33,6 +33,7 @@ from toil.common import Config
 from toil.job import JobDescription, Requirer
 
 from . import arvados_client
+from .timestamps import parse_timestamp
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKER_IMAGE = "toil-arvados/worker:latest"
 _STDERR_TAIL = 40  # lines of a failed job's stderr copied into Toil's log
 _LIST_CHUNK = 500  # uuids per batched list call (keeps URLs/bodies modest)
+_COALESCE_SECONDS = 0.05  # gather completions arriving together into one batched lookup
 
 
 @dataclass
@@ -68,6 +70,9 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def __init__(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
         super().__init__(config, maxCores, maxMemory, maxDisk)
+        # Toil's set_log_level() silences every non-Toil logger already created (ours included,
+        # as the plugin is imported first), which would hide failed jobs' stderr: inherit again.
+        logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
         self.api = arvados_client.connect()
         user = arvados_client.check_connection(self.api)
         project = arvados_client.resolve_project(self.api, getattr(config, "arvados_project", None), user)
@@ -265,7 +270,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 if time.monotonic() - last_full >= self.poll_interval:
                     last_full = time.monotonic()
                     self._reconcile_all()
-                self._report_finished()
+                if self._finishing:
+                    self._report_finished()
             except Exception as e:  # a passing API hiccup: the next round retries
                 logger.warning("%s", describe(e, "Arvados state reconciliation failed"))
 
@@ -293,21 +299,35 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                     self._mark_final(job.batch_id)
 
     def _report_finished(self) -> None:
+        # Let the other requests that end in the same instant arrive, so one batched call serves them.
+        self._stop.wait(_COALESCE_SECONDS)
         with self._lock:
             batch_ids, self._finishing = list(self._finishing), set()
             jobs = [self._jobs[b] for b in batch_ids if b in self._jobs]
         if not jobs:
             return
-        crs = {cr["uuid"]: cr for cr in _list_all(
-            self.api.container_requests(), [["uuid", "in", [j.cr_uuid for j in jobs]]],
-            ["uuid", "container_uuid", "log_uuid", "state"])}
-        c_uuids = [cr["container_uuid"] for cr in crs.values() if cr.get("container_uuid")]
-        containers = {c["uuid"]: c for c in _list_all(
-            self.api.containers(), [["uuid", "in", c_uuids]],
-            ["uuid", "state", "exit_code", "started_at", "finished_at", "runtime_status", "log"])} if c_uuids else {}
+        fields = ["uuid", "state", "exit_code", "started_at", "finished_at", "runtime_status", "log"]
+        known = [j.container_uuid for j in jobs if j.container_uuid]
+        containers = {c["uuid"]: c for c in _list_all(self.api.containers(), [["uuid", "in", known]], fields)} \
+            if known else {}
+        # A request whose container we don't know, or which Arvados retried with a new container,
+        # needs its current container_uuid: one more batched call for just those.
+        stale = [j for j in jobs if containers.get(j.container_uuid or "", {}).get("state") not in ("Complete", "Cancelled")]
+        crs: dict[str, dict] = {}
+        if stale:
+            crs = {cr["uuid"]: cr for cr in _list_all(self.api.container_requests(),
+                                                      [["uuid", "in", [j.cr_uuid for j in stale]]],
+                                                      ["uuid", "container_uuid", "log_uuid", "state"])}
+            extra = [cr["container_uuid"] for cr in crs.values()
+                     if cr.get("container_uuid") and cr["container_uuid"] not in containers]
+            if extra:
+                containers.update({c["uuid"]: c for c in _list_all(self.api.containers(),
+                                                                   [["uuid", "in", extra]], fields)})
+            for j in stale:
+                j.container_uuid = crs.get(j.cr_uuid, {}).get("container_uuid") or j.container_uuid
         for job in jobs:
-            cr = crs.get(job.cr_uuid, {})
-            c = containers.get(cr.get("container_uuid") or "")
+            cr = crs.get(job.cr_uuid, {"uuid": job.cr_uuid})
+            c = containers.get(job.container_uuid or "")
             info = _update_info(job.batch_id, c, job.cr_uuid)
             if info.exitStatus != 0:
                 self._log_failure(job, cr, c, info)
@@ -449,8 +469,6 @@ def _list_all(resource: Any, filters: list, select: list[str]) -> list[dict]:
 
 
 def _update_info(batch_id: int, c: dict | None, cr_uuid: str) -> UpdatedBatchJobInfo:
-    from .localcluster.store import parse_timestamp  # Arvados' timestamp format
-
     if c is None:
         return UpdatedBatchJobInfo(jobID=batch_id, exitStatus=EXIT_STATUS_UNAVAILABLE_VALUE,
                                    exitReason=BatchJobExitReason.LOST, wallTime=None, backing_id=cr_uuid)

@@ -20,9 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     words = shlex.split(command)
     if words and os.path.basename(words[0]) == "_toil_worker":
-        from toil_arvados.jobstore.registration import register_job_store
-
-        register_job_store()
+        try:
+            from toil_arvados.jobstore.registration import register_job_store
+        except ModuleNotFoundError:
+            # Without the job store package, Toil's own job stores (file:, aws:...) still work.
+            if " arvados:" in command:
+                raise
+        else:
+            register_job_store()
         from toil.worker import main as toil_worker_main
 
         result = toil_worker_main(words)

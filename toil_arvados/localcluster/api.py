@@ -334,7 +334,9 @@ class ApiServer:
         self.discovery = discovery
         self.resources: dict[str, Resource] = {}
         self.extra_routes: list[tuple[str, str, Handler, bool]] = []
-        self.call_count = 0  # API calls served, for benchmarks (bench/ counts calls per job)
+        # API calls served, by token and by endpoint: benchmarks count calls per job at the server.
+        self.calls_by_token: dict[str, int] = {}
+        self.calls_by_endpoint: dict[str, int] = {}
 
     def add(self, resource: Resource) -> None:
         self.resources[resource.table] = resource
@@ -347,6 +349,7 @@ class ApiServer:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_get("/discovery/v1/apis/arvados/v1/rest", self._discovery)
         app.router.add_get("/_health/ping", self._ping)
+        app.router.add_get("/_health/stats", self._wrap(self._stats, True, counted=False))
         for method, path, handler, auth in self.extra_routes:
             app.router.add_route(method, "/arvados/v1/" + path, self._wrap(handler, auth))
         for table, res in self.resources.items():
@@ -364,15 +367,24 @@ class ApiServer:
     async def _discovery(self, http: web.Request) -> web.Response:
         return web.json_response(self.discovery(http))
 
+    async def _stats(self, req: Request) -> dict:
+        """Call counters for benchmarks (admin only); not part of the Arvados API."""
+        if not req.user.is_admin:
+            raise ApiError(403, "Forbidden")
+        return {"calls_total": sum(self.calls_by_token.values()), "calls_by_token": dict(self.calls_by_token),
+                "calls_by_endpoint": dict(self.calls_by_endpoint)}
+
     async def _ping(self, http: web.Request) -> web.Response:
         return web.json_response({"health": "OK"})
 
     async def _unknown(self, http: web.Request) -> web.Response:
         return error_response(404, ["Path not found"])
 
-    def _wrap(self, handler: Handler, auth: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _wrap(self, handler: Handler, auth: bool,
+              counted: bool = True) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        endpoint = getattr(handler, "__qualname__", "handler")
+
         async def serve(http: web.Request) -> web.StreamResponse:
-            self.call_count += 1
             try:
                 params, json_body = await self._params(http)
                 token = _token_of(http, params)
@@ -380,6 +392,10 @@ class ApiServer:
                 if auth and caller is None:
                     # Arvados answers 401 both for a missing and for an unknown token.
                     raise ApiError(401, "Not logged in" if not token else "Not logged in (invalid API token)")
+                if counted:
+                    who = caller.token["uuid"] if caller else "anonymous"
+                    self.calls_by_token[who] = self.calls_by_token.get(who, 0) + 1
+                    self.calls_by_endpoint[endpoint] = self.calls_by_endpoint.get(endpoint, 0) + 1
                 result = await handler(Request(http, caller, params, json_body))
             except ApiError as e:
                 return error_response(e.status, [e.message])

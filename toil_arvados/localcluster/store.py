@@ -12,11 +12,10 @@ import copy
 import json
 import logging
 import sqlite3
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..timestamps import parse_timestamp, timestamp  # noqa: F401  (re-exported for the cluster)
 from .uuids import RESOURCE_KINDS, kind_of_table, new_uuid, table_of
 
 logger = logging.getLogger(__name__)
@@ -26,23 +25,6 @@ LogListener = Callable[[dict], None]
 # Attributes never copied into a log record's old/new attributes: they are secrets.
 # Also manifest_text: Arvados leaves it out of logs, where it would only bloat every event.
 _SECRET_ATTRIBUTES = {"secret_mounts", "runtime_token", "api_token", "manifest_text", "unsigned_manifest_text"}
-
-
-def timestamp(t: float | None = None) -> str:
-    """Arvados' timestamp form: UTC, nanosecond digits, ``Z`` suffix (sorts as text)."""
-    t = time.time() if t is None else t
-    whole = datetime.fromtimestamp(int(t), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    nanos = int(round((t - int(t)) * 1e9))
-    if nanos >= 1_000_000_000:
-        return timestamp(int(t) + 1)
-    return f"{whole}.{nanos:09d}Z"
-
-
-def parse_timestamp(value: str) -> float:
-    """Seconds since the epoch for an Arvados timestamp (the inverse of :func:`timestamp`)."""
-    whole, _, frac = value.rstrip("Z").partition(".")
-    base = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-    return base + (float("0." + frac) if frac else 0.0)
 
 
 class Store:
