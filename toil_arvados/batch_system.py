@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKER_IMAGE = "toil-arvados/worker:latest"
 _STDERR_TAIL = 40  # lines of a failed job's stderr copied into Toil's log
 _LIST_CHUNK = 500  # uuids per batched list call (keeps URLs/bodies modest)
-_COALESCE_SECONDS = 0.05  # gather completions arriving together into one batched lookup
+_COALESCE_SECONDS = 0.05
+_LOCAL_POLL_SECONDS = 0.1  # how often getUpdatedBatchJob also looks at the leader-local jobs  # gather completions arriving together into one batched lookup
 
 
 @dataclass
@@ -386,7 +387,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         deadline = time.monotonic() + maxWait
         while True:
             try:
-                return self._updates.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                # Short waits: local jobs finish in another queue, and CWL chains them.
+                return self._updates.get(timeout=min(_LOCAL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 local = self.getUpdatedLocalJob(0)
                 if local is not None:
