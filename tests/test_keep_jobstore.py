@@ -1,0 +1,463 @@
+"""KeepJobStore against the session's real local cluster, through the real SDK.
+
+1. Toil's own job store suite (``AbstractJobStoreTest.Test``), subclassed. Tests that cannot apply
+   are overridden with a skip naming the reason and listed in ``tests/expected-not-applicable.md``.
+2. Our own: concurrent writers in separate processes, the shared-file creation race, ``keep:``
+   import by reference, ``toil clean``, unknown projects, locator parsing, and a small Toil workflow
+   run with ``--batchSystem single_machine --jobStore arvados:...`` whose workers are separate
+   processes on the host.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.server  # noqa: F401  Toil's jobStoreTest uses http.server without importing it
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from tempfile import mkdtemp
+from typing import Any
+
+import pytest
+
+from toil.common import Config, Toil
+from toil.job import Job, JobDescription
+from toil.jobStores.abstractJobStore import NoSuchFileException, NoSuchJobStoreException
+from toil.test.jobStores.jobStoreTest import AbstractJobStoreTest
+
+from toil_arvados.jobstore import naming
+from toil_arvados.jobstore.keep_jobstore import KeepJobStore, UnknownProjectError
+from toil_arvados.jobstore.locator import BadLocatorError, JobStoreLocation, parse
+from toil_arvados.jobstore.registration import register_job_store, worker_command
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tearDownModule() -> None:
+    AbstractJobStoreTest.Test.cleanUpExternalStores()
+
+
+def _new_project(api: Any, label: str) -> str:
+    body = {"group": {"name": f"{label}-{uuid.uuid4().hex[:10]}", "group_class": "project"}}
+    return api.groups().create(body=body).execute()["uuid"]
+
+
+def _owned_collections(api: Any, owner: str) -> list[dict]:
+    return api.collections().list(filters=[["owner_uuid", "=", owner]], limit=1000,
+                                  select=["uuid", "name", "properties"]).execute()["items"]
+
+
+def _project_exists(api: Any, parent: str, name: str) -> bool:
+    return bool(api.groups().list(filters=[["owner_uuid", "=", parent], ["name", "=", name]]).execute()["items"])
+
+
+@pytest.fixture(scope="module")
+def parent_project(api: Any) -> str:
+    """A project of its own for this module's job stores."""
+    return _new_project(api, "toil-jobstore-tests")
+
+
+@pytest.fixture(scope="class")
+def _suite_env(request: pytest.FixtureRequest, parent_project: str, cluster_env: dict) -> None:
+    request.cls.parent_uuid = parent_project
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Toil's suite
+# --------------------------------------------------------------------------------------------
+
+def _not_applicable(reason: str):
+    """Override an inherited Toil test with a skip that says why (see expected-not-applicable.md)."""
+    @pytest.mark.skip(reason=reason)
+    def test(self: Any) -> None:  # pragma: no cover - never runs
+        raise AssertionError(reason)
+
+    return test
+
+
+@pytest.mark.usefixtures("_suite_env")
+class KeepJobStoreTest(AbstractJobStoreTest.Test):
+    parent_uuid: str
+
+    def _createJobStore(self) -> KeepJobStore:
+        return KeepJobStore(f"{self.parent_uuid}/{self.namePrefix}")
+
+    def _corruptJobStore(self) -> None:
+        """Remove the config record, the one thing resume() needs."""
+        store = self.jobstore_initialized
+        rec = store._by_name(naming.shared_name("config.pickle"), [])
+        assert rec is not None
+        store._delete(rec["uuid"])
+
+    # Toil's import/export tests use us only as the target; FileJobStoreTest is the source.
+    # These four are abstract in Toil and serve when a class is the *other* store.
+    def _prepareTestFile(self, store: str, size: int | None = None) -> Any:
+        path = os.path.join(store, f"testfile_{uuid.uuid4()}")
+        if size is None:
+            return f"file://{path}"
+        content = os.urandom(size)
+        with open(path, "wb") as f:
+            f.write(content)
+        return f"file://{path}", hashlib.md5(content).hexdigest()
+
+    def _hashTestFile(self, url: str) -> str:
+        with open(url[len("file://"):], "rb") as f:
+            return hashlib.md5(f.read()).hexdigest()
+
+    def _createExternalStore(self) -> str:
+        return mkdtemp()
+
+    def _cleanUpExternalStore(self, store: str) -> None:
+        shutil.rmtree(store, ignore_errors=True)
+
+    def assertUrl(self, url: str) -> None:
+        """Toil fetches public URLs with urllib, without credentials. Ours are ``keep:<pdh>/<name>``
+        (a credential-free URL would need a token inside it, which we will not mint or leak), so
+        check them the Arvados way: the content hash resolves and the file is in it."""
+        if not url.startswith("keep:"):
+            return super().assertUrl(url)
+        import arvados.collection
+
+        pdh, _, name = url[len("keep:"):].partition("/")
+        reader = arvados.collection.CollectionReader(pdh)
+        self.assertIn(name, reader)
+
+    # Two Toil tests need small packages of the test extras; without them, say so instead of
+    # failing on an ImportError (listed in expected-not-applicable.md).
+    try:
+        import stubserver  # noqa: F401
+    except ImportError:
+        testImportFtpFile = _not_applicable(  # type: ignore[assignment]
+            "testImportFtpFile: needs the 'stubserver' package for its local FTP server (install the test extras)")
+    try:
+        import edit_distance  # noqa: F401
+    except ImportError:
+        test_file_hints = _not_applicable(  # type: ignore[assignment]
+            "test_file_hints: needs the 'edit-distance' package to compare hinted IDs (install the test extras)")
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Our own tests
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def store(parent_project: str, cluster_env: dict):
+    js = KeepJobStore(f"{parent_project}/js-{uuid.uuid4().hex[:10]}")
+    js.initialize(Config())
+    yield js
+    js.destroy()
+
+
+# -- pure: locator parsing and registration ---------------------------------------------------
+
+def test_locator_forms():
+    assert parse("zzzzz-j7d0g-0123456789abcde/run1") == JobStoreLocation("zzzzz-j7d0g-0123456789abcde", "run1")
+    assert parse("run1") == JobStoreLocation(None, "run1")
+    assert parse("zzzzz-tpzed-0123456789abcde/x").locator() == "arvados:zzzzz-tpzed-0123456789abcde/x"
+    for bad in ("", "notauuid/run", "zzzzz-j7d0g-0123456789abcde/", "zzzzz-j7d0g-0123456789abcde/a/b", " x"):
+        with pytest.raises(BadLocatorError, match="arvados:<project-uuid>/<name>"):
+            parse(bad)
+
+
+def test_registration_is_idempotent_and_leaves_other_stores_alone(tmp_path):
+    register_job_store()
+    patched = Toil.getJobStore
+    register_job_store()
+    assert Toil.getJobStore == patched
+    assert Toil.JOB_STORE_TYPES.count("arvados") == 1
+    assert isinstance(Toil.getJobStore("arvados:zzzzz-j7d0g-0123456789abcde/x"), KeepJobStore)
+    assert type(Toil.getJobStore(str(tmp_path / "js"))).__name__ == "FileJobStore"
+
+
+def test_worker_command_wraps_only_toil_workers():
+    wrapped = worker_command("_toil_worker job arvados:zzzzz-j7d0g-0123456789abcde/x zzzzz-4zz18-0123456789abcde")
+    assert " -m toil_arvados.worker " in wrapped and wrapped.startswith(sys.executable)
+    assert worker_command("echo hi") == "echo hi"
+
+
+# -- cluster: errors, clean ------------------------------------------------------------------
+
+def test_unknown_project_is_one_clear_line(cluster_env):
+    missing = "local-j7d0g-000000000000000"
+    js = KeepJobStore(f"{missing}/x")
+    with pytest.raises(UnknownProjectError) as err:
+        js.initialize(Config())
+    message = str(err.value)
+    assert missing in message and "\n" not in message and "create the project" in message
+    assert cluster_env["ARVADOS_API_TOKEN"].split("/")[-1] not in message
+    with pytest.raises(NoSuchJobStoreException, match=missing):
+        KeepJobStore(f"{missing}/x").resume()
+    KeepJobStore(f"{missing}/x").destroy()  # nothing to remove: no error
+
+
+def test_initialize_twice_is_refused(store):
+    from toil.jobStores.abstractJobStore import JobStoreExistsException
+
+    with pytest.raises(JobStoreExistsException, match="toil clean"):
+        KeepJobStore(store.locator).initialize(Config())
+
+
+def test_home_project_locator(api, cluster_env):
+    name = f"js-home-{uuid.uuid4().hex[:8]}"
+    js = KeepJobStore(name)
+    js.initialize(Config())
+    try:
+        me = api.users().current().execute()["uuid"]
+        assert _project_exists(api, me, name)
+        again = KeepJobStore(name)
+        again.resume()
+        assert again.config.workflowID == js.config.workflowID
+    finally:
+        js.destroy()
+    assert not _project_exists(api, me, name)
+
+
+def test_toil_clean_removes_project_and_contents(api, parent_project, cluster_env):
+    name = f"js-clean-{uuid.uuid4().hex[:8]}"
+    js = KeepJobStore(f"{parent_project}/{name}")
+    js.initialize(Config())
+    job = JobDescription(jobName="j", requirements=dict(memory=1, cores=1, disk=1, preemptible=False))
+    js.assign_job_id(job)
+    js.create_job(job)
+    js.get_empty_file_store_id(job.jobStoreID, cleanup=True)
+    js.write_file(__file__, hints=["step"])
+    js.write_logs("log line")
+    project = js.project_uuid
+    assert len(_owned_collections(api, project)) >= 5
+    locator = f"arvados:{parent_project}/{name}"
+    # `toil clean` as a user runs it, in a process that loads the plugin first.
+    clean = [sys.executable, "-c", "import sys, toil_batch_system_arvados; from toil.utils.toilClean import main; "
+             "sys.argv = ['toil clean', sys.argv[1]]; main()", locator]
+    for _ in range(2):  # the second run finds nothing and still succeeds
+        done = subprocess.run(clean, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert not _project_exists(api, parent_project, name)
+    assert _owned_collections(api, project) == []
+
+
+# -- keep: import by reference ----------------------------------------------------------------
+
+def _keep_block_count(cluster) -> int:
+    return sum(1 for p in (cluster.state_path / "keep").rglob("*") if p.is_file())
+
+
+def _locators(manifest_text: str) -> list[str]:
+    return [tok.split("+A")[0] for line in manifest_text.splitlines() for tok in line.split()[1:]
+            if len(tok) > 33 and tok[32] == "+"]
+
+
+def test_keep_import_copies_no_bytes(store, api, cluster, parent_project, monkeypatch):
+    import arvados.collection
+    import arvados.keep
+
+    data = os.urandom(3 << 20) + b"tail"
+    src = arvados.collection.Collection(api_client=api)
+    with src.open("inputs/reads.bin", "wb") as f:
+        f.write(data)
+    with src.open("inputs/other.txt", "wb") as f:
+        f.write(b"other")
+    src.save_new(name=f"src-{uuid.uuid4().hex[:8]}", owner_uuid=parent_project)
+    pdh = src.portable_data_hash()
+    source_blocks = set(_locators(arvados.collection.CollectionReader(pdh, api_client=api).manifest_text()))
+
+    # Keep is content-addressed, so a copy would not add blocks: count the client's transfers too.
+    transfers: list[str] = []
+    for method in ("put", "get"):
+        original = getattr(arvados.keep.KeepClient, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            transfers.append(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(arvados.keep.KeepClient, method, counting)
+    blocks_before = _keep_block_count(cluster)
+    file_id = store.import_file(f"keep:{pdh}/inputs/reads.bin")
+    assert transfers == [], f"import moved Keep blocks: {transfers}"
+    assert _keep_block_count(cluster) == blocks_before, "import wrote blocks to Keep"
+    assert file_id.size == len(data) and not file_id.executable
+
+    rec = store._file_record(file_id)
+    assert set(_locators(rec["manifest_text"])) <= source_blocks
+    with store.read_file_stream(file_id) as f:
+        assert hashlib.md5(f.read()).digest() == hashlib.md5(data).digest()
+    assert store.get_file_size(file_id) == len(data)
+
+    transfers.clear()
+    assert store.import_file(f"keep:{pdh}/inputs/other.txt", shared_file_name="other") is None
+    assert transfers == [], f"shared import moved Keep blocks: {transfers}"
+    with store.read_shared_file_stream("other") as f:
+        assert f.read() == b"other"
+    assert _keep_block_count(cluster) == blocks_before
+
+    with pytest.raises(FileNotFoundError):
+        store.import_file(f"keep:{pdh}/inputs/missing.bin")
+    with pytest.raises(IsADirectoryError):
+        store.import_file(f"keep:{pdh}/inputs")
+
+
+# -- concurrency: separate processes ----------------------------------------------------------
+
+def _payload(tag: str, i: int) -> bytes:
+    head = f"{tag}:{i}:".encode()
+    body = hashlib.sha256(head).digest() * 4096  # 128 KiB, distinct per (tag, i)
+    return head + body + hashlib.md5(head + body).hexdigest().encode()
+
+
+def _intact(blob: bytes) -> bool:
+    return hashlib.md5(blob[:-32]).hexdigest().encode() == blob[-32:]
+
+
+def _hammer(locator: str, tag: str, own_file: str, rounds: int, barrier: Any) -> None:
+    js = KeepJobStore(locator)
+    js.resume()
+    barrier.wait(timeout=120)
+    for i in range(rounds):
+        with js.write_shared_file_stream("contended") as f:
+            f.write(_payload(tag, i))
+        with js.update_file_stream(own_file) as f:
+            f.write(_payload(tag, i))
+    with js.write_shared_file_stream(f"done-{tag}") as f:
+        f.write(b"ok")
+
+
+def _race_create(locator: str, tag: str, barrier: Any) -> None:
+    js = KeepJobStore(locator)
+    js.resume()
+    barrier.wait(timeout=120)
+    with js.write_shared_file_stream("raced") as f:
+        f.write(_payload(tag, 0))
+
+
+def _update_job(locator: str, job_id: str, tag: str, barrier: Any) -> None:
+    js = KeepJobStore(locator)
+    js.resume()
+    job = js.load_job(job_id)
+    barrier.wait(timeout=120)
+    job.unitName = tag
+    js.update_job(job)
+
+
+def _run_all(target: Any, arg_lists: list[tuple]) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(arg_lists))
+    procs = [ctx.Process(target=target, args=(*args, barrier)) for args in arg_lists]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+N_PROCS = 5
+
+
+def test_concurrent_writers_lose_nothing(store, api):
+    tags = [f"w{i}" for i in range(N_PROCS)]
+    files = {tag: store.get_empty_file_store_id(basename=f"{tag}.bin") for tag in tags}
+    rounds = 4
+    _run_all(_hammer, [(store.locator, tag, files[tag], rounds) for tag in tags])
+
+    # Different files: every writer's last update is there, intact.
+    for tag in tags:
+        with store.read_file_stream(files[tag]) as f:
+            assert f.read() == _payload(tag, rounds - 1)
+        with store.read_shared_file_stream(f"done-{tag}") as f:
+            assert f.read() == b"ok"
+    # The same shared file: one record, holding one complete write (never a mix).
+    same_name = [c for c in _owned_collections(api, store.project_uuid)
+                 if c["name"] == naming.shared_name("contended")]
+    assert len(same_name) == 1
+    with store.read_shared_file_stream("contended") as f:
+        blob = f.read()
+    assert _intact(blob) and any(blob == _payload(t, i) for t in tags for i in range(rounds))
+
+
+def test_shared_file_creation_race(store, api):
+    tags = [f"r{i}" for i in range(N_PROCS)]
+    _run_all(_race_create, [(store.locator, tag) for tag in tags])
+    records = [c for c in _owned_collections(api, store.project_uuid) if c["name"] == naming.shared_name("raced")]
+    assert len(records) == 1
+    with store.read_shared_file_stream("raced") as f:
+        assert f.read() in {_payload(t, 0) for t in tags}
+
+
+def test_concurrent_job_updates_all_land(store):
+    jobs = []
+    for i in range(N_PROCS):
+        job = JobDescription(jobName=f"j{i}", requirements=dict(memory=1, cores=1, disk=1, preemptible=False))
+        store.assign_job_id(job)
+        store.create_job(job)
+        jobs.append(job)
+    _run_all(_update_job, [(store.locator, job.jobStoreID, f"updated-{i}") for i, job in enumerate(jobs)])
+    assert [store.load_job(j.jobStoreID).unitName for j in jobs] == [f"updated-{i}" for i in range(N_PROCS)]
+    assert {j.jobStoreID for j in store.jobs()} == {j.jobStoreID for j in jobs}
+
+
+# -- file semantics the Toil suite does not pin down ------------------------------------------
+
+def test_failed_stream_write_leaves_nothing_new(store, api):
+    before = len(_owned_collections(api, store.project_uuid))
+    with pytest.raises(RuntimeError):
+        with store.write_shared_file_stream("never") as f:
+            f.write(b"partial")
+            raise RuntimeError("boom")
+    with pytest.raises(NoSuchFileException):
+        with store.read_shared_file_stream("never"):
+            pass
+    assert len(_owned_collections(api, store.project_uuid)) == before
+
+
+def test_executable_bit_and_public_url(store, tmp_path):
+    from toil.fileStores import FileID
+
+    src = tmp_path / "tool.sh"
+    src.write_text("#!/bin/sh\necho hi\n")
+    src.chmod(0o755)
+    file_id = FileID.forPath(store.write_file(str(src)), str(src))
+    assert file_id.executable
+    out = tmp_path / "out.sh"
+    store.read_file(file_id, str(out))
+    assert os.access(out, os.X_OK) and out.read_text() == src.read_text()
+    url = store.get_public_url(file_id)
+    assert url.startswith("keep:") and url.endswith("/tool.sh")
+
+
+# -- a real Toil workflow: leader here, workers as separate processes -------------------------
+
+def _produce(job: Job) -> Any:
+    path = os.path.join(job.tempDir, "greeting.txt")
+    with open(path, "w") as f:
+        f.write(f"hello from pid {os.getpid()}\n")
+    return job.fileStore.writeGlobalFile(path)
+
+
+def _consume(job: Job, file_id: Any) -> str:
+    with job.fileStore.readGlobalFileStream(file_id, encoding="utf-8") as f:
+        text = f.read()
+    return f"{text.strip()}; read in pid {os.getpid()}"
+
+
+def _root(job: Job) -> Any:
+    produced = job.addChildJobFn(_produce, cores=0.1, memory="50M", disk="10M")
+    consumed = produced.addFollowOnJobFn(_consume, produced.rv(), cores=0.1, memory="50M", disk="10M")
+    return consumed.rv()
+
+
+def test_toil_workflow_on_single_machine(api, parent_project, cluster_env, tmp_path):
+    register_job_store()
+    name = f"js-wf-{uuid.uuid4().hex[:8]}"
+    options = Job.Runner.getDefaultOptions(f"arvados:{parent_project}/{name}")
+    options.batchSystem = "single_machine"
+    options.clean = "always"
+    options.logLevel = "INFO"
+    options.workDir = str(tmp_path)
+    options.maxCores = 2
+    with Toil(options) as toil:
+        result = toil.start(Job.wrapJobFn(_root, cores=0.1, memory="50M", disk="10M"))
+    assert result.startswith("hello from pid ") and "; read in pid " in result
+    producer_pid, consumer_pid = [int(part.split("pid ")[1].split(";")[0]) for part in result.split("; ")]
+    assert os.getpid() not in (producer_pid, consumer_pid), "jobs ran in the leader, not in workers"
+    assert not _project_exists(api, parent_project, name), "clean=always left the job store behind"

@@ -1,0 +1,692 @@
+"""``KeepJobStore``: Toil's job store kept in Arvados collections, so workers need no shared disk.
+
+Layout (see :mod:`toil_arvados.jobstore.naming`): the job store is a project ``<name>`` inside the
+project the locator names; every job description, file, shared file and log is its own
+collection in it. One record per collection makes every update a single atomic manifest
+replacement on the API server, so concurrent workers (separate processes, separate hosts) cannot
+corrupt each other's writes; "create if absent" races are settled by Arvados' per-owner unique
+names (the loser gets a 422 and takes the winner's record).
+
+API calls per operation (Keep block transfers not counted):
+
+=========================  ===================================================================
+assign_job_id              1 create (the job ID is the collection UUID)
+create_job / update_job    1 update (+ Keep PUT of the pickled JobDescription)
+load_job                   1 get (+ Keep GET)
+job_exists                 1 get (``select``: no manifest signing)
+delete_job                 1 list (the job + its cleanup files) + 1 delete each
+jobs()                     1 list per 1000 jobs (manifests come with the list)
+write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken)
+write_file_stream          1 create + 1 update (the ID must exist before the bytes)
+read_file(_stream)         1 get (hinted IDs: 1 list)
+update_file(_stream)       1 update (hinted IDs: +1 list)
+delete_file                1 delete (hinted IDs: 1 list + 1 update to a tombstone)
+file_exists/get_file_size  1 get
+shared write               1 update (cached UUID) or 1 create (first) or create+list+update
+shared read                1 list
+write_logs / read_logs     1 create / 1 list + 1 update per new log
+import keep:<pdh>/path     1 get (source) + 1 create; no Keep bytes copied
+=========================  ===================================================================
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import IO, Any
+from urllib.parse import quote, unquote, urlparse
+
+import arvados.collection
+
+from toil.common import Config
+from toil.fileStores import FileID
+from toil.job import JobDescription
+from toil.jobStores.abstractJobStore import (
+    AbstractJobStore,
+    HintedJobStore,
+    JobStoreExistsException,
+    NoSuchFileException,
+    NoSuchJobException,
+    NoSuchJobStoreException,
+)
+
+from toil_arvados import arvados_client
+from toil_arvados.arvados_client import NUM_RETRIES, ArvadosSetupError
+from toil_arvados.jobstore import collection_io, naming
+from toil_arvados.jobstore import locator as locators
+from toil_arvados.jobstore.naming import KIND
+
+logger = logging.getLogger(__name__)
+
+KEEP_SCHEME = "keep"
+# Where a Keep FUSE mount (arv-mount) may be, for read_file(..., symlink=True).
+KEEP_MOUNT_ENV = "TOIL_ARVADOS_KEEP_MOUNT"
+PAGE = 1000
+PARALLEL = 8
+
+
+class UnknownProjectError(NoSuchJobStoreException, ArvadosSetupError):
+    """The project an ``arvados:`` locator names does not exist (or the token cannot see it).
+
+    A :class:`NoSuchJobStoreException`, so Toil's worker and ``toil clean`` treat it as a missing
+    job store, with a message that says which project and what to do.
+    """
+
+    def __init__(self, project_uuid: str, locator: str) -> None:
+        Exception.__init__(
+            self,
+            f"Arvados project {project_uuid} (from job store locator {locator}) does not exist or is not "
+            "readable with your token: create the project, or use arvados:<existing-project-uuid>/<name> "
+            "or arvados:<name> for your home project")
+
+
+def _status(error: BaseException) -> int | None:
+    return getattr(getattr(error, "resp", None), "status", None)
+
+
+def _is_duplicate_name(error: BaseException) -> bool:
+    if _status(error) != 422:
+        return False
+    content = getattr(error, "content", b"") or b""
+    text = (content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)) + str(error)
+    return "uplicate" in text or "unique" in text.lower()
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# users.current per (host, token), for arvados:<name> locators: the home project never changes.
+_home_projects: dict[int, str] = {}
+_home_lock = threading.Lock()
+
+
+class KeepJobStore(AbstractJobStore, HintedJobStore):
+    """A Toil job store whose records are collections in one Arvados project."""
+
+    def __init__(self, locator: str) -> None:
+        super().__init__(locator)
+        self._location = locators.parse(locator)
+        self._full_locator = self._location.locator()
+        self._project: str | None = None
+        self._shared_uuids: dict[str, str] = {}
+        self._batched: list[JobDescription] | None = None
+
+    def __repr__(self) -> str:
+        return f"KeepJobStore({self._full_locator})"
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def _api(self) -> Any:
+        return arvados_client.connect()
+
+    @property
+    def project_uuid(self) -> str:
+        """The UUID of the job store's project (after initialize or resume)."""
+        if self._project is None:
+            raise RuntimeError(f"job store {self._full_locator} is not initialized or resumed")
+        return self._project
+
+    def _parent_uuid(self) -> str:
+        if self._location.parent_uuid:
+            return self._location.parent_uuid
+        api = self._api
+        with _home_lock:
+            home = _home_projects.get(id(api))
+            if home is None:
+                home = _home_projects[id(api)] = arvados_client.check_connection(api)["uuid"]
+        return home
+
+    def _check_parent(self, parent: str) -> None:
+        """Raise :class:`UnknownProjectError` unless ``parent`` is a project (or user) we can see."""
+        api = self._api
+        try:
+            if "-tpzed-" in parent:
+                api.users().get(uuid=parent).execute()
+                return
+            group = api.groups().get(uuid=parent, select=["uuid", "group_class"]).execute()
+        except Exception as e:
+            if _status(e) in (403, 404, 422):
+                raise UnknownProjectError(parent, self._full_locator) from None
+            raise
+        if group.get("group_class") != "project":
+            raise UnknownProjectError(parent, self._full_locator)
+
+    def _find_project(self) -> str | None:
+        """The job store project's UUID, or None when it does not exist."""
+        found = self._api.groups().list(
+            filters=[["owner_uuid", "=", self._parent_uuid()], ["name", "=", self._location.name],
+                     ["group_class", "=", "project"]],
+            select=["uuid"], limit=1, count="none").execute()["items"]
+        return found[0]["uuid"] if found else None
+
+    def _get(self, uuid: str, select: list[str] | None = None) -> dict | None:
+        """A live collection of this job store, or None (missing, trashed, or someone else's)."""
+        fields = None if select is None else sorted({*select, "uuid", "owner_uuid", "properties", "is_trashed"})
+        try:
+            rec = self._api.collections().get(uuid=uuid, **({"select": fields} if fields else {})).execute()
+        except Exception as e:
+            if _status(e) in (404, 422):
+                return None
+            raise
+        if rec.get("is_trashed") or rec.get("owner_uuid") != self.project_uuid:
+            return None
+        return rec
+
+    def _list(self, filters: list, select: list[str]) -> Iterator[dict]:
+        """All matching collections of this job store, paged by UUID (one call per page)."""
+        base = [["owner_uuid", "=", self.project_uuid], *filters]
+        fields = sorted({*select, "uuid"})
+        last: str | None = None
+        while True:
+            page = base + ([["uuid", ">", last]] if last else [])
+            resp = self._api.collections().list(filters=page, select=fields, order=["uuid asc"],
+                                                limit=PAGE).execute()
+            items = resp["items"]
+            yield from items
+            if not items or len(items) >= resp.get("items_available", 0):
+                return
+            last = items[-1]["uuid"]
+
+    def _create(self, name: str, properties: dict, manifest_text: str = "", *, name_is_ours: bool = True) -> dict:
+        """Create a collection. ``name_is_ours``: the name is random, so a 422 duplicate can only be
+        our own earlier attempt whose response was lost (the SDK retries 5xx and timeouts)."""
+        body = {"collection": {"owner_uuid": self.project_uuid, "name": name, "properties": properties,
+                               "manifest_text": manifest_text}}
+        try:
+            return self._api.collections().create(body=body, select=["uuid", "portable_data_hash"]).execute()
+        except Exception as e:
+            if name_is_ours and _is_duplicate_name(e):
+                mine = self._by_name(name, ["portable_data_hash"])
+                if mine is not None:
+                    return mine
+            raise
+
+    def _update(self, uuid: str, **fields: Any) -> dict | None:
+        """Update fields of a collection; None if it no longer exists."""
+        try:
+            return self._api.collections().update(uuid=uuid, body={"collection": fields},
+                                                  select=["uuid", "portable_data_hash"]).execute()
+        except Exception as e:
+            if _status(e) == 404:
+                return None
+            raise
+
+    def _delete(self, uuid: str) -> None:
+        try:
+            self._api.collections().delete(uuid=uuid).execute()
+        except Exception as e:
+            if _status(e) != 404:
+                raise
+
+    def _by_name(self, name: str, select: list[str]) -> dict | None:
+        items = list(self._api.collections().list(
+            filters=[["owner_uuid", "=", self.project_uuid], ["name", "=", name]],
+            select=sorted({*select, "uuid", "properties"}), limit=1, count="none").execute()["items"])
+        return items[0] if items else None
+
+    def _writer(self, name: str) -> collection_io.OneFileWriter:
+        return collection_io.OneFileWriter(self._api, name)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def initialize(self, config: Config) -> None:
+        parent = self._parent_uuid()
+        self._check_parent(parent)
+        body = {"group": {"owner_uuid": parent, "name": self._location.name, "group_class": "project",
+                          "description": "Toil job store (toil-arvados); remove with `toil clean`.",
+                          "properties": {naming.STORE_MARK: "yes"}}}
+        try:
+            self._project = self._api.groups().create(body=body, select=["uuid"]).execute()["uuid"]
+        except Exception as e:
+            if _is_duplicate_name(e) and self._find_project() is not None:
+                raise JobStoreExistsException(self.locator, locators.PREFIX) from None
+            if _status(e) in (403, 404, 422):
+                raise ArvadosSetupError(arvados_client.describe(
+                    e, f"cannot create job store project {self._location.name} in {parent}")) from None
+            raise
+        logger.debug("Created job store %s as project %s", self._full_locator, self._project)
+        super().initialize(config)
+
+    def resume(self) -> None:
+        project = self._find_project()
+        if project is None:
+            self._check_parent(self._parent_uuid())
+            raise NoSuchJobStoreException(self.locator, locators.PREFIX)
+        self._project = project
+        super().resume()
+
+    def destroy(self) -> None:
+        """Delete every record, then the project: idempotent, and safe on a half-made store."""
+        try:
+            project = self._project or self._find_project()
+        except Exception as e:
+            if _status(e) in (403, 404, 422):
+                return
+            raise
+        if project is None:
+            return
+        self._project = project
+        uuids = [rec["uuid"] for rec in self._list([], ["uuid"])]
+        if uuids:
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                list(pool.map(self._delete, uuids))
+        try:
+            self._api.groups().delete(uuid=project).execute()
+        except Exception as e:
+            if _status(e) != 404:
+                raise
+        self._project = None
+        self._shared_uuids.clear()
+        logger.debug("Destroyed job store %s", self._full_locator)
+
+    def get_env(self) -> dict[str, str]:
+        """Nothing: workers find the cluster as the SDK always does. In Arvados containers the
+        runtime sets ARVADOS_API_HOST/ARVADOS_API_TOKEN (``runtime_constraints.API``); the leader's
+        token must never be copied into the job store or the worker environment."""
+        return {}
+
+    def default_caching(self) -> bool:
+        return True  # Keep is remote: caching files on the node pays off
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def assign_job_id(self, job_description: JobDescription) -> None:
+        rec = self._create(naming.job_name(job_description.jobName), {KIND: naming.KIND_JOB_ID})
+        job_description.jobStoreID = rec["uuid"]
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Jobs created in the block are saved at its end, several at once."""
+        self._batched = []
+        try:
+            yield
+        finally:
+            batched, self._batched = self._batched, None
+        if batched:
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                list(pool.map(self.update_job, batched))
+
+    def create_job(self, job_description: JobDescription) -> JobDescription:
+        if self._batched is not None:
+            self._batched.append(job_description)
+        else:
+            self.update_job(job_description)
+        return job_description
+
+    def update_job(self, job_description: JobDescription) -> None:
+        job_id = str(job_description.jobStoreID)
+        if not naming.is_job_id(job_id):
+            raise NoSuchJobException(job_id)
+        job_description.pre_update_hook()
+        writer = self._writer(naming.JOB_FILE)
+        writer.write_bytes(pickle.dumps(job_description, protocol=pickle.HIGHEST_PROTOCOL))
+        props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id}
+        if self._update(job_id, manifest_text=writer.manifest_text(), properties=props) is None:
+            raise NoSuchJobException(job_id)
+
+    def job_exists(self, job_id: str) -> bool:
+        if not naming.is_job_id(str(job_id)):
+            return False
+        rec = self._get(str(job_id), select=[])
+        return rec is not None and rec["properties"].get(KIND) == naming.KIND_JOB
+
+    def load_job(self, job_id: str) -> JobDescription:
+        rec = self._get(str(job_id)) if naming.is_job_id(str(job_id)) else None
+        if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
+            raise NoSuchJobException(job_id)
+        return self._job_from(rec)
+
+    def _job_from(self, rec: dict) -> JobDescription:
+        job = pickle.loads(collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE))
+        job.assignConfig(self.config)
+        return job
+
+    def delete_job(self, job_id: str) -> None:
+        if not naming.is_job_id(str(job_id)):
+            return
+        job_rec = None
+        for rec in list(self._list([[f"properties.{naming.CLEANUP_JOB}", "=", str(job_id)]],
+                                   ["name", "properties"])):
+            if rec["uuid"] == job_id:
+                job_rec = rec
+            else:
+                self._delete_file_record(rec)
+        if job_rec is not None:
+            self._delete(job_id)
+
+    def jobs(self) -> Iterator[JobDescription]:
+        for rec in self._list([[f"properties.{KIND}", "=", naming.KIND_JOB]], ["manifest_text", "properties"]):
+            try:
+                yield self._job_from(rec)
+            except Exception as e:  # deleted under us: its blocks may already be gone
+                logger.debug("Skipping job %s: %s", rec["uuid"], e)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _file_properties(self, job_id: str | None, cleanup: bool) -> dict:
+        props: dict[str, str] = {KIND: naming.KIND_FILE}
+        if job_id:
+            props[naming.JOB] = str(job_id)
+            if cleanup:
+                props[naming.CLEANUP_JOB] = str(job_id)
+        return props
+
+    def _new_file(self, basename: str, props: dict, hints: list[str] | None, manifest_text: str) -> str:
+        """Create a file record holding ``manifest_text``; returns its file ID."""
+        hints_str = self.hints_to_string(hints)
+        if hints_str:
+            return self._claim_hinted_slot(hints_str, basename, props, manifest_text)
+        rec = self._create(naming.file_name(basename), props, manifest_text)
+        return naming.unhinted_file_id(rec["uuid"], basename)
+
+    def _claim_hinted_slot(self, hints_str: str, basename: str, props: dict, manifest_text: str) -> str:
+        """Create the record at the first free slot ``<hints>/files/[N/]<basename>``.
+
+        Toil's :class:`HintedJobStore` needs tombstones so a deleted file's ID is never reused. Here
+        a deleted hinted file keeps its collection (emptied, marked as a tombstone), so its unique
+        name stays taken: "slot is free" and "slot was never used" are the same test, and one
+        create decides it atomically. When the bare slot is taken, one list finds the highest
+        numbered slot in use, so claiming stays O(1) calls as files with the same name pile up.
+        """
+        def attempt(slot_path: str) -> bool:
+            try:
+                self._create(naming.hint_name(slot_path), {**props, naming.PATH: slot_path}, manifest_text,
+                             name_is_ours=False)
+                return True
+            except Exception as e:
+                if _is_duplicate_name(e):
+                    return False
+                raise
+
+        bare = f"{hints_str}/{self._HINT_FILES_DIR}/{basename}"
+        if attempt(bare):
+            return bare
+        prefix = naming.hint_name(f"{hints_str}/{self._HINT_FILES_DIR}/")
+        suffix = "|" + basename
+        highest = -1
+        pattern = _like_escape(prefix) + "%" + _like_escape(suffix)
+        for rec in self._api.collections().list(
+                filters=[["owner_uuid", "=", self.project_uuid], ["name", "like", pattern]],
+                select=["uuid", "name"], limit=PAGE, count="none").execute()["items"]:
+            middle = rec["name"][len(prefix):len(rec["name"]) - len(suffix)]
+            if middle.isdigit():
+                highest = max(highest, int(middle))
+        n = highest + 1
+        for _ in range(100000):
+            slot = f"{hints_str}/{self._HINT_FILES_DIR}/{n}/{basename}"
+            if attempt(slot):
+                return slot
+            n += 1
+        raise RuntimeError(f"no free hinted slot for {hints_str}/{basename}")
+
+    def _file_record(self, file_id: str, select: list[str] | None = None) -> dict | None:
+        """The live record behind a file ID, or None."""
+        uuid, slot = naming.parse_file_id(str(file_id))
+        if uuid is not None:
+            rec = self._get(uuid, select)
+        else:
+            rec = self._by_name(naming.hint_name(slot), ["owner_uuid", "portable_data_hash", "file_size_total",
+                                                          "manifest_text", *(select or [])])
+            if rec is not None and rec["properties"].get(naming.PATH) != slot:
+                rec = None
+        if rec is None or rec["properties"].get(KIND) != naming.KIND_FILE:
+            return None
+        return rec
+
+    @staticmethod
+    def _file_basename(file_id: str) -> str:
+        uuid, rest = naming.parse_file_id(str(file_id))
+        return rest if uuid is not None else naming.slot_basename(rest)
+
+    def write_file(self, local_path: str, job_id: str | None = None, cleanup: bool = False,
+                   hints: list[str] | None = None) -> str:
+        basename = naming.basename_of(local_path)
+        writer = self._writer(basename)
+        with open(local_path, "rb") as src:
+            writer.copy_from(src)
+        return self._new_file(basename, self._file_properties(job_id, cleanup), hints, writer.manifest_text())
+
+    @contextmanager
+    def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, hints: list[str] | None = None,
+                          basename: str | None = None, encoding: str | None = None,
+                          errors: str | None = None) -> Iterator[tuple[IO[Any], str]]:
+        name = naming.basename_of(basename)
+        empty = self._writer(name)
+        empty.write_bytes(b"")
+        file_id = self._new_file(name, self._file_properties(job_id, cleanup), hints, empty.manifest_text())
+        writer = self._writer(name)
+        try:
+            with writer.open(encoding, errors) as handle:
+                yield handle, file_id
+        except BaseException:
+            writer.discard()
+            raise
+        self._replace_content(file_id, writer.manifest_text())
+
+    def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
+                                basename: str | None = None, hints: list[str] | None = None) -> str:
+        name = naming.basename_of(basename)
+        writer = self._writer(name)
+        writer.write_bytes(b"")
+        return self._new_file(name, self._file_properties(job_id, cleanup), hints, writer.manifest_text())
+
+    def _replace_content(self, file_id: str, manifest_text: str) -> None:
+        """The atomic update: one manifest replaced on one record."""
+        uuid, slot = naming.parse_file_id(str(file_id))
+        if uuid is None:
+            rec = self._file_record(file_id, [])
+            if rec is None:
+                raise NoSuchFileException(file_id)
+            uuid = rec["uuid"]
+        if self._update(uuid, manifest_text=manifest_text) is None:
+            raise NoSuchFileException(file_id)
+
+    def update_file(self, file_id: str, local_path: str) -> None:
+        writer = self._writer(self._file_basename(file_id))
+        with open(local_path, "rb") as src:
+            writer.copy_from(src)
+        self._replace_content(file_id, writer.manifest_text())
+
+    @contextmanager
+    def update_file_stream(self, file_id: str, encoding: str | None = None,
+                           errors: str | None = None) -> Iterator[IO[Any]]:
+        writer = self._writer(self._file_basename(file_id))
+        try:
+            with writer.open(encoding, errors) as handle:
+                yield handle
+        except BaseException:
+            writer.discard()
+            raise
+        self._replace_content(file_id, writer.manifest_text())
+
+    def read_file(self, file_id: str, local_path: str, symlink: bool = False) -> None:
+        rec = self._file_record(file_id)
+        if rec is None:
+            raise NoSuchFileException(file_id)
+        name = self._file_basename(file_id)
+        executable = bool(getattr(file_id, "executable", False))
+        if symlink and not executable and self._symlink_from_mount(rec, name, local_path):
+            return
+        collection_io.download(self._api, rec["manifest_text"], name, local_path, executable)
+
+    @staticmethod
+    def _symlink_from_mount(rec: dict, name: str, local_path: str) -> bool:
+        """With a Keep FUSE mount present, link to the immutable content instead of copying."""
+        mount = os.environ.get(KEEP_MOUNT_ENV, "/keep")
+        target = os.path.join(mount, "by_id", rec.get("portable_data_hash") or "", name)
+        if not rec.get("portable_data_hash") or not os.path.isfile(target):
+            return False
+        if os.path.lexists(local_path):
+            os.unlink(local_path)
+        os.symlink(target, local_path)
+        return True
+
+    @contextmanager
+    def read_file_stream(self, file_id: FileID | str, encoding: str | None = None,
+                         errors: str | None = None) -> Iterator[IO[Any]]:
+        rec = self._file_record(str(file_id))
+        if rec is None:
+            raise NoSuchFileException(file_id)
+        with collection_io.open_reader(self._api, rec["manifest_text"], self._file_basename(str(file_id)),
+                                       encoding, errors) as handle:
+            yield handle
+
+    def _delete_file_record(self, rec: dict) -> None:
+        if naming.PATH in rec["properties"]:
+            # Hinted: keep the name taken forever (the tombstone), drop the content.
+            self._update(rec["uuid"], manifest_text="",
+                         properties={KIND: naming.KIND_TOMBSTONE, naming.PATH: rec["properties"][naming.PATH]})
+        else:
+            self._delete(rec["uuid"])
+
+    def delete_file(self, file_id: str) -> None:
+        uuid, _ = naming.parse_file_id(str(file_id))
+        if uuid is not None:
+            rec = {"uuid": uuid, "properties": {}}
+        else:
+            rec = self._file_record(file_id, [])
+            if rec is None:
+                return
+        self._delete_file_record(rec)
+
+    def file_exists(self, file_id: str) -> bool:
+        return self._file_record(file_id, ["portable_data_hash"]) is not None
+
+    def get_file_size(self, file_id: str) -> int:
+        rec = self._file_record(file_id, ["file_size_total"])
+        return int(rec.get("file_size_total") or 0) if rec is not None else 0
+
+    def get_public_url(self, file_id: str) -> str:
+        """``keep:<portable data hash>/<name>``.
+
+        A URL anyone could fetch would need a token inside it; we will not mint or expose one.
+        ``keep:`` URLs are what Arvados tools (and our ``keep:`` URL access plugin) resolve with the
+        reader's own credentials, and the content hash makes the URL immutable.
+        """
+        rec = self._file_record(file_id, ["portable_data_hash"])
+        if rec is None:
+            raise NoSuchFileException(file_id)
+        return f"{KEEP_SCHEME}:{rec['portable_data_hash']}/{quote(self._file_basename(file_id))}"
+
+    # -- import ------------------------------------------------------------------------------
+
+    def import_file(self, src_uri: str, shared_file_name: str | None = None, hardlink: bool = False,
+                    symlink: bool = True) -> FileID | None:
+        """``keep:`` sources become new records pointing at the same Keep blocks (no bytes copied);
+        anything else goes through Toil's usual URL access."""
+        if urlparse(src_uri).scheme.lower() != KEEP_SCHEME:
+            return super().import_file(src_uri, shared_file_name, hardlink=hardlink, symlink=symlink)
+        locator, _, path = unquote(src_uri[len(KEEP_SCHEME) + 1:]).lstrip("/").partition("/")
+        if not path:
+            raise IsADirectoryError(f"{src_uri} names a whole collection; import a file inside it")
+        try:
+            source = arvados.collection.CollectionReader(locator, api_client=self._api, keep_client=self._api.keep,
+                                                         num_retries=NUM_RETRIES)
+        except Exception as e:
+            if _status(e) in (403, 404, 422) or "not found" in str(e).lower():
+                raise FileNotFoundError(src_uri) from None
+            raise
+        basename = naming.basename_of(path)
+        manifest_text, size = collection_io.copy_reference(self._api, source, path, basename)
+        logger.info("Imported %s by reference (%d bytes, no copy)", src_uri, size)
+        if shared_file_name is not None:
+            self._requireValidSharedFileName(shared_file_name)
+            self._save_shared(shared_file_name, manifest_text, rename_to=shared_file_name)
+            return None
+        file_id = self._new_file(basename, self._file_properties(None, False), None, manifest_text)
+        return FileID(file_id, size, False)
+
+    # -- shared files --------------------------------------------------------------------------
+
+    def _save_shared(self, name: str, manifest_text: str, rename_to: str | None = None) -> None:
+        """Create or replace the shared file ``name``; concurrent creators settle on one record."""
+        if rename_to is not None:
+            manifest_text = self._renamed(manifest_text, rename_to)
+        cached = self._shared_uuids.get(name)
+        if cached is not None and self._update(cached, manifest_text=manifest_text) is not None:
+            return
+        for _ in range(5):
+            try:
+                rec = self._create(naming.shared_name(name), {KIND: naming.KIND_SHARED}, manifest_text,
+                                   name_is_ours=False)
+                self._shared_uuids[name] = rec["uuid"]
+                return
+            except Exception as e:
+                if not _is_duplicate_name(e):
+                    raise
+            existing = self._by_name(naming.shared_name(name), [])
+            if existing is not None and self._update(existing["uuid"], manifest_text=manifest_text) is not None:
+                self._shared_uuids[name] = existing["uuid"]
+                return
+        raise RuntimeError(f"could not save shared file {name} in {self._full_locator}: it keeps changing")
+
+    def _renamed(self, manifest_text: str, name: str) -> str:
+        coll = arvados.collection.Collection(manifest_text, api_client=self._api, keep_client=self._api.keep)
+        try:
+            (old,) = list(coll.keys())
+            if old != name:
+                coll.rename(old, name)
+            return coll.manifest_text()
+        finally:
+            coll.stop_threads()
+
+    @contextmanager
+    def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None,
+                                 encoding: str | None = None, errors: str | None = None) -> Iterator[IO[Any]]:
+        self._requireValidSharedFileName(shared_file_name)
+        writer = self._writer(shared_file_name)
+        try:
+            with writer.open(encoding, errors) as handle:
+                yield handle
+        except BaseException:
+            writer.discard()
+            raise
+        self._save_shared(shared_file_name, writer.manifest_text())
+
+    def _shared_record(self, shared_file_name: str, select: list[str]) -> dict:
+        self._requireValidSharedFileName(shared_file_name)
+        rec = self._by_name(naming.shared_name(shared_file_name), select)
+        if rec is None or rec["properties"].get(KIND) != naming.KIND_SHARED:
+            raise NoSuchFileException(shared_file_name)
+        self._shared_uuids[shared_file_name] = rec["uuid"]
+        return rec
+
+    @contextmanager
+    def read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
+                                errors: str | None = None) -> Iterator[IO[Any]]:
+        rec = self._shared_record(shared_file_name, ["manifest_text"])
+        with collection_io.open_reader(self._api, rec["manifest_text"], shared_file_name, encoding,
+                                       errors) as handle:
+            yield handle
+
+    def get_shared_public_url(self, shared_file_name: str) -> str:
+        """``keep:<portable data hash>/<name>``; see :meth:`get_public_url` for why."""
+        rec = self._shared_record(shared_file_name, ["portable_data_hash"])
+        return f"{KEEP_SCHEME}:{rec['portable_data_hash']}/{quote(shared_file_name)}"
+
+    # -- stats and logs ------------------------------------------------------------------------
+
+    def write_logs(self, msg: str | bytes) -> None:
+        writer = self._writer(naming.LOG_FILE)
+        writer.write_bytes(msg.encode("utf-8") if isinstance(msg, str) else msg)
+        self._create(naming.log_name(), {KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW},
+                     writer.manifest_text())
+
+    def read_logs(self, callback: Callable[..., Any], read_all: bool = False) -> int:
+        filters: list = [[f"properties.{KIND}", "=", naming.KIND_LOG]]
+        if not read_all:
+            filters.append([f"properties.{naming.LOG_STATE}", "=", naming.LOG_NEW])
+        processed = 0
+        for rec in list(self._list(filters, ["manifest_text", "properties"])):
+            with collection_io.open_reader(self._api, rec["manifest_text"], naming.LOG_FILE) as handle:
+                callback(handle)
+            processed += 1
+            if rec["properties"].get(naming.LOG_STATE) == naming.LOG_NEW:
+                self._update(rec["uuid"], properties={KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_READ})
+        return processed

@@ -1,0 +1,128 @@
+"""How Toil's job-store objects map onto Arvados collections: names, properties and IDs.
+
+Pure functions (no I/O), so the mapping is unit-testable without a cluster.
+
+Every record is one collection owned by the job store's project:
+
+============  ==============================  ====================================================
+kind          collection name                 ID Toil sees
+============  ==============================  ====================================================
+job           ``job:<jobName>:<random>``      the collection UUID
+file          ``file:<basename>:<random>``    ``<collection UUID>/<quoted basename>``
+hinted file   ``hint:<slot path>``            the slot path ``<hints>/files/[N/]<basename>``
+tombstone     ``hint:<hints>/deleted/...``    (never handed out)
+shared file   ``shared:<name>``               the shared name
+log           ``log:<random>``                (none)
+============  ==============================  ====================================================
+
+Names are unique per owner in Arvados, so ``shared:`` and ``hint:`` names make "create if absent"
+atomic on the server: of two racing creators exactly one succeeds, the other gets a 422. Arvados
+(by default) refuses ``/`` in collection names, hence ``:`` as the separator and ``|`` in place
+of ``/`` inside hint slot paths. The kind, owning job and cleanup flag live in ``properties``, which
+list filters can select on (``["properties.toil_kind", "=", "job"]``).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from urllib.parse import quote, unquote
+
+# Property keys and values.
+KIND = "toil_kind"
+JOB = "toil_job"  # the job a file was written for (informational)
+CLEANUP_JOB = "toil_cleanup_job"  # set only when the file goes away with that job
+PATH = "toil_path"  # a hinted file's slot path, checked on lookup (names may be shortened)
+LOG_STATE = "toil_log_state"
+STORE_MARK = "toil_job_store"
+
+KIND_JOB = "job"
+KIND_JOB_ID = "job-id"  # an assigned ID whose JobDescription is not yet saved
+KIND_FILE = "file"
+KIND_TOMBSTONE = "tombstone"
+KIND_SHARED = "shared"
+KIND_LOG = "log"
+LOG_NEW = "new"
+LOG_READ = "read"
+
+# Name of the single file inside a job collection.
+JOB_FILE = "job"
+# Name of the single file inside a log collection.
+LOG_FILE = "log"
+# Default basename for streams written without one.
+STREAM_BASENAME = "stream"
+
+# Arvados stores names in a varchar(255).
+MAX_NAME = 250
+
+COLLECTION_UUID_RE = re.compile(r"^[a-z0-9]{5}-4zz18-[a-z0-9]{15}$")
+PROJECT_UUID_RE = re.compile(r"^[a-z0-9]{5}-(j7d0g|tpzed)-[a-z0-9]{15}$")
+_UNHINTED_ID_RE = re.compile(r"^([a-z0-9]{5}-4zz18-[a-z0-9]{15})/([^/]+)$")
+
+
+def _fit(name: str) -> str:
+    """Shorten an over-long name, keeping it unique by a hash of the whole."""
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.md5(name.encode("utf-8")).hexdigest()
+    return f"{name[: MAX_NAME - 34]}#{digest}"
+
+
+def _suffix() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _clean(text: str, limit: int = 80) -> str:
+    return "".join(c for c in text if c.isprintable() and c != "/")[:limit] or "_"
+
+
+def job_name(toil_job_name: str) -> str:
+    return _fit(f"job:{_clean(toil_job_name)}:{_suffix()}")
+
+
+def file_name(basename: str) -> str:
+    return _fit(f"file:{_clean(basename)}:{_suffix()}")
+
+
+def log_name() -> str:
+    return f"log:{_suffix()}"
+
+
+def shared_name(shared_file_name: str) -> str:
+    return _fit(f"shared:{shared_file_name}")
+
+
+def hint_name(slot_path: str) -> str:
+    return _fit("hint:" + slot_path.replace("/", "|"))
+
+
+def is_tombstone_path(slot_path: str) -> bool:
+    """Tombstones sit under ``<hints>/deleted/``; hints can never be ``files`` or ``deleted``."""
+    files = slot_path.find("/files/")
+    deleted = slot_path.find("/deleted/")
+    return deleted != -1 and (files == -1 or deleted < files)
+
+
+def unhinted_file_id(collection_uuid: str, basename: str) -> str:
+    return f"{collection_uuid}/{quote(basename, safe='')}"
+
+
+def parse_file_id(file_id: str) -> tuple[str | None, str]:
+    """``(collection UUID, basename)`` for an unhinted ID, ``(None, slot path)`` for a hinted one."""
+    m = _UNHINTED_ID_RE.match(file_id)
+    if m:
+        return m.group(1), unquote(m.group(2))
+    return None, file_id
+
+
+def slot_basename(slot_path: str) -> str:
+    return slot_path.rsplit("/", 1)[-1]
+
+
+def basename_of(path_or_name: str | None) -> str:
+    base = (path_or_name or "").rstrip("/").rsplit("/", 1)[-1]
+    return base or STREAM_BASENAME
+
+
+def is_job_id(job_id: str) -> bool:
+    return bool(COLLECTION_UUID_RE.match(job_id or ""))
