@@ -14,6 +14,10 @@ def _arvados_batch_system():
 
 add_batch_system_factory("arvados", _arvados_batch_system)
 
+from toil_arvados import cli_errors  # noqa: E402
+
+cli_errors.install()  # setup errors (bad token, unknown project, ...) print as one line
+
 try:
     from toil_arvados.jobstore.registration import register_job_store
 
