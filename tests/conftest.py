@@ -31,9 +31,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterConfig]
 @pytest.fixture(scope="session")
 def cluster_env(cluster: ClusterConfig) -> Iterator[dict[str, str]]:
     """The SDK's environment variables for the session's cluster, set in os.environ."""
+    import arvados.config
+
     env = control.client_env(cluster)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # The SDK reads its settings once (at import); re-read them so the settings it consults
+    # later (e.g. ARVADOS_API_HOST_INSECURE for the websocket client) are this cluster's.
+    arvados.config.initialize()
     try:
         yield env
     finally:
@@ -42,6 +47,7 @@ def cluster_env(cluster: ClusterConfig) -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        arvados.config.initialize()
 
 
 @pytest.fixture(scope="session")

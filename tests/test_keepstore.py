@@ -191,18 +191,9 @@ def test_empty_block(server):
     assert kc.get(loc) == b""
 
 
-def test_large_block_throughput(server, capsys):
-    """Two full 64 MiB blocks round-trip through the SDK at >= 100 MB/s."""
+def test_full_blocks_round_trip(server):
+    """Two full 64 MiB blocks round-trip byte-identical through the SDK (speed: bench/cluster.py)."""
     kc = client(server)
     blocks = [os.urandom(64 * 1024 * 1024) for _ in range(2)]
-    t0 = time.perf_counter()
     locs = [kc.put(b, copies=1) for b in blocks]
-    t1 = time.perf_counter()
-    got = [kc.get(loc) for loc in locs]
-    t2 = time.perf_counter()
-    assert got == blocks
-    mb = sum(len(b) for b in blocks) / 1e6
-    put_rate, get_rate = mb / (t1 - t0), mb / (t2 - t1)
-    with capsys.disabled():
-        print(f"\nkeep PUT {put_rate:.0f} MB/s, GET {get_rate:.0f} MB/s")
-    assert put_rate >= 100 and get_rate >= 100
+    assert [kc.get(loc) for loc in locs] == blocks

@@ -6,8 +6,8 @@ These need root (mount + PID namespaces); they are skipped otherwise.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -70,9 +70,25 @@ def run(spec: dict[str, Any], runtime: NamespaceRuntime | None = None) -> tuple[
     return asyncio.run(go())
 
 
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ", re.M)
+
+
 def read(tmp: Path, name: str) -> str:
+    """A log file's text without the timestamp crunch-run style logs put before every line."""
     p = tmp / "logs" / name
-    return p.read_text() if p.exists() else ""
+    return _STAMP.sub("", p.read_text()) if p.exists() else ""
+
+
+def test_stdout_and_stderr_log_lines_are_timestamped(tmp_path: Path) -> None:
+    # crunch-run writes stdout.txt/stderr.txt with an RFC 3339 timestamp on every line, and
+    # arvados-cwl-runner parses them (done.logtail); a partial line gets one stamp only.
+    code, _ = run(make_spec(tmp_path, ["sh", "-c", "printf 'a\\nb'; sleep 0.1; printf 'c\\n'; echo e >&2"]))
+    assert code == 0
+    out = (tmp_path / "logs" / "stdout.txt").read_text().splitlines()
+    assert [_STAMP.sub("", line) for line in out] == ["a", "bc"]
+    assert all(_STAMP.match(line) for line in out)
+    err = (tmp_path / "logs" / "stderr.txt").read_text()
+    assert _STAMP.match(err) and _STAMP.sub("", err) == "e\n"
 
 
 def test_mounts_visible_at_their_paths_and_host_untouched(tmp_path: Path) -> None:

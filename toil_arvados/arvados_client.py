@@ -16,6 +16,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 NUM_RETRIES = 5
+# The first contact (the discovery document) retries less: with NUM_RETRIES the SDK's randomised
+# exponential backoff keeps a leader pointed at a dead host waiting 30-60 s before it can say so.
+CONNECT_RETRIES = 3
 
 
 class ArvadosSetupError(Exception):
@@ -50,11 +53,27 @@ def connect() -> Any:
             insecure = (os.environ.get("ARVADOS_API_HOST_INSECURE")
                         or arvados.config.get("ARVADOS_API_HOST_INSECURE", "")).lower() in ("1", "true", "yes")
             try:
-                client = arvados.api("v1", host=host, token=token, insecure=insecure, num_retries=NUM_RETRIES)
+                client = arvados.api("v1", host=host, token=token, insecure=insecure, num_retries=CONNECT_RETRIES)
             except Exception as e:
                 raise ArvadosSetupError(describe(e, f"cannot reach the Arvados API at {host}")) from None
+            _full_retries(client)
             _clients[key] = client
     return client
+
+
+def _full_retries(client: Any) -> None:
+    """Once the host answered, give every later call (in any thread) the full retry budget.
+
+    ``arvados.api`` builds this thread's client at once and other threads' clients lazily from
+    the same keyword arguments; the SDK's retry wrapper uses the larger of a call's own
+    ``num_retries`` and the HTTP object's, so raising both is enough.
+    """
+    kwargs = getattr(client, "_api_kwargs", None)
+    if isinstance(kwargs, dict):
+        kwargs["num_retries"] = max(int(kwargs.get("num_retries") or 0), NUM_RETRIES)
+    http = getattr(getattr(getattr(client, "local", None), "api", None), "_http", None)
+    if http is not None and hasattr(http, "num_retries"):
+        http.num_retries = max(int(http.num_retries or 0), NUM_RETRIES)
 
 
 def describe(error: BaseException, context: str) -> str:

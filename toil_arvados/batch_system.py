@@ -103,7 +103,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         self._finishing: set[int] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._reattach: dict[tuple[str, str], dict] = {}
+        self._reattach: dict[str, dict] = {}  # job store id -> running request (after --restart)
         if getattr(config, "restart", False):
             self._load_reattachable()
         self._events = self._subscribe()
@@ -182,9 +182,13 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             self._next_id += 1
         env = dict(self.environment)
         env.update(job_environment or {})
-        existing = self._reattach.pop((str(job_desc.jobStoreID), command), None)
+        existing = self._reattach.pop(str(job_desc.jobStoreID), None)
         if existing is not None:
             cr = existing
+            if (existing.get("command") or [None])[-1] != command:
+                # Same job, but e.g. another --workDir or leader host changed the worker's --context:
+                # the running worker does the same work on the same job store entry.
+                logger.debug("Re-attaching %s although its worker command changed", job_desc)
             logger.info("Re-attached job %s to running container request %s", job_desc, cr["uuid"])
         else:
             body = container_request_body(
@@ -199,7 +203,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 cr = self.api.container_requests().create(body={"container_request": body}).execute()
             except Exception as e:
                 raise ArvadosSetupError(describe(e, f"cannot submit {job_desc} as a container request")) from None
-        job = _Job(batch_id, cr["uuid"], cr.get("container_uuid"), time.time())
+        job = _Job(batch_id, cr["uuid"], cr.get("container_uuid"), time.time(),
+                   started_at=time.time() if cr.get("_container_state") == "Running" else None)
         with self._lock:
             self._jobs[batch_id] = job
             self._by_cr[cr["uuid"]] = batch_id
@@ -209,15 +214,26 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         return batch_id
 
     def _load_reattachable(self) -> None:
-        """After ``--restart``: the requests of this workflow still running, by (job, command)."""
+        """After ``--restart``: the requests of this workflow still running, by job store id.
+
+        Keyed by the job's id in the job store only, not by the worker command: the command's
+        ``--context`` embeds leader-side paths (coordination/work dir) that may differ after a
+        restart, while the job store id names exactly the work the running worker is doing.
+        """
         filters = [[f"properties.{PROPERTY_WORKFLOW}", "=", str(self.config.workflowID)],
-                   ["state", "=", "Committed"]]
+                   ["state", "=", "Committed"], ["priority", ">", 0]]
         try:
             for cr in _list_all(self.api.container_requests(), filters,
                                 ["uuid", "state", "container_uuid", "command", "properties"]):
-                command = (cr.get("command") or [None])[-1]
-                key = (str((cr.get("properties") or {}).get(PROPERTY_JOB_STORE_ID)), command)
-                self._reattach[key] = cr
+                job_store_id = (cr.get("properties") or {}).get(PROPERTY_JOB_STORE_ID)
+                if job_store_id:
+                    self._reattach[str(job_store_id)] = cr
+            c_uuids = [cr["container_uuid"] for cr in self._reattach.values() if cr.get("container_uuid")]
+            if c_uuids:  # one batched call, so re-attached jobs that are running count as running
+                states = {c["uuid"]: c["state"] for c in _list_all(self.api.containers(),
+                                                                   [["uuid", "in", c_uuids]], ["uuid", "state"])}
+                for cr in self._reattach.values():
+                    cr["_container_state"] = states.get(cr.get("container_uuid") or "")
         except Exception as e:
             logger.warning("%s", describe(e, "could not look for running requests to re-attach"))
         if self._reattach:

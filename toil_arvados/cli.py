@@ -16,7 +16,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
     from .localcluster import control
 
     cfg = control.up(args.state_dir, cores=args.cores, ram=parse_size(args.ram) if args.ram else None,
-                     port=args.port)
+                     port=args.port, docker_host=args.docker_host)
     print(f"cluster {cfg.cluster_id} is up at https://{cfg.api_host} "
           f"({cfg.cores} cores, {cfg.ram >> 20} MiB RAM, state in {cfg.state_dir})")
     print(f"use it with: eval \"$(toil-arvados cluster env --state-dir {cfg.state_dir})\"")
@@ -65,6 +65,28 @@ def _register_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_standins(args: argparse.Namespace) -> int:
+    from .localcluster import control
+    from .localcluster.runtime.selection import resolve_docker_host
+    from .localcluster.standin_images import DEFAULT_CACHE_DIR, build_and_upload
+
+    cfg = _load(args.state_dir)
+    if not (control.is_running(args.state_dir) and control.answers(cfg)):
+        raise control.ClusterError(f"the cluster in {cfg.state_dir} is not running: start it with "
+                                   "`toil-arvados cluster up`")
+    import arvados
+
+    env = control.client_env(cfg)
+    api = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
+                      num_retries=3)
+    docker_host = resolve_docker_host(args.docker_host or cfg.docker_host)
+    for image in build_and_upload(api, docker_host, args.only, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR,
+                                  owner_uuid=args.project):
+        print(f"{image.name}: sha256:{image.image_id[:12]} in Keep as {image.pdh} "
+              f"({'built' if image.rebuilt else 'cached'} {image.seconds:.1f}s, upload {image.upload_seconds:.1f}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toil-arvados", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, help="cores containers may use (default: all)")
     p.add_argument("--ram", help="RAM containers may use, e.g. 8G (default: all)")
     p.add_argument("--port", type=int, help="API server port (default: a free one)")
+    p.add_argument("--docker-host", help="Docker engine for containers with real images, e.g. "
+                   "unix:///run/docker.sock (default: $DOCKER_HOST, else Docker's default socket; "
+                   "without an engine every container runs in the namespace runtime)")
     p.set_defaults(func=_cluster_up)
     with_state(csub.add_parser("down", help="stop the cluster (its state is kept)")).set_defaults(func=_cluster_down)
     with_state(csub.add_parser("status", help="is the cluster running?")).set_defaults(func=_cluster_status)
@@ -87,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_state(csub.add_parser("register-image", help="register a stand-in Docker image name in Keep"))
     p.add_argument("image", help="image name, e.g. arvados/jobs:3.2.1")
     p.set_defaults(func=_register_image)
+
+    images = sub.add_parser("images", help="Docker images for the local cluster")
+    isub = images.add_subparsers(dest="action", required=True)
+    p = with_state(isub.add_parser(
+        "build-standins", help="build the images the CWL suite names (debian:stable-slim, python:3-slim, "
+        "bash:4.4, alpine:latest) from Debian packages and load them into the cluster's Keep"))
+    p.add_argument("--only", action="append", metavar="IMAGE",
+                   help="build just this image (repeatable; default: all four)")
+    p.add_argument("--docker-host", help="Docker engine to build in (default: the cluster's, else $DOCKER_HOST)")
+    p.add_argument("--cache-dir", type=Path,
+                   help="where the debootstrap base filesystem is cached (default ~/.cache/toil-arvados)")
+    p.add_argument("--project", help="project (or user) UUID to own the image collections (default: you)")
+    p.set_defaults(func=_build_standins)
 
     demo = sub.add_parser("demo", help="start the local cluster and run the demo workflow on it")
     demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)

@@ -309,6 +309,38 @@ class Resource:
         return shown
 
 
+class Trashable(Resource):
+    """Arvados' trash for collections and projects: ``delete`` trashes, ``untrash`` restores."""
+
+    TRASH_LIFETIME = 14 * 24 * 3600  # Collections.DefaultTrashLifetime (336h), as exported in the config
+
+    def trash_routes(self) -> list[tuple[str, str, Handler]]:
+        return [("POST", "{uuid}/trash", self.trash), ("POST", "{uuid}/untrash", self.untrash)]
+
+    def _writable(self, req: Request) -> dict:
+        old = self.fetch(req, req.params["uuid"])
+        if not self.authz.can_write(req.user, old):
+            raise ApiError(403, f"Forbidden: no write permission on {old['uuid']}")
+        return old
+
+    async def trash(self, req: Request) -> dict:
+        from ..timestamps import timestamp
+
+        old = self._writable(req)
+        now = time.time()
+        changes = {"is_trashed": True, "trash_at": timestamp(now), "delete_at": timestamp(now + self.TRASH_LIFETIME)}
+        return self._shape(req, self.store.update(old["uuid"], changes, by=req.user.uuid))
+
+    async def delete(self, req: Request) -> dict:
+        """Arvados' ``delete`` puts the object in the trash (``untrash`` brings it back)."""
+        return await self.trash(req)
+
+    async def untrash(self, req: Request) -> dict:
+        old = self._writable(req)
+        changes = {"is_trashed": False, "trash_at": None, "delete_at": None}
+        return self._shape(req, self.store.update(old["uuid"], changes, by=req.user.uuid))
+
+
 # Tables whose owner_uuid is not a project to check write permission on.
 UNOWNED_TABLES = frozenset({"logs", "keep_services", "api_client_authorizations", "users", "links"})
 
@@ -356,7 +388,8 @@ class ApiServer:
             for method, path, handler in res.routes():
                 app.router.add_route(method, f"/arvados/v1/{table}/{path}", self._wrap(handler, True))
             app.router.add_route("GET", f"/arvados/v1/{table}", self._wrap(res.list, True))
-            app.router.add_route("POST", f"/arvados/v1/{table}", self._wrap(res.create, True))
+            app.router.add_route("POST", f"/arvados/v1/{table}",
+                                 _method_override(self._wrap(res.create, True), {"GET": self._wrap(res.list, True)}))
             app.router.add_route("GET", f"/arvados/v1/{table}/{{uuid}}", self._wrap(res.get, True))
             app.router.add_route("PUT", f"/arvados/v1/{table}/{{uuid}}", self._wrap(res.update, True))
             app.router.add_route("PATCH", f"/arvados/v1/{table}/{{uuid}}", self._wrap(res.update, True))
@@ -431,6 +464,24 @@ class ApiServer:
         if params.get("_method"):
             params.pop("_method")
         return params, json_body
+
+
+def _method_override(post: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                     others: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
+                     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A POST that says it is another method is that method, its parameters in the body.
+
+    Arvados treats ``POST ...?_method=GET`` as a GET (api__requests), and so does its controller
+    for the ``X-Http-Method-Override`` header, which the SDK's HTTP layer sends when a list's
+    query string is too long for a URL (e.g. a ``["uuid", "in", [...]]`` filter of 60 uuids).
+    Without this such a list would run as a create.
+    """
+    async def serve(http: web.Request) -> web.StreamResponse:
+        method = http.headers.get("X-Http-Method-Override") or http.query.get("_method")
+        if not method and http.content_type == "application/x-www-form-urlencoded":
+            method = (await http.post()).get("_method")
+        return await others.get(str(method or "POST").upper(), post)(http)
+    return serve
 
 
 def _token_of(http: web.Request, params: dict) -> str | None:

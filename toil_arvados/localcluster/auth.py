@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .signing import token_secret  # noqa: F401  (callers import it from here too)
 from .store import Store
 from .uuids import table_of
 
@@ -28,15 +29,6 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return bool(self.user.get("is_admin"))
-
-
-def token_secret(token: str) -> str:
-    """The secret part of a token: ``v2/<uuid>/<secret>`` tokens sign and match by their secret."""
-    if token.startswith("v2/"):
-        parts = token.split("/")
-        if len(parts) >= 3:
-            return parts[2]
-    return token
 
 
 class Authorizer:

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from . import manifest as mf
-from .api import ApiError, Request, Resource, unprocessable
+from .api import ApiError, Request, Trashable, unprocessable
 from .auth import token_secret
 from .signing import sign_locator, verify_locator
 from .store import Store, timestamp
@@ -52,14 +52,14 @@ def collection_defaults() -> dict[str, Any]:
     }
 
 
-class Collections(Resource):
+class Collections(Trashable):
     table = "collections"
     unique_names = True
     list_omits = frozenset({"manifest_text", "unsigned_manifest_text"})
 
     def routes(self):
-        return [("POST", "{uuid}/trash", self.trash), ("POST", "{uuid}/untrash", self.untrash),
-                ("GET", "{uuid}/provenance", self.provenance), ("GET", "{uuid}/used_by", self.used_by)]
+        return self.trash_routes() + [("GET", "{uuid}/provenance", self.provenance),
+                                      ("GET", "{uuid}/used_by", self.used_by)]
 
     # Keep's permission signatures ----------------------------------------------------------
 
@@ -142,18 +142,6 @@ class Collections(Resource):
         if record.get("is_trashed") and not req.flag("include_trash"):
             raise ApiError(404, "Path not found")
         return self._shape(req, record)
-
-    async def trash(self, req: Request) -> dict:
-        old = self.fetch(req, req.params["uuid"])
-        now = timestamp()
-        rec = self.store.update(old["uuid"], {"is_trashed": True, "trash_at": now}, by=req.user.uuid)
-        return self._shape(req, rec)
-
-    async def untrash(self, req: Request) -> dict:
-        old = self.fetch(req, req.params["uuid"])
-        rec = self.store.update(old["uuid"], {"is_trashed": False, "trash_at": None, "delete_at": None},
-                                by=req.user.uuid)
-        return self._shape(req, rec)
 
     async def provenance(self, req: Request) -> dict:
         rec = self.fetch(req, req.params["uuid"])

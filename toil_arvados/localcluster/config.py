@@ -63,6 +63,9 @@ class ClusterConfig:
     blob_signing_key: str = field(default_factory=lambda: _secret(64))
     blob_signature_ttl: int = 14 * 24 * 3600
     container_count_max: int = 3
+    #: Docker engine for containers with real images (``unix:///path``); None: ``DOCKER_HOST``
+    #: of the cluster process, else Docker's default socket (see runtime/selection.py).
+    docker_host: str | None = None
 
     @property
     def state_path(self) -> Path:

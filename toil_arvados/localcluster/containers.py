@@ -53,12 +53,7 @@ class ContainerRequests(Resource):
         for key in ("container_uuid", "output_uuid", "log_uuid"):
             attrs[key] = None
         attrs["container_count"] = 0
-        sp = {"max_run_time": 0, "partitions": [], "preemptible": False, "supervisor": False}
-        sp.update(attrs.get("scheduling_parameters") or {})
-        if (attrs.get("command") or [""])[0] == "arvados-cwl-runner":
-            sp["supervisor"] = True
-        attrs["scheduling_parameters"] = sp
-        attrs["runtime_constraints"] = reuse.fill_runtime_constraint_defaults(attrs.get("runtime_constraints") or {})
+        fill_saved_defaults(attrs)
         for key, empty in (("cwd", "."), ("environment", {}), ("mounts", {}), ("secret_mounts", {}),
                            ("output_glob", [])):
             if attrs.get(key) is None:
@@ -87,6 +82,12 @@ class ContainerRequests(Resource):
                 changes["priority"] = 0  # a client finalizing early is a cancel
         else:
             merged = dict(old, **changes)
+            if {"scheduling_parameters", "runtime_constraints", "command"} & set(changes):
+                # Defaults are filled on every save, not just create: a-c-r creates Uncommitted
+                # and then commits with a full body whose runtime_constraints are bare.
+                fill_saved_defaults(merged)
+                changes["scheduling_parameters"] = merged["scheduling_parameters"]
+                changes["runtime_constraints"] = merged["runtime_constraints"]
             if merged.get("state") == "Committed":
                 validate_committed(merged, self.store)
             elif merged.get("state") not in ("Uncommitted",):
@@ -139,11 +140,29 @@ class Containers(Resource):
     async def create(self, req: Request) -> dict:
         raise ApiError(403, "Forbidden: containers are created by the system from container requests")
 
+    # What the contained process itself (its auth_uuid token) may set while Running: Arvados'
+    # progress attributes (a-c-r's runner reports runtime_status and sets its output this way).
+    _SELF_UPDATABLE = frozenset({"progress", "runtime_status", "subrequests_cost", "cost", "output",
+                                 "output_properties", "exit_code", "finished_at", "gateway_address",
+                                 "interactive_session_started"})
+
     async def update(self, req: Request) -> dict:
-        if not req.user.is_admin:
-            raise ApiError(403, "Forbidden: only the dispatcher or an admin updates containers")
         old = self.fetch(req, req.params["uuid"])
         changes = req.body("container", "containers")
+        if not req.user.is_admin:
+            if old["state"] != "Running" or req.user.token.get("uuid") != old.get("auth_uuid"):
+                raise ApiError(403, "Forbidden: only the dispatcher, an admin or the running container "
+                                    "itself updates a container")
+            bad = {k for k, v in changes.items() if k not in self._SELF_UPDATABLE and old.get(k) != v}
+            if bad:
+                raise unprocessable(f"Cannot modify {', '.join(sorted(bad))} of a container from inside it; "
+                                    f"only {', '.join(sorted(self._SELF_UPDATABLE))} may change")
+            changes = {k: v for k, v in changes.items() if k in self._SELF_UPDATABLE}
+        if changes.get("output") and changes["output"] != old.get("output") and not any(
+                c.get("portable_data_hash") == changes["output"] and self.authz.can_read(req.user, c)
+                for c in self.store.records("collections")):
+            raise unprocessable(f"output {changes['output']}: collection must exist and be readable by the "
+                                "current user")
         rec = self.api.lifecycle.update_container(old["uuid"], changes, by=req.user.uuid)
         return self._shape(req, rec)
 
@@ -180,6 +199,16 @@ class Containers(Resource):
             raise ApiError(403, "Forbidden")
         c = self.fetch(req, req.params["uuid"])
         return {"secret_mounts": c.get("secret_mounts") or {}}
+
+
+def fill_saved_defaults(attrs: dict) -> None:
+    """Arvados' implied values for scheduling_parameters and runtime_constraints, on every save."""
+    sp = {"max_run_time": 0, "partitions": [], "preemptible": False, "supervisor": False}
+    sp.update(attrs.get("scheduling_parameters") or {})
+    if (attrs.get("command") or [""])[0] == "arvados-cwl-runner":
+        sp["supervisor"] = True
+    attrs["scheduling_parameters"] = sp
+    attrs["runtime_constraints"] = reuse.fill_runtime_constraint_defaults(attrs.get("runtime_constraints") or {})
 
 
 def validate_committed(attrs: dict, store: Store) -> None:

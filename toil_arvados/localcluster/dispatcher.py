@@ -179,7 +179,12 @@ class Dispatcher:
             if run.cancelled or lost:
                 raise _Cancelled("container process was lost (killed outside the command)" if lost and not run.cancelled
                                  else None)
-            output_pdh = await asyncio.to_thread(self._save_output, c, spec)
+            # As crunch-run: a container with API access may have set its output itself.
+            current = self.store.get(uuid) or c
+            if (c.get("runtime_constraints") or {}).get("API") and current.get("output"):
+                output_pdh = current["output"]
+            else:
+                output_pdh = await asyncio.to_thread(self._save_output, c, spec)
             log_pdh = await asyncio.to_thread(self._save_log_dir, c, logdir)
             finish.update({"state": "Complete", "output": output_pdh, "log": log_pdh, "progress": 1.0})
             self.lifecycle.update_container(uuid, finish)
@@ -272,6 +277,8 @@ class Dispatcher:
             "image": image,
             "vcpus": int(rc.get("vcpus") or 1),
             "ram": int(rc.get("ram") or 0),
+            "api": bool(rc.get("API")),
+            **self._image_spec(image),
         }
         (logdir / "container.json").write_text(json.dumps(_public_container(c), indent=2, sort_keys=True))
         return spec
@@ -315,6 +322,24 @@ class Dispatcher:
         except OSError:  # another container materialized it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def _image_spec(self, pdh: str | None) -> dict:
+        """What the runtime needs of the image: whether it is a stand-in (see images.py), and,
+        for a runtime that loads images (Docker), the host path of its ``docker save`` tarball."""
+        from .images import STAND_IN_PROPERTY
+
+        stand_in = None
+        # A snapshot (list() copies atomically): this runs in a thread while the loop adds records.
+        for c in list(self.store.records("collections")) if pdh else ():
+            props = c.get("properties") or {}
+            if c.get("portable_data_hash") == pdh and STAND_IN_PROPERTY in props:
+                stand_in = str(props[STAND_IN_PROPERTY] or "stand-in")
+                break
+        tarball = None
+        if pdh and stand_in is None and getattr(self.runtime, "loads_images", False):
+            tars = sorted(self._materialized(pdh).glob("*.tar"))
+            tarball = str(tars[0]) if tars else None
+        return {"image_stand_in": stand_in, "image_tarball": tarball}
 
     # -- output and logs ---------------------------------------------------------------------
 

@@ -66,9 +66,9 @@ def register_stand_in(env: Mapping[str, str], image: str, project_uuid: str | No
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    repo_tag = repo_tag(image)
+    tag = repo_tag(image)
     existing = api.links().list(filters=[["link_class", "=", "docker_image_repo+tag"],
-                                         ["name", "=", repo_tag]]).execute()["items"]
+                                         ["name", "=", tag]]).execute()["items"]
     for link in existing:
         found = api.collections().list(filters=[["uuid", "=", link["head_uuid"]]]).execute()["items"]
         if found:
@@ -78,12 +78,12 @@ def register_stand_in(env: Mapping[str, str], image: str, project_uuid: str | No
     with coll.open(f"{image_id}.tar", "wb") as f:
         f.write(tarball)
     owner = project_uuid or api.users().current().execute()["uuid"]
-    coll.save_new(name=f"Docker image {repo_tag} sha256:{image_id[:12]}", owner_uuid=owner,
+    coll.save_new(name=f"Docker image {tag} sha256:{image_id[:12]}", owner_uuid=owner,
                   properties={STAND_IN_PROPERTY: "empty image: the namespace runtime runs commands on the "
-                                                  "host filesystem", "docker-image-repo-tag": repo_tag},
+                                                  "host filesystem", "docker-image-repo-tag": tag},
                   ensure_unique_name=True)
     timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for link_class, name in (("docker_image_hash", f"sha256:{image_id}"), ("docker_image_repo+tag", repo_tag)):
+    for link_class, name in (("docker_image_hash", f"sha256:{image_id}"), ("docker_image_repo+tag", tag)):
         api.links().create(body={"link": {
             "link_class": link_class, "name": name, "head_uuid": coll.manifest_locator(),
             "owner_uuid": owner, "properties": {"image_timestamp": timestamp}}}).execute()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import secrets
 import string
 
-from .api import ApiError, Request, Resource, not_found, unprocessable
+from .api import ApiError, Request, Resource, Trashable, not_found, unprocessable
+from .filters import FilterError, apply_list
 from .uuids import table_of
 
 
@@ -73,13 +74,13 @@ class ApiClientAuthorizations(Resource):
         return attrs
 
 
-class Groups(Resource):
+class Groups(Trashable):
     table = "groups"
     unique_names = True
 
     def routes(self):
         return [("GET", "contents", self.contents), ("GET", "shared", self.shared),
-                ("POST", "{uuid}/trash", self.trash), ("POST", "{uuid}/untrash", self.untrash)]
+                *self.trash_routes()]
 
     def prepare_create(self, req: Request, attrs: dict) -> dict:
         if attrs.get("group_class") not in ("project", "role", "filter"):
@@ -92,14 +93,35 @@ class Groups(Resource):
         owner = req.params.get("uuid") or req.user.uuid
         if table_of(owner) not in ("users", "groups"):
             raise not_found()
-        if self.store.get(owner) is None:
-            raise not_found()
+        target = self.store.get(owner)
+        if target is None or (table_of(owner) == "groups" and not self.authz.can_read(req.user, target)):
+            raise not_found()  # Arvados: a project the caller cannot read is not found
+        # As Arvados does, filters apply per kind with that kind's columns (so ``["uuid", "is_a",
+        # "arvados#collection"]`` picks one kind); a kind lacking a filtered attribute is left out.
+        filters = list(req.params.get("filters") or [])
+        where = req.params.get("where")
+        if isinstance(where, dict):
+            filters += [[k, "in" if isinstance(v, list) else "=", v] for k, v in where.items()]
         rows: list[dict] = []
+        skipped: list[str] = []
         for table in ("collections", "container_requests", "groups", "workflows"):
             res = self.api.resources[table]
-            rows += [r for r in self.store.records(table)
-                     if (req.flag("recursive") or r.get("owner_uuid") == owner) and res.visible(req, r)]
-        items, available = self.select_list(req, rows)
+            candidates = [r for r in self.store.records(table)
+                          if (req.flag("recursive") or r.get("owner_uuid") == owner) and res.visible(req, r)
+                          and (table != "groups" or r.get("group_class") in ("project", "filter"))]
+            try:
+                matched, _ = apply_list(candidates, filters=filters, limit=len(candidates),
+                                        max_limit=len(candidates), table=table)
+            except FilterError as e:
+                if str(e).startswith("Invalid attribute"):
+                    skipped.append(str(e))
+                    continue
+                raise unprocessable(str(e)) from None
+            rows += matched
+        if len(skipped) == 4:  # valid for no kind at all
+            raise unprocessable(skipped[0])
+        unfiltered = {k: v for k, v in req.params.items() if k not in ("filters", "where")}
+        items, available = self.select_list(Request(req.http, req.caller, unfiltered, req.json_body), rows)
         shaped = [self.api.resources[table_of(r["uuid"])]._shape(req, r) for r in items]
         out = self.list_envelope(req, shaped, available)
         out["kind"] = "arvados#objectList"
@@ -111,20 +133,6 @@ class Groups(Resource):
                 and self.visible(req, r)]
         items, available = self.select_list(req, rows)
         return self.list_envelope(req, [self._shape(req, r) for r in items], available)
-
-    async def trash(self, req: Request) -> dict:
-        old = self.fetch(req, req.params["uuid"])
-        from .store import timestamp
-
-        now = timestamp()
-        rec = self.store.update(old["uuid"], {"is_trashed": True, "trash_at": now}, by=req.user.uuid)
-        return self._shape(req, rec)
-
-    async def untrash(self, req: Request) -> dict:
-        old = self.fetch(req, req.params["uuid"])
-        rec = self.store.update(old["uuid"], {"is_trashed": False, "trash_at": None, "delete_at": None},
-                                by=req.user.uuid)
-        return self._shape(req, rec)
 
 
 class Links(Resource):

@@ -28,7 +28,7 @@ from .dispatcher import Dispatcher
 from .eventbus import EventBus
 from .keepstore import make_keep_app
 from .resources import ApiClientAuthorizations, Groups, KeepServices, Links, Logs, Users, Workflows
-from .runtime.namespace import NamespaceRuntime
+from .runtime.selection import make_runtime
 from .store import Store
 from .tls import ensure_certificate, server_context
 
@@ -89,7 +89,8 @@ class Cluster:
         self.api.route("POST", "sys/trash_sweep", self._trash_sweep)
         self.eventbus = EventBus(self.store, self.authz.authenticate, self.authz.can_read)
         env = {"ARVADOS_API_HOST": cfg.api_host, "ARVADOS_API_HOST_INSECURE": "1"}
-        self.dispatcher = Dispatcher(self.store, self.lifecycle, cfg, self.blockstore, NamespaceRuntime(),
+        self.dispatcher = Dispatcher(self.store, self.lifecycle, cfg, self.blockstore,
+                                     make_runtime(cfg.docker_host, owner=cfg.state_dir),
                                      api_env=env)
         self._runners: list[web.AppRunner] = []
         self._dispatch_task: asyncio.Task | None = None
@@ -100,7 +101,12 @@ class Cluster:
             uuid_prefix=self.cfg.cluster_id, blob_signature_ttl=self.cfg.blob_signature_ttl)
 
     async def _config(self, req: Any) -> dict:
-        return exported_config(self.cfg)
+        config = exported_config(self.cfg)
+        # RuntimeEngine stays "namespace": it describes where the (stand-in) worker images run.
+        # This extension says where containers with real images run right now.
+        docker = await asyncio.to_thread(self.dispatcher.runtime.docker_available)
+        config["Containers"]["ToilArvadosImageRuntime"] = "docker" if docker else "namespace"
+        return config
 
     async def _vocabulary(self, req: Any) -> dict:
         return {"strict_tags": False, "tags": {}}

@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..timestamps import parse_timestamp, timestamp  # noqa: F401  (re-exported for the cluster)
+from ..timestamps import timestamp  # noqa: F401  (the cluster imports it from here)
 from .uuids import RESOURCE_KINDS, kind_of_table, new_uuid, table_of
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ class Store:
         return self.tables.get(table, {}).get(uuid) if table else None
 
     def records(self, table: str) -> Iterable[dict]:
-        return self.tables[table].values()
+        # A snapshot: the dispatcher saves outputs and logs in worker threads (store.create) while
+        # the event loop iterates, and a live dict view would raise "changed size during iteration".
+        return list(self.tables[table].values())
 
     def logs_after(self, last_id: int) -> list[dict]:
         """Log records with ``id > last_id`` in id order (websocket ``last_log_id`` replay)."""

@@ -139,24 +139,81 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _open_files(spec: dict) -> tuple[int, int, int]:
-    """Open the command's stdin/stdout/stderr on the host, before any namespace change."""
+def _open_files(spec: dict) -> tuple[tuple[int, int, int], list[tuple[int, int]]]:
+    """Open the command's stdin/stdout/stderr on the host, before any namespace change.
+
+    Log destinations (``stdout_log``, ``stderr_log``) are pipes that the monitor copies into the
+    log files with a timestamp at the start of every line, as crunch-run writes stdout.txt and
+    stderr.txt (clients such as arvados-cwl-runner parse those timestamps). Returns the three
+    fds for the command and the (pipe read end, log file fd) pairs to pump.
+    """
+    pumps: list[tuple[int, int]] = []
+
+    def log_pipe(path: str) -> int:
+        log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        r, w = os.pipe()  # both ends close-on-exec; the command gets w through dup2
+        pumps.append((r, log_fd))
+        return w
+
     stdin = spec.get("stdin")
     fd_in = os.open(stdin if stdin else os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     if spec.get("stdout"):
         fd_out = os.open(spec["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                          0o644)
     elif spec.get("stdout_log"):
-        fd_out = os.open(spec["stdout_log"],
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd_out = log_pipe(spec["stdout_log"])
     else:
         fd_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     if spec.get("stderr_log"):
-        fd_err = os.open(spec["stderr_log"],
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd_err = log_pipe(spec["stderr_log"])
     else:
         fd_err = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    return fd_in, fd_out, fd_err
+    return (fd_in, fd_out, fd_err), pumps
+
+
+def _stamp() -> bytes:
+    now = time.time_ns()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 1_000_000_000))
+    return f"{stamp}.{now % 1_000_000_000:09d}Z ".encode()
+
+
+def _pump_logs(pumps: list[tuple[int, int]]) -> None:
+    """Copy the command's output pipes into their log files, timestamping each line, until
+    every writer is gone (the whole PID namespace has exited, or the command closed them)."""
+    import select
+
+    at_start = {r: True for r, _ in pumps}
+    dest = dict(pumps)
+    poller = select.poll()
+    for r in dest:
+        poller.register(r, select.POLLIN)
+    while dest:
+        for r, _events in poller.poll():
+            data = os.read(r, 65536)
+            if not data:
+                poller.unregister(r)
+                os.close(r)
+                os.close(dest.pop(r))
+                continue
+            stamp = _stamp()
+            out = bytearray()
+            lines = data.split(b"\n")
+            for i, piece in enumerate(lines):
+                last = i == len(lines) - 1
+                if last and not piece:
+                    break
+                if at_start[r]:
+                    out += stamp
+                out += piece
+                if not last:
+                    out += b"\n"
+                at_start[r] = not last
+            view = memoryview(out)
+            while view:
+                try:
+                    view = view[os.write(dest[r], view):]
+                except OSError:
+                    break  # a full disk must not hang the container: drop the log line
 
 
 # --------------------------------------------------------------------------- the new root
@@ -459,7 +516,7 @@ def main(argv: list[str]) -> int:
     for line in spec.get("limits_log") or []:
         log(line)
     try:
-        fds = _open_files(spec)
+        fds, pumps = _open_files(spec)
         _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID), "unshare(CLONE_NEWNS|CLONE_NEWPID)")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
     except (OSError, SetupError) as e:
@@ -508,6 +565,7 @@ def main(argv: list[str]) -> int:
     os.close(go_w)
     if killed:  # SIGTERM arrived while forking
         on_term(signal.SIGTERM, None)
+    _pump_logs(pumps)
     while True:
         try:
             _, st = os.waitpid(child, 0)

@@ -1,0 +1,372 @@
+"""Run the CWL v1.2 conformance suite against ``toil-cwl-runner --batchSystem arvados``.
+
+    python conformance/run.py [--baseline] [--tags required] [-j N] [--out DIR] [--jobstore keep|file]
+
+One command does everything: it starts a local Arvados-compatible cluster in a temp dir, runs
+``cwltest`` with one fresh job store per test (``toil-cwl-runner-arvados``), optionally runs the
+same selection with ``--batchSystem single_machine`` (``--baseline``) with the same container flags,
+stops the cluster (also on Ctrl-C), and writes JUnit XML plus ``summary.md`` into ``--out``.
+
+Exit status: 0 when every failure of the arvados run is on ``expected-failures.yaml``; 1 when a
+test failed that is not (listed tests that pass are reported as unexpected passes, not failures);
+2 for a setup problem (one line saying what to do); 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script: the sibling modules are importable by name
+    sys.path.insert(0, str(HERE))
+
+import summary  # noqa: E402
+import suite as suite_mod  # noqa: E402
+
+logger = logging.getLogger("conformance")
+
+WRAPPER = HERE / "toil-cwl-runner-arvados"
+EXPECTED_FILE = HERE / "expected-failures.yaml"
+DEFAULT_OUT = HERE / "out"
+RECORD = "run.json"  # what summary.md is rendered from, besides the JUnit XML
+JOBSTORE_ENV = "TOIL_CONFORMANCE_JOBSTORE_BASE"
+#: Toil flags for every test, both runners: delete each job store at the end even after a failure,
+#: no progress bars in captured output, accept the suite's unusual file names (as Toil's own
+#: conformance job does), no retries (a conformance test is deterministic: a retry would only hide
+#: flakiness), and a JavaScript timeout that survives two busy cores.
+TOIL_FLAGS = ["--clean=always", "--disableProgress", "--relax-path-checks", "--retryCount=0",
+              "--eval-timeout=600"]
+#: Arvados batch system flags: reconcile every second (the event bus normally reports sooner).
+ARVADOS_FLAGS = ["--arvadosPollInterval", "1"]
+
+
+class SetupError(Exception):
+    """Something the user must fix before a run can start."""
+
+
+@dataclass
+class Variant:
+    """One runner configuration: its name in the summary and the arguments after ``--``."""
+
+    name: str
+    runner_args: list[str]
+    jobstore_base: str
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    p = argparse.ArgumentParser(prog="conformance/run.py", description=__doc__.splitlines()[0].replace("``", ""))
+    p.add_argument("--baseline", action="store_true",
+                   help="also run the selection with --batchSystem single_machine, for comparison")
+    p.add_argument("--tags", help="comma-separated cwltest tags to run (default: the whole suite)")
+    p.add_argument("--ids", help="comma-separated test ids to run (within --tags, if given)")
+    p.add_argument("-j", type=int, default=cores, help="tests run at once (default: this machine's cores, %(default)s)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the JUnit XML and summary.md go (default: %(default)s)")
+    p.add_argument("--jobstore", choices=("keep", "file"), default="keep",
+                   help="job store kind for the arvados run: 'keep' (arvados:<project>/<name>) or 'file' "
+                        "(a host directory the local cluster's containers see) (default: %(default)s)")
+    p.add_argument("--containers", choices=("auto", "docker", "none"), default="auto",
+                   help="run CWL DockerRequirements in Docker ('docker'), or ignore them with --no-container "
+                        "('none'); 'auto' uses Docker when an engine answers (default: %(default)s)")
+    p.add_argument("--suite", type=Path, help="a cwl-v1.2 checkout (default: ../shared/cwl-v1.2, else the pinned download)")
+    p.add_argument("--timeout", type=int, default=600, help="seconds before cwltest gives up on one test (default: %(default)s)")
+    p.add_argument("--workdir", type=Path, default=_default_workdir_parent(),
+                   help="parent of the run's temp dir (cluster state, file job stores); must not be under /tmp, "
+                        "which worker containers see privately (default: %(default)s)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="run nothing: re-render summary.md in --out from its JUnit XML and run.json, with the "
+                        "current expected-failures.yaml")
+    p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir (cluster state and logs) for debugging")
+    args = p.parse_args(argv)
+    if args.j < 1:
+        p.error("-j must be at least 1")
+    return args
+
+
+def _default_workdir_parent() -> Path:
+    var_tmp = Path("/var/tmp")
+    return var_tmp if var_tmp.is_dir() and os.access(var_tmp, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def docker_engine() -> str | None:
+    """A description of a reachable Docker engine (DOCKER_HOST or the default socket), else None."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return None
+    try:
+        out = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return f"Docker engine {out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _under_tmp(path: Path) -> bool:
+    resolved = path.resolve()
+    return any(resolved == Path(p) or Path(p) in resolved.parents for p in ("/tmp", "/var/spool/cwl"))
+
+
+def _load_expected(known_ids: set[str]) -> dict[str, str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(EXPECTED_FILE.read_text()) if EXPECTED_FILE.exists() else None
+    except yaml.YAMLError as e:
+        raise SetupError(f"{EXPECTED_FILE} is not valid YAML: {str(e).splitlines()[0]}") from None
+    try:
+        return summary.parse_expected(data, known_ids)
+    except ValueError as e:
+        raise SetupError(f"{EXPECTED_FILE}: {e}") from None
+
+
+def _start_cluster(state: Path) -> tuple[object, dict[str, str]]:
+    from toil_arvados.localcluster import control
+
+    cfg = control.up(state, cores=os.cpu_count() or 1)
+    return cfg, control.client_env(cfg)
+
+
+def _prepare_cluster(env: dict[str, str], date: str) -> str:
+    """A project for this run's requests and the worker image name registered: the project uuid."""
+    import arvados
+
+    from toil_arvados.batch_system import DEFAULT_WORKER_IMAGE
+    from toil_arvados.localcluster.images import register_stand_in
+
+    api = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
+                      num_retries=3)
+    project = api.groups().create(body={"group": {"name": f"CWL conformance {date}", "group_class": "project"}},
+                                  ensure_unique_name=True).execute()["uuid"]
+    register_stand_in(env, DEFAULT_WORKER_IMAGE)
+    return project
+
+
+def _load_suite_images(env: dict[str, str]) -> None:
+    """Docker mode: the images the suite names must be in the engine (no registry is reachable)."""
+    import arvados
+
+    try:
+        from toil_arvados.localcluster.runtime.selection import resolve_docker_host
+        from toil_arvados.localcluster.standin_images import build_and_upload
+    except ImportError as e:
+        raise SetupError(f"cannot build the suite's Docker images ({e}): use --containers none") from None
+    api = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
+                      num_retries=3)
+    print("== building the suite's Docker images (debian:stable-slim, python:3-slim, bash:4.4, alpine:latest)",
+          flush=True)
+    for image in build_and_upload(api, resolve_docker_host(None)):
+        print(f"   {image.name}: {image.pdh}", flush=True)
+
+
+def run_cwltest(variant: Variant, *, suite: Path, selection: list[str], args: argparse.Namespace,
+                env: dict[str, str], out: Path) -> tuple[list[tuple[str, summary.Result]], float]:
+    """One cwltest run over the selection: (JUnit cases in selection order, wall seconds)."""
+    junit = out / f"{variant.name}.junit.xml"
+    junit.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "cwltest", "--test", str(suite / suite_mod.TESTS_FILE),
+               "--tool", str(WRAPPER), "-j", str(args.j), "--timeout", str(args.timeout),
+               "--junit-xml", str(junit), "--junit-verbose", "--classname", variant.name, *selection,
+               "--", *variant.runner_args]
+    run_env = dict(env)
+    run_env[JOBSTORE_ENV] = variant.jobstore_base
+    # The wrapper's "#!/usr/bin/env python3" must find this interpreter (with Toil and the plugin).
+    run_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), run_env.get("PATH", "")])
+    log_path = out / f"{variant.name}.cwltest.log"
+    print(f"== {variant.name}: cwltest -j {args.j}, log in {log_path}", flush=True)
+    logger.debug("running %s", " ".join(command))
+    start = time.monotonic()
+    with open(log_path, "w", buffering=1) as log:  # line-buffered: follow it with tail -f
+        # Its own session: a Ctrl-C here is turned into an orderly stop of the whole tree below.
+        proc = subprocess.Popen(command, cwd=suite, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith("Test [") or re.match(r"Test \S+ (failed|timed out)", line):
+                    print(f"   {variant.name}: {line.rstrip()[:160]}", flush=True)
+            proc.wait()
+        except BaseException:
+            _stop_tree(proc)
+            raise
+    wall = time.monotonic() - start
+    if not junit.exists():
+        print(f"   {variant.name}: cwltest wrote no JUnit XML (exit {proc.returncode}); see {log_path}", flush=True)
+        return [], wall
+    return summary.parse_junit(junit.read_text(errors="replace")), wall
+
+
+def _stop_tree(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """Stop cwltest and every runner it started: its whole process group, SIGTERM then SIGKILL.
+
+    Waits for the group, not just cwltest: cwltest dies at once, but a Toil leader's SIGTERM
+    shutdown can outlive it (and would hang retrying once the cluster is stopped).
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap cwltest itself; its orphans are reaped by init
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)  # polling interval while the group exits; the deadline bounds it
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("toil", "cwltool", "cwltest"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} ?")
+    return ", ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _main(args)
+    except (SetupError, suite_mod.SuiteError) as e:
+        print(f"conformance/run.py: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("conformance/run.py: interrupted; cluster stopped", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
+    from toil_arvados.localcluster.control import ClusterError, down
+
+    suite = suite_mod.locate(args.suite)
+    tests = suite_mod.load_tests(suite)
+    tags = set(args.tags.split(",")) if args.tags else None
+    ids = set(args.ids.split(",")) if args.ids else None
+    chosen = suite_mod.select(tests, tags, ids)
+    if not chosen:
+        raise SetupError(f"no test has any of the tags {args.tags}: see `cwltest --show-tags --test {suite}/conformance_tests.yaml`")
+    expected = _load_expected({t.id for t in tests})
+    if args.summary_only:
+        return _summarize(args.out.resolve(), tests, expected)
+    # --tags alone when it suffices: cwltest then names its JUnit cases right (see summary.assign).
+    selection = (["--tags", args.tags] if args.tags and not ids else
+                 ["-n", suite_mod.number_ranges(tests, chosen)] if len(chosen) < len(tests) else [])
+    if args.jobstore == "file" and _under_tmp(args.workdir):
+        raise SetupError(f"--workdir {args.workdir} is under /tmp, which worker containers see privately: "
+                         "choose another (e.g. /var/tmp)")
+    engine = docker_engine() if args.containers != "none" else None
+    if args.containers == "docker" and engine is None:
+        raise SetupError("--containers docker, but no Docker engine answers `docker info`: start one "
+                         "(DOCKER_HOST or /var/run/docker.sock) or use --containers none")
+    container_flags = [] if engine else ["--no-container"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    date = now.strftime("%Y-%m-%d %H:%M UTC")
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="toil-arvados-conformance-", dir=args.workdir))
+    state = work / "cluster"
+    runs: list[summary.Run] = []
+    try:
+        try:
+            _cfg, cluster_env = _start_cluster(state)
+        except ClusterError as e:
+            raise SetupError(f"the local cluster did not start: {e}") from None
+        env = dict(os.environ)
+        env.update(cluster_env)
+        project = _prepare_cluster(cluster_env, date)
+        if engine:
+            _load_suite_images(cluster_env)
+        (work / "jobstores").mkdir()
+        jobstore_base = f"arvados:{project}" if args.jobstore == "keep" else f"file:{work / 'jobstores'}"
+        variants = [Variant("arvados", ["--batchSystem", "arvados", "--arvadosProject", project, *ARVADOS_FLAGS,
+                                        *TOIL_FLAGS, *container_flags], jobstore_base)]
+        if args.baseline:
+            variants.append(Variant("single_machine", ["--batchSystem", "single_machine", *TOIL_FLAGS,
+                                                       *container_flags], f"file:{work / 'jobstores'}"))
+        print(f"== {len(chosen)} tests from {suite}; containers: "
+              f"{engine or '--no-container (' + ('asked' if args.containers == 'none' else 'no Docker engine found') + ')'}"
+              f"; job store: {args.jobstore}", flush=True)
+        for variant in variants:
+            cases, wall = run_cwltest(variant, suite=suite, selection=selection, args=args, env=env, out=out)
+            runs.append(summary.Run(variant.name, summary.assign(cases, [t.id for t in chosen]), wall))
+    finally:
+        # Cleanup must not be cut short by a second signal (the cluster and the temp dir would stay).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        down(state)
+        if args.keep_workdir:
+            print(f"== kept {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    facts = [
+        f"date: {date}",
+        f"suite: CWL v1.2 conformance tests at commit {suite_mod.pinned_commit()[:12]} ({len(chosen)} tests"
+        + (f" tagged {args.tags}" if args.tags else "") + ")",
+        f"containers: {engine + ' (Docker)' if engine else '--no-container' + (' (asked)' if args.containers == 'none' else ' (no Docker engine here)')}",
+        f"job store: {args.jobstore} for arvados" + (", file for single_machine" if args.baseline else ""),
+        f"cwltest -j {args.j} on {os.cpu_count()} cores; {_versions()}",
+        f"Toil flags: {' '.join(TOIL_FLAGS)}; arvados: {' '.join(ARVADOS_FLAGS)}",
+    ]
+    record = {"facts": facts, "tests": [t.id for t in chosen], "runs": [{"name": r.name, "wall_seconds": r.wall_seconds}
+                                                                        for r in runs]}
+    (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return _summarize(out, tests, expected)
+
+
+def _summarize(out: Path, tests: list[suite_mod.ConformanceTest], expected: dict[str, str]) -> int:
+    """Render summary.md from the run record and JUnit XML in ``out``; 1 on unexpected failures."""
+    try:
+        record = json.loads((out / RECORD).read_text())
+    except (OSError, ValueError) as e:
+        raise SetupError(f"no readable run record in {out} ({e}): run without --summary-only first") from None
+    tags_by_id = {t.id: t.tags for t in tests}
+    selected = [tid for tid in record["tests"] if tid in tags_by_id]
+    runs = []
+    for entry in record["runs"]:
+        junit = out / f"{entry['name']}.junit.xml"
+        cases = summary.parse_junit(junit.read_text(errors="replace")) if junit.exists() else []
+        runs.append(summary.Run(entry["name"], summary.assign(cases, selected), entry["wall_seconds"]))
+    verdict = summary.judge(runs[0].results, expected)
+    text = summary.render(title="CWL v1.2 conformance: toil-cwl-runner --batchSystem arvados",
+                          facts=record["facts"], runs=runs, tags=tags_by_id, expected=expected, verdict=verdict)
+    (out / "summary.md").write_text(text)
+    print(text, flush=True)
+    print(f"== summary: {out / 'summary.md'}; JUnit XML: " + ", ".join(str(out / f"{r.name}.junit.xml") for r in runs))
+    if not verdict.ok:
+        print(f"== FAILED: {len(verdict.unexpected_failures)} unexpected failure(s): "
+              + ", ".join(verdict.unexpected_failures), flush=True)
+        return 1
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

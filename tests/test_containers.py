@@ -1,0 +1,213 @@
+"""Container requests run by the local cluster's dispatcher, observed through the real SDK.
+
+Covers the life cycle a client sees (Committed -> Final with output/log collections and the
+exit code), cancellation, retries after a lost container, unsatisfiable requests, and what the
+command sees of its mounts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import time
+
+import arvados.collection
+
+from e2e_util import container, create_request, get_request, request_body, wait_final, wait_for
+
+
+def _files(api, uuid: str) -> dict[str, bytes]:
+    """Every file of a collection: path -> bytes."""
+    reader = arvados.collection.CollectionReader(uuid, api_client=api)
+    out: dict[str, bytes] = {}
+
+    def walk(node, prefix: str) -> None:
+        for name in node.keys():
+            item = node[name]
+            if isinstance(item, arvados.collection.RichCollectionBase):
+                walk(item, f"{prefix}{name}/")
+            else:
+                with node.open(name, "rb") as f:
+                    out[prefix + name] = f.read()
+
+    walk(reader, "")
+    return out
+
+
+def test_completed_request_has_output_logs_and_exit_code(api, project: str, stand_in_image: str) -> None:
+    script = ("echo hello > out.txt && mkdir -p d/e && printf 'nested' > d/e/n.txt && "
+              "echo 'to stdout' && echo 'to stderr' >&2")
+    cr = create_request(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project,
+                                          name="writes files"))
+    assert cr["state"] == "Committed" and cr["container_uuid"]
+    cr = wait_final(api, cr["uuid"])
+    c = container(api, cr["container_uuid"])
+    assert c["state"] == "Complete" and c["exit_code"] == 0
+    assert c["started_at"] and c["finished_at"] and c["started_at"] <= c["finished_at"]
+    assert cr["output_uuid"] and cr["log_uuid"] and cr["container_count"] == 1
+
+    output = api.collections().get(uuid=cr["output_uuid"]).execute()
+    assert output["owner_uuid"] == project and output["portable_data_hash"] == c["output"]
+    assert _files(api, cr["output_uuid"]) == {"out.txt": b"hello\n", "d/e/n.txt": b"nested"}
+
+    logs = _files(api, cr["log_uuid"])
+    assert {"crunch-run.txt", "stderr.txt", "stdout.txt"} <= set(logs)
+    # crunch-run style: every log line starts with an RFC 3339 timestamp (a-c-r parses it)
+    assert re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z to stdout\n", logs["stdout.txt"])
+    assert b"to stderr" in logs["stderr.txt"]
+    assert b"exited with code 0" in logs["crunch-run.txt"]
+    assert api.collections().get(uuid=cr["log_uuid"]).execute()["portable_data_hash"] == c["log"]
+
+
+def test_failing_command_reports_its_exit_code(api, project: str, stand_in_image: str) -> None:
+    cr = create_request(api, request_body(["sh", "-c", "echo failing >&2; exit 3"], stand_in_image,
+                                          owner_uuid=project))
+    cr = wait_final(api, cr["uuid"])
+    c = container(api, cr["container_uuid"])
+    assert (c["state"], c["exit_code"]) == ("Complete", 3)
+    assert cr["state"] == "Final" and cr["output_uuid"] is None and cr["container_count"] == 1
+    assert b"failing" in _files(api, cr["log_uuid"])["stderr.txt"]
+
+
+def _running(api, cr_uuid: str, timeout: float = 30.0) -> dict:
+    def fetch():
+        cr = get_request(api, cr_uuid)
+        return container(api, cr["container_uuid"]) if cr["container_uuid"] else {"state": None}
+    return wait_for(fetch, lambda c: c["state"] == "Running", timeout, f"{cr_uuid}'s container to run")
+
+
+def test_cancel_a_running_request(api, project: str, stand_in_image: str) -> None:
+    cr = create_request(api, request_body(["sleep", "1000"], stand_in_image, owner_uuid=project,
+                                          environment={"RUN": secrets.token_hex(6)}))
+    c = _running(api, cr["uuid"])
+    start = time.monotonic()
+    api.container_requests().update(uuid=cr["uuid"], body={"container_request": {"priority": 0}}).execute()
+    cr = wait_final(api, cr["uuid"], timeout=15)
+    elapsed = time.monotonic() - start
+    c = container(api, c["uuid"])
+    assert c["state"] == "Cancelled" and cr["state"] == "Final" and cr["priority"] == 0
+    assert cr["container_count"] == 1, "a cancelled request is not retried"
+    assert elapsed < 5, f"cancelling took {elapsed:.1f}s"
+    assert cr["output_uuid"] is None
+
+
+def _command_pids(marker: str) -> list[int]:
+    """Host pids of processes whose environment carries ``KILLME=<marker>``."""
+    pids = []
+    needle = f"KILLME={marker}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _status_field(pid: int, field: str) -> list[str]:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return line.split()[1:]
+    return []
+
+
+def _container_init(marker: str) -> int | None:
+    """The runtime's PID 1 of the container whose command has our marker in its environment."""
+    for pid in _command_pids(marker):
+        try:
+            parent = int(_status_field(pid, "PPid")[0])
+            if _status_field(parent, "NSpid")[-1:] == ["1"]:
+                return parent
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
+
+
+def test_killed_container_is_retried_up_to_the_max(api, project: str, stand_in_image: str) -> None:
+    marker = secrets.token_hex(8)
+    cr = create_request(api, request_body(["sleep", "1000"], stand_in_image, owner_uuid=project,
+                                          environment={"KILLME": marker}, container_count_max=2))
+    killed: list[str] = []
+    deadline = time.monotonic() + 60
+    while True:
+        cr = get_request(api, cr["uuid"])
+        if cr["state"] == "Final":
+            break
+        assert time.monotonic() < deadline, f"request not Final after killing {killed}"
+        c = container(api, cr["container_uuid"])
+        if c["state"] == "Running" and c["uuid"] not in killed:
+            init = _container_init(marker)
+            if init is not None:
+                os.kill(init, signal.SIGKILL)
+                killed.append(c["uuid"])
+        time.sleep(0.02)
+    assert len(killed) == 2 and len(set(killed)) == 2
+    assert cr["container_count"] == cr["container_count_max"] == 2
+    assert cr["container_uuid"] == killed[-1]
+    for uuid in killed:
+        c = container(api, uuid)
+        assert c["state"] == "Cancelled" and "lost" in c["runtime_status"].get("error", "")
+    assert cr["output_uuid"] is None
+    assert _command_pids(marker) == []
+    assert b"lost" in _files(api, cr["log_uuid"])["crunch-run.txt"]
+
+
+def test_unsatisfiable_request_is_cancelled_with_a_message(api, project: str, stand_in_image: str) -> None:
+    cr = create_request(api, request_body(["true"], stand_in_image, owner_uuid=project,
+                                          runtime_constraints={"vcpus": 64, "ram": 128 << 20}))
+    cr = wait_final(api, cr["uuid"], timeout=30)
+    c = container(api, cr["container_uuid"])
+    assert c["state"] == "Cancelled" and cr["output_uuid"] is None
+    crunch_log = _files(api, cr["log_uuid"])["crunch-run.txt"].decode()
+    assert "vcpus 64" in crunch_log and "cannot be satisfied" in crunch_log
+    assert "vcpus" in c["runtime_status"].get("errorDetail", c["runtime_status"].get("error", ""))
+
+
+def test_mounts_are_visible_to_the_command(api, project: str, stand_in_image: str) -> None:
+    assert not os.path.exists("/keep"), "/keep exists on the host before the test: cannot check it stays absent"
+    assert not os.path.exists("/var/spool/cwl")
+    inputs = arvados.collection.Collection(api_client=api)
+    with inputs.open("dir/input.txt", "w") as f:
+        f.write("input data\n")
+    inputs.save_new(name="mount inputs", owner_uuid=project)
+    pdh = inputs.portable_data_hash()
+    script = f"""set -e
+cat /keep/{pdh}/dir/input.txt > copied.txt
+cat /var/spool/cwl/cwl.input.json > json.txt
+cat /etc/note.txt > text.txt
+cat /single/input.txt > single.txt
+echo tmp-ok > /tmp/probe && cat /tmp/probe > tmp.txt
+touch /keep/{pdh}/dir/forbidden 2>/dev/null && echo writable > keep-writable.txt || true
+pwd > pwd.txt
+"""
+    mounts = {
+        "/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+        "/tmp": {"kind": "tmp", "capacity": 64 << 20},
+        f"/keep/{pdh}": {"kind": "collection", "portable_data_hash": pdh},
+        "/single/input.txt": {"kind": "collection", "uuid": inputs.manifest_locator(), "path": "dir/input.txt"},
+        "/var/spool/cwl/cwl.input.json": {"kind": "json", "content": {"x": [1, {"y": "z"}]}},
+        "/etc/note.txt": {"kind": "text", "content": "a text mount\n"},
+    }
+    cr = create_request(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project, mounts=mounts))
+    cr = wait_final(api, cr["uuid"])
+    c = container(api, cr["container_uuid"])
+    logs = _files(api, cr["log_uuid"])
+    assert c["exit_code"] == 0, logs.get("stderr.txt", b"").decode()[-2000:]
+    # The uuid-named collection mount was resolved to its hash on the container.
+    assert c["mounts"]["/single/input.txt"]["portable_data_hash"] == pdh
+    out = _files(api, cr["output_uuid"])
+    assert out["copied.txt"] == b"input data\n"
+    assert json.loads(out["json.txt"]) == {"x": [1, {"y": "z"}]}
+    assert out["text.txt"] == b"a text mount\n"
+    assert out["single.txt"] == b"input data\n"
+    assert out["tmp.txt"] == b"tmp-ok\n"
+    assert out["pwd.txt"] == b"/var/spool/cwl\n"
+    assert "keep-writable.txt" not in out, "a read-only collection mount was writable"
+    assert not os.path.exists("/keep"), "/keep was created on the host"
+    assert not os.path.exists("/var/spool/cwl"), "/var/spool/cwl was created on the host"

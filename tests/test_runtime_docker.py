@@ -1,0 +1,374 @@
+"""The Docker runtime: containers with real images run in Docker, as crunch-run runs them.
+
+End-to-end tests use their own cluster (not the session's), started with ``--docker-host``, whose
+``debian:stable-slim`` is the real image ``toil-arvados images build-standins`` builds: the
+session cluster registers stand-ins under the same name, which must keep running in the
+namespace runtime. They need a Docker engine (``.ci/start-docker`` provides one in CI, as
+``TOIL_ARVADOS_DOCKER_HOST``) and are skipped, saying so, when none answers. The mapping tests at the top need nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from e2e_util import container, create_request, request_body, wait_container_state, wait_final, wait_for
+from toil_arvados.localcluster import control
+from toil_arvados.localcluster.config import ClusterConfig
+from toil_arvados.localcluster.runtime.docker import (MIN_DOCKER_RAM, container_name, create_args,
+                                                       placeholders)
+from toil_arvados.localcluster.runtime.selection import (RuntimeSelector, engine_answers,
+                                                       resolve_docker_host)
+
+REPO = Path(__file__).resolve().parent.parent
+# .ci/start-docker's engine, else the one a cluster would use ($DOCKER_HOST, Docker's default socket).
+DOCKER_HOST = os.environ.get("TOIL_ARVADOS_DOCKER_HOST") or resolve_docker_host()
+ENGINE = engine_answers(DOCKER_HOST)
+needs_engine = pytest.mark.skipif(
+    not ENGINE, reason=f"no Docker engine reachable at {DOCKER_HOST} (CI starts one with .ci/start-docker)")
+IMAGE = "debian:stable-slim"
+STAND_IN = "arvados/jobs:latest"  # registered as a stand-in at every cluster's first start
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+def _spec(**over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "container_uuid": "zzzzz-dz642-000000000000001", "command": ["echo", "a b"],
+        "cwd": "/var/spool/cwl", "environment": {"TOKEN": "secret-value", "DOCKER_X": "1"},
+        "mounts": [{"path": "/var/spool/cwl", "source": "/h/out", "writable": True},
+                   {"path": "/keep/a,b", "source": "/h/keep", "writable": False}],
+        "stdin": None, "vcpus": 2, "ram": 256 << 20, "api": False,
+    }
+    spec.update(over)
+    return spec
+
+
+def test_create_args_map_limits_mounts_network_and_command() -> None:
+    args, env = create_args(_spec(), "f" * 64, owner="/state", host_cpus=8)
+    assert args[:3] == ["create", "--name", container_name("zzzzz-dz642-000000000000001")]
+    assert args[args.index("--network") + 1] == "none"
+    assert args[args.index("--cpus") + 1] == "2"
+    assert args[args.index("--memory") + 1] == str(256 << 20)
+    assert args[args.index("--memory-swap") + 1] == str(256 << 20)
+    assert args[args.index("--workdir") + 1] == "/var/spool/cwl"
+    mounts = [args[i + 1] for i, a in enumerate(args) if a == "--mount"]
+    # Docker reads --mount as a CSV line: a comma in a path is quoted.
+    assert mounts == ["type=bind,source=/h/out,target=/var/spool/cwl",
+                      'type=bind,source=/h/keep,"target=/keep/a,b",readonly']
+    # The command follows the image unchanged; no secret value is on the command line.
+    assert args[-3:] == ["sha256:" + "f" * 64, "echo", "a b"]
+    assert "secret-value" not in " ".join(args) and env == {"TOKEN": "secret-value"}
+    assert "TOKEN" in args and "DOCKER_X=1" in args  # DOCKER_* would reconfigure the CLI itself
+    assert "--interactive" not in args
+
+
+def test_create_args_api_means_host_network_and_limits_are_clamped() -> None:
+    args, _ = create_args(_spec(api=True, vcpus=16, ram=1, cwd=".", stdin="/h/in"), "f" * 64,
+                          owner="/s", host_cpus=2)
+    assert args[args.index("--network") + 1] == "host"
+    assert args[args.index("--cpus") + 1] == "2"  # Docker refuses more CPUs than the host has
+    assert args[args.index("--memory") + 1] == str(MIN_DOCKER_RAM)
+    assert "--workdir" not in args and "--interactive" in args
+
+
+def test_placeholders_are_the_nested_mount_points_docker_creates(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "exists").mkdir(parents=True)
+    (tmp_path / "f.json").write_text("{}")
+    mounts = [{"path": "/var/spool/cwl", "source": str(out), "writable": True},
+              {"path": "/var/spool/cwl/sub/cwl.input.json", "source": str(tmp_path / "f.json")},
+              {"path": "/var/spool/cwl/exists", "source": str(tmp_path)}]
+    assert placeholders(mounts) == [(str(out / "sub"), True), (str(out / "sub" / "cwl.input.json"), False)]
+
+
+class _Fake:
+    def __init__(self) -> None:
+        self.started: list[dict] = []
+
+    async def start(self, spec: dict) -> str:
+        self.started.append(spec)
+        return "started"
+
+
+class _FakeDocker(_Fake):
+    docker_host = "unix:///nonexistent/docker.sock"
+
+    async def remove_leftovers(self) -> int:
+        return 0
+
+
+def test_selector_routes_stand_ins_to_namespace_and_real_images_to_docker(tmp_path: Path) -> None:
+    ns, dk = _Fake(), _FakeDocker()
+    sel = RuntimeSelector(ns, dk)  # type: ignore[arg-type]
+    sel.docker_available = lambda: True  # type: ignore[method-assign]
+    log = tmp_path / "crunch-run.txt"
+    base = {"image": "abc+1", "crunch_log": str(log)}
+    asyncio.run(sel.start({**base, "image_stand_in": "empty image", "image_tarball": None}))
+    asyncio.run(sel.start({**base, "image_stand_in": None, "image_tarball": "/x/" + "a" * 64 + ".tar"}))
+    assert len(ns.started) == 1 and len(dk.started) == 1
+    assert "runtime: namespace (image abc+1 is a stand-in: empty image)" in log.read_text()
+    # No engine answering: real images fall back to the namespace runtime, and the log says why.
+    sel.docker_available = lambda: False  # type: ignore[method-assign]
+    kind, why = sel.choose({**base, "image_tarball": "/x.tar"})
+    assert kind == "namespace" and "no Docker engine answers at unix:///nonexistent" in why
+
+
+def test_engine_probe_says_no_for_a_missing_socket(tmp_path: Path) -> None:
+    assert engine_answers(f"unix://{tmp_path}/none.sock") is False
+    assert engine_answers("ssh://somewhere") is False
+
+
+# --------------------------------------------------------------------------- end to end
+
+def docker(*args: str, check: bool = True) -> str:
+    p = subprocess.run(["docker", *args], capture_output=True, text=True,
+                       env={**os.environ, "DOCKER_HOST": DOCKER_HOST})
+    if check and p.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def dcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterConfig]:
+    state = tmp_path_factory.mktemp("docker-cluster")
+    cfg = control.up(state, cores=2, ram=4 << 30, docker_host=DOCKER_HOST)
+    try:
+        yield cfg
+    finally:
+        control.down(state)
+
+
+@pytest.fixture(scope="module")
+def dapi(dcluster: ClusterConfig) -> Any:
+    import arvados
+
+    env = control.client_env(dcluster)
+    return arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
+                       num_retries=2)
+
+
+@pytest.fixture(scope="module")
+def image(dcluster: ClusterConfig, dapi: Any) -> dict[str, str]:
+    """debian:stable-slim built by the CLI command and stored in Keep; then removed from the
+    engine, so the first container must load it from its Keep collection."""
+    from toil_arvados import cli
+
+    started = time.monotonic()
+    assert cli.main(["images", "build-standins", "--state-dir", dcluster.state_dir, "--only", IMAGE]) == 0
+    print(f"build-standins {IMAGE}: {time.monotonic() - started:.1f}s")
+    links = dapi.links().list(filters=[["link_class", "=", "docker_image_repo+tag"],
+                                       ["name", "in", [IMAGE, f"docker.io/{IMAGE}"]]]).execute()["items"]
+    assert {link["name"] for link in links} == {IMAGE, f"docker.io/{IMAGE}"}
+    coll = dapi.collections().get(uuid=links[0]["head_uuid"]).execute()
+    props = coll["properties"]
+    assert "toil_arvados.stand_in" not in props  # a real image: it runs in Docker
+    assert props["toil_arvados.stand_in_for"] == f"docker.io/{IMAGE}"
+    assert "Debian bookworm packages" in props["toil_arvados.built_from"]
+    (tar_name,) = [name for name in _files(dapi, coll["portable_data_hash"])]
+    image_id = tar_name.removesuffix(".tar")
+    hashes = dapi.links().list(filters=[["link_class", "=", "docker_image_hash"],
+                                        ["head_uuid", "=", coll["uuid"]]]).execute()["items"]
+    assert [link["name"] for link in hashes] == [f"sha256:{image_id}"]
+    docker("image", "rm", "--force", f"sha256:{image_id}")
+    return {"id": image_id, "pdh": coll["portable_data_hash"]}
+
+
+def _files(api: Any, pdh: str) -> dict[str, bytes]:
+    import arvados.collection
+
+    reader = arvados.collection.CollectionReader(pdh, api_client=api)
+    out: dict[str, bytes] = {}
+
+    def walk(coll: Any, prefix: str) -> None:
+        for name in coll.keys():
+            item = coll[name]
+            if isinstance(item, arvados.collection.RichCollectionBase):
+                walk(item, prefix + name + "/")
+            elif not name.endswith(".tar"):
+                with coll.open(name, "rb") as f:
+                    out[prefix + name] = f.read()
+            else:
+                out[prefix + name] = b""
+    walk(reader, "")
+    return out
+
+
+def _log(api: Any, cr_or_c: dict, name: str = "crunch-run.txt") -> str:
+    pdh = cr_or_c.get("log")
+    if pdh is None:  # a request: its log collection
+        pdh = api.collections().get(uuid=cr_or_c["log_uuid"]).execute()["portable_data_hash"]
+    return _files(api, pdh).get(name, b"").decode()
+
+
+def _run(api: Any, command: list[str], image_name: str = IMAGE, timeout: float = 120, **over: Any) -> tuple[dict, dict]:
+    cr = create_request(api, request_body(command, image_name, **over), ensure_unique_name=True)
+    cr = wait_final(api, cr["uuid"], timeout=timeout)
+    return cr, container(api, cr["container_uuid"])
+
+
+def _docker_state(uuid: str) -> dict | None:
+    out = docker("inspect", "--type", "container", container_name(uuid), check=False)
+    found = json.loads(out or "[]")  # a missing container: "[]" and an error
+    return found[0] if found else None
+
+
+@needs_engine
+def test_real_image_runs_in_docker_loaded_from_its_keep_collection(dapi: Any, image: dict) -> None:
+    script = (f"set -e; cat /etc/debian_version > version; if test -e {REPO}; then echo host-fs-visible; "
+              "exit 5; fi; echo done")
+    cr, c = _run(dapi, ["sh", "-c", script])
+    crunch = _log(dapi, c)
+    assert c["state"] == "Complete" and c["exit_code"] == 0, crunch + _log(dapi, c, "stderr.txt")
+    assert f"runtime: docker (image sha256:{image['id']}" in crunch
+    assert f"loading image {image['id']}.tar into Docker" in crunch  # from Keep, not the engine
+    assert _files(dapi, c["output"])["version"].decode().startswith("12.")
+    assert "done" in _log(dapi, c, "stdout.txt")
+    # Loaded once: the next container finds the image in the engine.
+    _, c2 = _run(dapi, ["true"])
+    assert f"image sha256:{image['id']} already loaded" in _log(dapi, c2)
+    assert docker("ps", "--all", "--quiet", "--filter", f"name={container_name(c['uuid'])}") == ""
+
+
+@needs_engine
+def test_mounts_are_bind_mounted_at_their_paths(dapi: Any, image: dict) -> None:
+    import arvados.collection
+
+    inputs = arvados.collection.Collection(api_client=dapi)
+    with inputs.open("data/in.txt", "w") as f:
+        f.write("keep data\n")
+    with inputs.open("stdin.txt", "w") as f:
+        f.write("to upper\n")
+    inputs.save_new(name="docker mount inputs", ensure_unique_name=True)
+    pdh = inputs.portable_data_hash()
+    script = ("set -e; tr a-z A-Z; cp /keep/in/data/in.txt copied.txt; cp cwl.input.json seen.json; "
+              "cp /etc/note.txt note.txt; echo t > /tmp/t; cat /tmp/t > tmp-ok; "
+              "if touch /keep/in/new 2>/dev/null; then echo keep-writable >&2; exit 9; fi; "
+              "if echo x >> cwl.input.json 2>/dev/null; then echo json-writable >&2; exit 9; fi")
+    mounts = {
+        "/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+        "/var/spool/cwl/cwl.input.json": {"kind": "json", "content": {"x": 1}},
+        "/keep/in": {"kind": "collection", "portable_data_hash": pdh},
+        "/etc/note.txt": {"kind": "text", "content": "a note\n"},
+        "/tmp": {"kind": "tmp", "capacity": 64 << 20},
+        "stdin": {"kind": "collection", "portable_data_hash": pdh, "path": "stdin.txt"},
+        "stdout": {"kind": "file", "path": "/var/spool/cwl/upper.txt"},
+    }
+    _, c = _run(dapi, ["sh", "-c", script], mounts=mounts)
+    assert c["state"] == "Complete" and c["exit_code"] == 0, _log(dapi, c, "stderr.txt") + _log(dapi, c)
+    out = _files(dapi, c["output"])
+    assert out == {"upper.txt": b"TO UPPER\n", "copied.txt": b"keep data\n", "seen.json": b'{"x": 1}',
+                   "note.txt": b"a note\n", "tmp-ok": b"t\n"}  # no cwl.input.json mount point left
+
+
+@needs_engine
+def test_network_is_off_without_api_access_and_on_with_it(dapi: Any, dcluster: ClusterConfig, image: dict) -> None:
+    port = dcluster.api_port
+    probe = (f"ls /sys/class/net | tr '\\n' ' '; echo; "
+             f"if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo api-reachable; fi; "
+             'echo "host=${ARVADOS_API_HOST:-unset}"')
+    _, c = _run(dapi, ["bash", "-c", probe])
+    out = _log(dapi, c, "stdout.txt")
+    assert c["exit_code"] == 0, _log(dapi, c)
+    assert "lo \n" in out and "api-reachable" not in out and "host=unset" in out, out
+    assert "network: none" in _log(dapi, c)
+    _, c = _run(dapi, ["bash", "-c", probe], runtime_constraints={"vcpus": 1, "ram": 128 << 20, "API": True})
+    out = _log(dapi, c, "stdout.txt")
+    assert "api-reachable" in out and f"host={dcluster.api_host}" in out, out
+    assert "network: host (the container has API access)" in _log(dapi, c)
+
+
+@needs_engine
+def test_limits_and_cancel(dapi: Any, image: dict) -> None:
+    body = request_body(["sleep", "300"], IMAGE, runtime_constraints={"vcpus": 1, "ram": 200 << 20})
+    cr = create_request(dapi, body, ensure_unique_name=True)
+    uuid = wait_for(lambda: dapi.container_requests().get(uuid=cr["uuid"]).execute()["container_uuid"],
+                    bool, 30, "a container")
+    state = wait_for(lambda: _docker_state(uuid), lambda s: bool(s and s["State"]["Running"]), 60,
+                     "the Docker container to run")
+    assert state["HostConfig"]["Memory"] == 200 << 20
+    assert state["HostConfig"]["NanoCpus"] == 1_000_000_000
+    assert state["HostConfig"]["NetworkMode"] == "none"
+    assert state["Config"]["Image"] == f"sha256:{image['id']}"
+    mounts = {m["Destination"]: m for m in state["Mounts"]}
+    assert mounts["/var/spool/cwl"]["RW"] is True
+    started = time.monotonic()
+    dapi.container_requests().update(uuid=cr["uuid"], body={"container_request": {"priority": 0}}).execute()
+    c = wait_container_state(dapi, uuid, "Cancelled", timeout=30)
+    assert time.monotonic() - started < 15
+    assert _docker_state(uuid) is None  # killed and removed
+    assert "container killed (cancelled)" in _log(dapi, c)
+
+
+@needs_engine
+def test_memory_limit_is_enforced(dapi: Any, image: dict) -> None:
+    grow = 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo survived ${#x}'
+    _, c = _run(dapi, ["bash", "-c", grow], runtime_constraints={"vcpus": 1, "ram": 16 << 20})
+    assert (c["state"], c["exit_code"]) == ("Complete", 137), _log(dapi, c)
+    assert "survived" not in _log(dapi, c, "stdout.txt")
+    assert "exceeded its memory limit" in _log(dapi, c)
+    _, c = _run(dapi, ["bash", "-c", grow], runtime_constraints={"vcpus": 1, "ram": 512 << 20})
+    assert c["exit_code"] == 0 and "survived 100000000" in _log(dapi, c, "stdout.txt")
+
+
+@needs_engine
+def test_exit_codes_and_missing_commands(dapi: Any, image: dict) -> None:
+    _, c = _run(dapi, ["sh", "-c", "echo bad >&2; exit 3"])
+    assert (c["state"], c["exit_code"]) == ("Complete", 3)
+    assert "bad" in _log(dapi, c, "stderr.txt")
+    _, c = _run(dapi, ["no-such-program-xyz"])
+    assert (c["state"], c["exit_code"]) == ("Complete", 127)
+    assert "no-such-program-xyz" in _log(dapi, c)
+
+
+@needs_engine
+def test_container_is_lost_when_its_docker_container_disappears(dapi: Any, image: dict) -> None:
+    cr = create_request(dapi, request_body(["sleep", "300"], IMAGE, container_count_max=1), ensure_unique_name=True)
+    uuid = wait_for(lambda: dapi.container_requests().get(uuid=cr["uuid"]).execute()["container_uuid"],
+                    bool, 30, "a container")
+    wait_for(lambda: _docker_state(uuid), lambda s: bool(s and s["State"]["Running"]), 60, "the Docker container")
+    docker("rm", "--force", container_name(uuid))
+    c = wait_container_state(dapi, uuid, "Cancelled", timeout=30)
+    assert "lost" in c["runtime_status"]["error"]
+    assert f"docker container {container_name(uuid)} disappeared" in _log(dapi, c)
+    assert wait_final(dapi, cr["uuid"])["state"] == "Final"
+
+
+@needs_engine
+def test_namespace_runtime_still_runs_stand_ins_alongside(dapi: Any, image: dict) -> None:
+    in_docker = create_request(dapi, request_body(["sh", "-c", f"sleep 1; test -e {REPO} || echo isolated"],
+                                                  IMAGE), ensure_unique_name=True)
+    on_host = create_request(dapi, request_body(["sh", "-c", f"test -d {REPO} && echo host-fs"], STAND_IN),
+                             ensure_unique_name=True)
+    d = container(dapi, wait_final(dapi, in_docker["uuid"])["container_uuid"])
+    n = container(dapi, wait_final(dapi, on_host["uuid"])["container_uuid"])
+    assert (d["exit_code"], n["exit_code"]) == (0, 0)
+    assert "isolated" in _log(dapi, d, "stdout.txt") and "runtime: docker" in _log(dapi, d)
+    assert "host-fs" in _log(dapi, n, "stdout.txt")
+    assert "runtime: namespace (image" in _log(dapi, n) and "is a stand-in" in _log(dapi, n)
+
+
+@needs_engine
+def test_exported_config_reports_where_real_images_run(dapi: Any) -> None:
+    containers = dapi.configs().get().execute()["Containers"]
+    assert containers["RuntimeEngine"] == "namespace"  # the worker (stand-in) images' runtime
+    assert containers["ToilArvadosImageRuntime"] == "docker"
+
+
+@needs_engine
+def test_build_standins_is_idempotent(dcluster: ClusterConfig, dapi: Any, image: dict,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from toil_arvados import cli
+
+    _run(dapi, ["true"])  # the image is in the engine again (loaded from Keep), as built
+    before = dapi.collections().list(filters=[["name", "like", "Docker image %"]], count="exact").execute()["items_available"]
+    assert cli.main(["images", "build-standins", "--state-dir", dcluster.state_dir, "--only", IMAGE]) == 0
+    assert f"in Keep as {image['pdh']}" in capsys.readouterr().out
+    after = dapi.collections().list(filters=[["name", "like", "Docker image %"]], count="exact").execute()["items_available"]
+    assert after == before
