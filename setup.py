@@ -37,7 +37,8 @@ setup(
     ],
     extras_require={
         # edit-distance and stubserver: optional dependencies of Toil's shipped job store tests.
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "edit-distance", "stubserver"],
+        # cwltest drives the CWL conformance runs (conformance/run.py).
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "edit-distance", "stubserver", "cwltest>=2.6"],
     },
     cmdclass={"build_py": BuildWithStartupHook},
     entry_points={
