@@ -112,18 +112,33 @@ def main() -> int:
                     leader = cfg.root_token_uuid
                     total = after["calls_total"] - before["calls_total"]
                     own = after["calls_by_token"].get(leader, 0) - before["calls_by_token"].get(leader, 0)
+                    by_kind = {k: after["calls_by_endpoint"].get(k, 0) - before["calls_by_endpoint"].get(k, 0)
+                               for k in after["calls_by_endpoint"]}
+                    # Scheduling = what the batch system itself does (requests, containers); the rest
+                    # is the job store (collections, groups) used by the leader and the workers.
+                    sched = sum(v for k, v in by_kind.items() if k.split(".")[0] in ("container_requests", "containers"))
+                    arv = bs == "arvados"
                     results["runs"].append({"batch_system": bs, "n": n, "wall_s": round(wall, 2),
                                             "per_job_s": round(wall / n, 3),
-                                            "api_calls_per_job": round(total / n, 2) if bs == "arvados" else None,
-                                            "leader_calls_per_job": round(own / n, 2) if bs == "arvados" else None})
+                                            "api_calls_per_job": round(total / n, 2) if arv else None,
+                                            "scheduling_calls_per_job": round(sched / n, 2) if arv else None,
+                                            "leader_calls_per_job": round(own / n, 2) if arv else None,
+                                            "calls_by_endpoint": {k: v for k, v in sorted(by_kind.items()) if v}
+                                            if arv else None})
                     print(f"  {bs:15s} N={n:<4d} wall {wall:7.1f}s", flush=True)
     runs = {(r["batch_system"], r["n"]): r for r in results["runs"]}
     lo, hi = min(args.sizes), max(args.sizes)
-    print(f"\n{'batch system':15s} {'N':>5s} {'wall s':>8s} {'s/job':>7s} {'API calls/job':>14s} {'leader calls/job':>17s}")
+    print(f"\n{'batch system':15s} {'N':>5s} {'wall s':>8s} {'s/job':>7s} {'API calls/job':>14s} "
+          f"{'scheduling/job':>15s} {'leader/job':>11s}")
     for r in results["runs"]:
-        calls = "" if r["api_calls_per_job"] is None else f"{r['api_calls_per_job']:.2f}"
-        lcalls = "" if r["leader_calls_per_job"] is None else f"{r['leader_calls_per_job']:.2f}"
-        print(f"{r['batch_system']:15s} {r['n']:5d} {r['wall_s']:8.1f} {r['per_job_s']:7.3f} {calls:>14s} {lcalls:>17s}")
+        def fmt(key: str) -> str:
+            return "" if r[key] is None else f"{r[key]:.2f}"
+        print(f"{r['batch_system']:15s} {r['n']:5d} {r['wall_s']:8.1f} {r['per_job_s']:7.3f} "
+              f"{fmt('api_calls_per_job'):>14s} {fmt('scheduling_calls_per_job'):>15s} {fmt('leader_calls_per_job'):>11s}")
+    for r in results["runs"]:
+        if r["calls_by_endpoint"]:
+            top = sorted(r["calls_by_endpoint"].items(), key=lambda kv: -kv[1])[:8]
+            print(f"  arvados N={r['n']} calls by endpoint: " + ", ".join(f"{k} {v}" for k, v in top))
     if lo != hi:
         for bs in ("single_machine", "arvados"):
             marginal = (runs[(bs, hi)]["wall_s"] - runs[(bs, lo)]["wall_s"]) / (hi - lo)

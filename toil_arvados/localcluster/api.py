@@ -428,7 +428,10 @@ class ApiServer:
                 if counted:
                     who = caller.token["uuid"] if caller else "anonymous"
                     self.calls_by_token[who] = self.calls_by_token.get(who, 0) + 1
-                    self.calls_by_endpoint[endpoint] = self.calls_by_endpoint.get(endpoint, 0) + 1
+                    # "<resource>.<method>", e.g. "container_requests.create", for per-kind counts.
+                    resource = http.path.removeprefix("/arvados/v1/").split("/", 1)[0]
+                    key = f"{resource}.{endpoint.rsplit('.', 1)[-1]}"
+                    self.calls_by_endpoint[key] = self.calls_by_endpoint.get(key, 0) + 1
                 result = await handler(Request(http, caller, params, json_body))
             except ApiError as e:
                 return error_response(e.status, [e.message])
