@@ -63,3 +63,10 @@ def test_long_names_are_truncated_and_max_attempts_passed():
              settings=SubmitSettings(project_uuid="p", image="i", max_attempts=1))
     assert len(b["name"]) <= 250
     assert b["container_count_max"] == 1
+
+
+def test_worker_keeps_its_node_local_toil_state_in_its_own_scratch_space():
+    # Not the leader host's /run/lock: its caching file store database names the leader's files.
+    env = body()["environment"]
+    assert env["TOIL_COORDINATION_DIR_OVERRIDE"] == "/tmp" == env["TMPDIR"]
+    assert body()["mounts"]["/tmp"]["kind"] == "tmp"

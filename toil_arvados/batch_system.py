@@ -98,7 +98,6 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         self._lock = threading.RLock()
         self._jobs: dict[int, _Job] = {}
         self._by_cr: dict[str, int] = {}
-        self._next_id = 1
         self._updates: queue.Queue[UpdatedBatchJobInfo] = queue.Queue()
         self._finishing: set[int] = set()
         self._wake = threading.Event()
@@ -177,9 +176,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if local_id is not None:
             return local_id
         self.check_resource_request(job_desc)
-        with self._lock:
-            batch_id = self._next_id
-            self._next_id += 1
+        # From the counter the local (leader-side) jobs use too: Toil's leader keys every issued job
+        # by this ID, and a container job sharing a local job's ID corrupts its bookkeeping
+        # ("An unexpected job is still running", "Jobs waiting on successors at shutdown").
+        batch_id = self.getNextJobID()
         env = dict(self.environment)
         env.update(job_environment or {})
         existing = self._reattach.pop(str(job_desc.jobStoreID), None)

@@ -110,7 +110,11 @@ def container_request_body(
             WORK_DIR: {"kind": "tmp", "capacity": disk},
             TMP_DIR: {"kind": "tmp", "capacity": disk},
         },
-        "environment": {**dict(environment), "TMPDIR": TMP_DIR},
+        # The worker's node-local Toil state (caching file store database, worker locks) must live
+        # in the container's own scratch space: a coordination dir shared with the leader's host
+        # (as /run/lock is under the local cluster's namespace runtime) points at the leader's
+        # private /tmp files ("Missing cache file").
+        "environment": {**dict(environment), "TMPDIR": TMP_DIR, "TOIL_COORDINATION_DIR_OVERRIDE": TMP_DIR},
         "runtime_constraints": runtime_constraints(resources),
         "scheduling_parameters": {"preemptible": bool(resources.preemptible)},
         "use_existing": settings.reuse,
