@@ -82,7 +82,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="run CWL DockerRequirements in Docker ('docker'), or ignore them with --no-container "
                         "('none'); 'auto' uses Docker when an engine answers (default: %(default)s)")
     p.add_argument("--suite", type=Path, help="a cwl-v1.2 checkout (default: ../shared/cwl-v1.2, else the pinned download)")
-    p.add_argument("--timeout", type=int, default=600, help="seconds before cwltest gives up on one test (default: %(default)s)")
+    p.add_argument("--timeout", type=int, default=1200,
+                   help="seconds before cwltest gives up on one test; the two-level nested scatters need over "
+                        "10 minutes on 2 busy cores (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=_default_workdir_parent(),
                    help="parent of the run's temp dir (cluster state, file job stores); must not be under /tmp, "
                         "which worker containers see privately (default: %(default)s)")

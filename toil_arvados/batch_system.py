@@ -105,7 +105,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         self._reattach: dict[str, dict] = {}  # job store id -> running request (after --restart)
         if getattr(config, "restart", False):
             self._load_reattachable()
-        self._events = self._subscribe()
+        # Connecting to the event bus must not hold up the workflow: the SDK's websocket handshake
+        # has been seen to wait forever (CWL conformance run), and polling covers until it is up.
+        self._events: Any = None
+        threading.Thread(target=self._connect_events, name="arvados-events", daemon=True).start()
         self._reconciler = threading.Thread(target=self._reconcile_loop, name="arvados-reconciler", daemon=True)
         self._reconciler.start()
         logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
@@ -240,6 +243,20 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             logger.info("Found %d running container requests of this workflow to re-attach", len(self._reattach))
 
     # -- state ---------------------------------------------------------------------------------
+
+    def _connect_events(self) -> None:
+        events = self._subscribe()
+        if events is None:
+            return
+        with self._lock:
+            stopped = self._stop.is_set()
+            if not stopped:
+                self._events = events
+        if stopped:  # shut down while connecting
+            try:
+                events.close()
+            except Exception:
+                pass
 
     def _subscribe(self) -> Any:
         import arvados.events
@@ -447,9 +464,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 self._cancel(job.cr_uuid)
         for cr in self._reattach.values():  # leftovers Toil did not ask for again
             self._cancel(cr["uuid"])
-        if self._events is not None:
+        with self._lock:
+            events, self._events = self._events, None
+        if events is not None:
             try:
-                self._events.close()
+                events.close()
             except Exception:
                 pass
         self._reconciler.join(timeout=5)
