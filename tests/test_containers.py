@@ -211,3 +211,167 @@ pwd > pwd.txt
     assert "keep-writable.txt" not in out, "a read-only collection mount was writable"
     assert not os.path.exists("/keep"), "/keep was created on the host"
     assert not os.path.exists("/var/spool/cwl"), "/var/spool/cwl was created on the host"
+
+
+# --------------------------------------------------------------------------- what a CWL runner needs
+
+def _inputs(api, project: str, files: dict[str, str]) -> str:
+    """A saved collection holding *files* (path -> text); its portable data hash."""
+    coll = arvados.collection.Collection(api_client=api)
+    for path, text in files.items():
+        with coll.open(path, "w") as f:
+            f.write(text)
+    coll.save_new(name=f"inputs {secrets.token_hex(4)}", owner_uuid=project)
+    return coll.portable_data_hash()
+
+
+def _run_ok(api, body: dict) -> tuple[dict, dict, dict[str, bytes]]:
+    """Run a request that must succeed: (request, container, output files)."""
+    cr = wait_final(api, create_request(api, body)["uuid"])
+    c = container(api, cr["container_uuid"])
+    logs = _files(api, cr["log_uuid"])
+    assert (c["state"], c["exit_code"]) == ("Complete", 0), (logs.get("stderr.txt", b"") +
+                                                            logs.get("crunch-run.txt", b"")).decode()[-3000:]
+    return cr, c, _files(api, cr["output_uuid"])
+
+
+def test_stdin_stdout_and_stderr_mounts_carry_the_streams(api, project: str, stand_in_image: str) -> None:
+    # As a-c-r submits a CommandLineTool with stdin/stdout/stderr: the streams are files, not logs.
+    script = "tr a-z A-Z; echo 'to stderr' >&2; echo 'more stderr' >&2"
+    mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+              "stdin": {"kind": "text", "content": "from stdin\n"},
+              "stdout": {"kind": "file", "path": "/var/spool/cwl/out.txt"},
+              "stderr": {"kind": "file", "path": "/var/spool/cwl/logs/err.txt"}}
+    cr, _, out = _run_ok(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project,
+                                           mounts=mounts))
+    assert out == {"out.txt": b"FROM STDIN\n", "logs/err.txt": b"to stderr\nmore stderr\n"}
+    logs = _files(api, cr["log_uuid"])
+    assert b"to stderr" not in logs.get("stderr.txt", b"") and b"FROM STDIN" not in logs.get("stdout.txt", b"")
+
+
+def test_stdout_and_stderr_mounts_may_share_a_file(api, project: str, stand_in_image: str) -> None:
+    mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+              "stdout": {"kind": "file", "path": "/var/spool/cwl/all.txt"},
+              "stderr": {"kind": "file", "path": "/var/spool/cwl/all.txt"}}
+    _, _, out = _run_ok(api, request_body(["sh", "-c", "echo one; echo two >&2; echo three"], stand_in_image,
+                                          owner_uuid=project, mounts=mounts))
+    assert out == {"all.txt": b"one\ntwo\nthree\n"}
+
+
+def test_bad_stream_mounts_are_refused_naming_the_mount(api, project: str, stand_in_image: str) -> None:
+    import arvados.errors
+    import pytest
+
+    tmp = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20}}
+    bad = [("stderr", {"kind": "tmp"}, "kind must be 'file'"),
+           ("stdout", {"kind": "file", "path": "out.txt"}, "must be an absolute path"),
+           ("stderr", {"kind": "file"}, "must be an absolute path"),
+           ("stdin", {"kind": "tmp"}, "kind must be one of collection")]
+    for name, mount, message in bad:
+        body = request_body(["true"], stand_in_image, owner_uuid=project, mounts={**tmp, name: mount})
+        with pytest.raises(arvados.errors.ApiError) as info:
+            create_request(api, body)
+        assert int(info.value.resp.status) == 422
+        errors = " ".join(json.loads(info.value.content)["errors"])
+        assert f"mounts['{name}']" in errors and message in errors, errors
+
+
+def test_mounts_under_output_path_prepopulate_the_output(api, project: str, stand_in_image: str) -> None:
+    pdh = _inputs(api, project, {"dir/input.txt": "input data\n", "dir/other.txt": "other\n",
+                                 "top.txt": "top\n"})
+    script = """set -e
+cat inputs/a.txt > seen.txt
+if (echo x > ro_dir/input.txt) 2>/dev/null; then echo ro-writable; exit 9; fi
+rm -rf inputs 2>/dev/null || true
+echo changed > rw_dir/other.txt && rm rw_dir/input.txt && echo new > rw_dir/new.txt
+echo appended >> rw_file.txt
+cat secret.txt > /tmp/secret-seen
+echo own > own.txt
+"""
+    mounts = {
+        "/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+        "/tmp": {"kind": "tmp", "capacity": 64 << 20},
+        "/var/spool/cwl/inputs/a.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "dir/input.txt"},
+        "/var/spool/cwl/ro_dir": {"kind": "collection", "portable_data_hash": pdh, "path": "dir"},
+        "/var/spool/cwl/rw_dir": {"kind": "collection", "portable_data_hash": pdh, "path": "/dir",
+                                  "writable": True},
+        "/var/spool/cwl/rw_file.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "top.txt",
+                                       "writable": True},
+        "/var/spool/cwl/lit/note.txt": {"kind": "text", "content": "a note\n"},
+        "/var/spool/cwl/cwl.input.json": {"kind": "json", "content": {"x": 1}},
+        "/var/spool/cwl/ignored": {"kind": "collection", "portable_data_hash": pdh, "exclude_from_output": True},
+    }
+    secret = {"/var/spool/cwl/secret.txt": {"kind": "text", "content": "s3cret"}}
+    _, _, out = _run_ok(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project,
+                                          mounts=mounts, secret_mounts=secret))
+    assert out == {
+        "seen.txt": b"input data\n", "own.txt": b"own\n",
+        "inputs/a.txt": b"input data\n",                                  # read-only file mount
+        "ro_dir/input.txt": b"input data\n", "ro_dir/other.txt": b"other\n",  # read-only directory
+        "rw_dir/other.txt": b"changed\n", "rw_dir/new.txt": b"new\n",     # the copy as the command left it
+        "rw_file.txt": b"top\nappended\n",
+        "lit/note.txt": b"a note\n", "cwl.input.json": b'{"x": 1}',
+    }  # neither the secret nor the excluded mount, nor empty mount points
+
+
+def test_output_glob_applies_to_mounts_under_output_path(api, project: str, stand_in_image: str) -> None:
+    pdh = _inputs(api, project, {"dir/input.txt": "input data\n", "dir/other.txt": "other\n"})
+    mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+              "/var/spool/cwl/ro": {"kind": "collection", "portable_data_hash": pdh, "path": "dir"},
+              "/var/spool/cwl/deep/note.txt": {"kind": "text", "content": "note\n"}}
+    _, _, out = _run_ok(api, request_body(["sh", "-c", "echo a > a.out; echo b > b.tmp"], stand_in_image,
+                                          owner_uuid=project, mounts=mounts,
+                                          output_glob=["*.out", "ro/input.txt", "deep/**"]))
+    assert out == {"a.out": b"a\n", "ro/input.txt": b"input data\n", "deep/note.txt": b"note\n"}
+
+
+def test_collection_mounts_of_a_file_or_a_subdirectory(api, project: str, stand_in_image: str) -> None:
+    pdh = _inputs(api, project, {"dir/input.txt": "input data\n", "dir/sub/deep.txt": "deep\n"})
+    script = """set -e
+cat /var/lib/cwl/stg1/input.txt > file.txt
+test -f /var/lib/cwl/stg1/input.txt
+ls /var/lib/cwl/stg2 | tr '\\n' ' ' > listing.txt
+cat /var/lib/cwl/stg2/sub/deep.txt > deep.txt
+cat /var/lib/cwl/stg3.txt > slash.txt
+"""
+    mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+              "/var/lib/cwl/stg1/input.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "dir/input.txt"},
+              "/var/lib/cwl/stg2": {"kind": "collection", "portable_data_hash": pdh, "path": "dir"},
+              "/var/lib/cwl/stg3.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "/dir/sub/deep.txt"}}
+    _, _, out = _run_ok(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project, mounts=mounts))
+    assert out == {"file.txt": b"input data\n", "listing.txt": b"input.txt sub ", "deep.txt": b"deep\n",
+                   "slash.txt": b"deep\n"}
+
+
+def test_max_run_time_stops_the_container(api, project: str, stand_in_image: str) -> None:
+    body = request_body(["sleep", "1000"], stand_in_image, owner_uuid=project, container_count_max=1,
+                        scheduling_parameters={"max_run_time": 1}, environment={"RUN": secrets.token_hex(6)})
+    started = time.monotonic()
+    cr = wait_final(api, create_request(api, body)["uuid"], timeout=30)
+    elapsed = time.monotonic() - started
+    c = container(api, cr["container_uuid"])
+    assert c["state"] == "Cancelled" and cr["output_uuid"] is None
+    assert 1 <= elapsed < 15, f"stopped after {elapsed:.1f}s"
+    crunch_log = _files(api, cr["log_uuid"])["crunch-run.txt"].decode()
+    assert len(re.findall("maximum run time exceeded", crunch_log)) == 1, crunch_log
+    assert "maximum run time exceeded" in c["runtime_status"]["error"]
+
+
+def test_nested_mount_points_are_made_in_the_writable_mount_and_removed(tmp_path) -> None:
+    from toil_arvados.localcluster.dispatcher import _make_mount_points, _remove_mount_points
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    (out / "exists").mkdir(parents=True)
+    (cache / "d").mkdir(parents=True)
+    (tmp_path / "note.txt").write_text("x")
+    mounts = [{"path": "/var/spool/cwl", "source": str(out), "writable": True},
+              {"path": "/var/spool/cwl/a/b/note.txt", "source": str(tmp_path / "note.txt"), "writable": False},
+              {"path": "/var/spool/cwl/exists/dir", "source": str(cache / "d"), "writable": False},
+              {"path": "/var/spool/cwl/ro", "source": str(cache), "writable": False},
+              {"path": "/var/spool/cwl/ro/inner.txt", "source": str(tmp_path / "note.txt"), "writable": False}]
+    created = _make_mount_points(mounts)
+    assert (out / "a" / "b" / "note.txt").is_file() and (out / "exists" / "dir").is_dir()
+    assert (out / "ro").is_dir() and not (cache / "inner.txt").exists(), "created inside a read-only source"
+    (out / "a" / "kept.txt").write_text("the command wrote this")
+    _remove_mount_points(created)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a", "a/kept.txt", "exists"]

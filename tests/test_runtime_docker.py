@@ -263,8 +263,57 @@ def test_mounts_are_bind_mounted_at_their_paths(dapi: Any, image: dict) -> None:
     _, c = _run(dapi, ["sh", "-c", script], mounts=mounts)
     assert c["state"] == "Complete" and c["exit_code"] == 0, _log(dapi, c, "stderr.txt") + _log(dapi, c)
     out = _files(dapi, c["output"])
+    # The json mount under output_path is output too (pre-populated output), with its content.
     assert out == {"upper.txt": b"TO UPPER\n", "copied.txt": b"keep data\n", "seen.json": b'{"x": 1}',
-                   "note.txt": b"a note\n", "tmp-ok": b"t\n"}  # no cwl.input.json mount point left
+                   "note.txt": b"a note\n", "tmp-ok": b"t\n", "cwl.input.json": b'{"x": 1}'}
+
+
+@needs_engine
+def test_stream_mounts_file_mounts_and_prepopulated_output(dapi: Any, image: dict) -> None:
+    """What arvados-cwl-runner submits for a CommandLineTool: inputs mounted as single files or
+    directories of a collection, InitialWorkDir entries as mounts under output_path (read-only
+    and writable), and stdout/stderr going to files in the output directory."""
+    import arvados.collection
+
+    inputs = arvados.collection.Collection(api_client=dapi)
+    for path, text in {"dir/input.txt": "input data\n", "dir/sub/deep.txt": "deep\n", "top.txt": "top\n"}.items():
+        with inputs.open(path, "w") as f:
+            f.write(text)
+    inputs.save_new(name="docker cwl-style inputs", ensure_unique_name=True)
+    pdh = inputs.portable_data_hash()
+    script = ("set -e; cat /var/lib/cwl/stg1/input.txt; ls /var/lib/cwl/stg2 | tr '\\n' ' ' >&2; "
+              "cat /var/lib/cwl/stg2/sub/deep.txt >&2; cat staged/a.txt > seen.txt; "
+              "if (echo x > ro_dir/input.txt) 2>/dev/null; then exit 9; fi; "
+              "echo changed > rw_dir/input.txt; rm rw_dir/sub/deep.txt; echo appended >> rw_file.txt")
+    mounts = {
+        "/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
+        "/var/lib/cwl/stg1/input.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "dir/input.txt"},
+        "/var/lib/cwl/stg2": {"kind": "collection", "portable_data_hash": pdh, "path": "dir"},
+        "/var/spool/cwl/staged/a.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "dir/input.txt"},
+        "/var/spool/cwl/ro_dir": {"kind": "collection", "portable_data_hash": pdh, "path": "dir/sub"},
+        "/var/spool/cwl/rw_dir": {"kind": "collection", "portable_data_hash": pdh, "path": "dir", "writable": True},
+        "/var/spool/cwl/rw_file.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "top.txt",
+                                       "writable": True},
+        "/var/spool/cwl/lit/note.txt": {"kind": "text", "content": "a note\n"},
+        "stdout": {"kind": "file", "path": "/var/spool/cwl/out.txt"},
+        "stderr": {"kind": "file", "path": "/var/spool/cwl/err.txt"},
+    }
+    _, c = _run(dapi, ["sh", "-c", script], mounts=mounts)
+    assert c["state"] == "Complete" and c["exit_code"] == 0, _log(dapi, c, "stderr.txt") + _log(dapi, c)
+    assert _files(dapi, c["output"]) == {
+        "out.txt": b"input data\n", "err.txt": b"input.txt sub deep\n", "seen.txt": b"input data\n",
+        "staged/a.txt": b"input data\n", "ro_dir/deep.txt": b"deep\n",
+        "rw_dir/input.txt": b"changed\n", "rw_file.txt": b"top\nappended\n", "lit/note.txt": b"a note\n"}
+    assert "deep" not in _log(dapi, c, "stderr.txt")
+
+
+@needs_engine
+def test_max_run_time_stops_a_docker_container(dapi: Any, image: dict) -> None:
+    started = time.monotonic()
+    _, c = _run(dapi, ["sleep", "300"], container_count_max=1, scheduling_parameters={"max_run_time": 1})
+    assert c["state"] == "Cancelled" and time.monotonic() - started < 30
+    assert "maximum run time exceeded" in _log(dapi, c)
+    assert _docker_state(c["uuid"]) is None
 
 
 @needs_engine

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 FINAL_CONTAINER_STATES = ("Complete", "Cancelled")
 MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep", "git_tree")
+#: The command's standard streams, mounted by name rather than at a path.
+STREAM_MOUNTS = ("stdin", "stdout", "stderr")
+#: What stdin may be read from: a file in a collection, or literal content (as crunch-run).
+STDIN_KINDS = ("collection", "json", "text")
 
 # Once committed, a request's functional attributes are fixed (Arvados' rule).
 _COMMITTED_MUTABLE = {"priority", "container_count_max", "name", "description", "properties",
@@ -233,12 +237,31 @@ def validate_committed(attrs: dict, store: Store) -> None:
         kind = (mount or {}).get("kind")
         if kind not in MOUNT_KINDS:
             raise unprocessable(f"mounts[{path!r}]: unsupported mount kind {kind!r}; use one of {', '.join(MOUNT_KINDS)}")
-        if path != "stdout" and path != "stdin" and not path.startswith("/"):
-            raise unprocessable(f"mounts: {path!r} is not an absolute path (nor stdin/stdout)")
+        if path in STREAM_MOUNTS:
+            validate_stream_mount(path, mount)
+        elif not path.startswith("/"):
+            raise unprocessable(f"mounts: {path!r} is not an absolute path (nor stdin/stdout/stderr)")
     if attrs["output_path"] not in mounts and not any(
             attrs["output_path"].startswith(p.rstrip("/") + "/") for p in mounts if p.startswith("/")):
         raise unprocessable(f"output_path {attrs['output_path']!r} must be one of the mount targets")
     resolve_image(attrs["container_image"], store)
+
+
+def validate_stream_mount(name: str, mount: dict) -> None:
+    """What crunch-run accepts for the command's standard streams, checked at commit time so a
+    client hears about a bad one as a 422 rather than as a container that fails to start."""
+    kind = mount.get("kind")
+    if name == "stdin":
+        if kind not in STDIN_KINDS:
+            raise unprocessable(f"mounts['stdin']: kind must be one of {', '.join(STDIN_KINDS)}, got {kind!r}")
+        if kind == "collection" and not (mount.get("portable_data_hash") or mount.get("uuid")):
+            raise unprocessable("mounts['stdin']: a collection stdin needs a portable_data_hash or uuid")
+        return
+    if kind != "file":
+        raise unprocessable(f"mounts[{name!r}]: kind must be 'file', got {kind!r}")
+    target = mount.get("path")
+    if not isinstance(target, str) or not target.startswith("/"):
+        raise unprocessable(f"mounts[{name!r}]: path must be an absolute path in the container, got {target!r}")
 
 
 def resolve_image(image: str, store: Store) -> str:

@@ -5,22 +5,30 @@ The dispatcher does what ``arvados-dispatch-*`` plus ``crunch-run`` do on a real
 runs the command through a :mod:`runtime`, then saves the output and log collections and
 completes (or cancels) the container. It is woken by the store's change events, so a newly
 queued container starts without any polling delay.
+
+As crunch-run, it connects the command's standard streams to the ``stdin``/``stdout``/``stderr``
+mounts, stops a container that outlives ``scheduling_parameters.max_run_time``, and builds the
+output from the output directory *and* the mounts under it ("pre-populated output"): a CWL
+runner stages a tool's InitialWorkDir that way and expects those files back in the output.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import collection_files, output_glob
+from . import manifest as mf
 from .blockstore import BlockStore
 from .collections import store_manifest
-from .containers import Lifecycle
+from .containers import STREAM_MOUNTS, Lifecycle
 from .resources import new_token_secret
 from .runtime import Runtime
 from .store import Store, timestamp
@@ -37,6 +45,8 @@ class _Running:
     task: asyncio.Task | None = None
     proc: Any = None
     cancelled: bool = False
+    #: Why the dispatcher stopped it, when not for priority 0 (e.g. max_run_time).
+    cancel_reason: str | None = None
     log_lines: list[str] = field(default_factory=list)
 
 
@@ -167,18 +177,21 @@ class Dispatcher:
             shutil.rmtree(workdir, ignore_errors=True)
             logdir.mkdir(parents=True)
             spec = await asyncio.to_thread(self._prepare, c, workdir, logdir, token)
+            mount_points = await asyncio.to_thread(_make_mount_points, spec["mounts"])
             if run.cancelled:
                 raise _Cancelled()
             self.lifecycle.update_container(uuid, {"state": "Running"})
             run.proc = await self.runtime.start(spec)
             if run.cancelled:
                 run.proc.kill()
-            exit_code = await run.proc.wait()
+            exit_code = await self._wait(run, _max_run_time(c))
+            await asyncio.to_thread(_remove_mount_points, mount_points)
             lost = getattr(run.proc, "lost", False)
             finish = {"exit_code": exit_code}
-            if run.cancelled or lost:
-                raise _Cancelled("container process was lost (killed outside the command)" if lost and not run.cancelled
-                                 else None)
+            if run.cancelled:
+                raise _Cancelled(run.cancel_reason)
+            if lost:
+                raise _Cancelled("container process was lost (killed outside the command)")
             # As crunch-run: a container with API access may have set its output itself.
             current = self.store.get(uuid) or c
             if (c.get("runtime_constraints") or {}).get("API") and current.get("output"):
@@ -199,6 +212,24 @@ class Dispatcher:
                 self.store.update(token["uuid"], {"expires_at": timestamp()}, log=False)
             shutil.rmtree(workdir, ignore_errors=True)
             self._wake.set()
+
+    async def _wait(self, run: _Running, max_run_time: float) -> int:
+        """The command's exit code. Past ``max_run_time`` seconds (0: no limit) the container is
+        stopped the way a priority-0 cancel stops it, so it ends Cancelled, as crunch-run's do."""
+        if max_run_time <= 0:
+            return await run.proc.wait()
+        try:
+            # wait() shields the runtime's own task: timing out here leaves the container alone.
+            return await asyncio.wait_for(run.proc.wait(), max_run_time)
+        except asyncio.TimeoutError:
+            if not run.cancelled:
+                run.cancelled = True
+                run.cancel_reason = (f"maximum run time exceeded: the container ran longer than "
+                                     f"scheduling_parameters.max_run_time ({max_run_time:g} seconds) "
+                                     "and was stopped")
+                logger.info("stopping %s: %s", run.container_uuid, run.cancel_reason)
+                run.proc.kill()
+            return await run.proc.wait()
 
     def _finish_cancelled(self, uuid: str, logdir: Path, error: str | None) -> None:
         c = self.store.get(uuid)
@@ -223,40 +254,15 @@ class Dispatcher:
     def _prepare(self, c: dict, workdir: Path, logdir: Path, token: dict) -> dict:
         """Turn the container's mounts into host paths and write the run spec for the runtime."""
         mounts: list[dict] = []
-        host_of: dict[str, str] = {}
-        stdout_path = stdin_path = None
+        stdin_path = None
         all_mounts = dict(c.get("mounts") or {})
         all_mounts.update(c.get("secret_mounts") or {})
         for n, (path, m) in enumerate(sorted(all_mounts.items())):
-            kind = m.get("kind")
-            if path == "stdout":
-                continue
             if path == "stdin":
-                stdin_path = str(self._collection_source(m, workdir, n))
-                continue
-            if kind == "tmp":
-                src = workdir / f"tmp{n}"
-                src.mkdir()
-                writable = True
-            elif kind == "collection":
-                src = self._collection_source(m, workdir, n)
-                writable = bool(m.get("writable"))
-            elif kind in ("json", "text"):
-                src = workdir / f"file{n}"
-                content = m.get("content")
-                src.write_text(json.dumps(content) if kind == "json" else str(content or ""))
-                writable = False
-            elif kind == "keep":
-                raise RuntimeError("mount kind 'keep' is not supported by this cluster")
-            else:
-                raise RuntimeError(f"unsupported mount kind {kind!r} at {path}")
-            mounts.append({"path": path, "source": str(src), "writable": writable})
-            host_of[path] = str(src)
-        if "stdout" in all_mounts:
-            stdout_path = _host_path(all_mounts["stdout"].get("path", ""), host_of)
-            if stdout_path is None:
-                raise RuntimeError("stdout mount path must be under a writable mount (usually output_path)")
-            Path(stdout_path).parent.mkdir(parents=True, exist_ok=True)
+                stdin_path = str(self._stdin_source(m, workdir, n))
+            elif path not in STREAM_MOUNTS:
+                src, writable = self._mount_source(path, m, workdir, n)
+                mounts.append({"path": path, "source": str(src), "writable": writable})
         env = dict(c.get("environment") or {})
         if (c.get("runtime_constraints") or {}).get("API"):
             env.update(self.api_env)
@@ -270,7 +276,8 @@ class Dispatcher:
             "environment": env,
             "mounts": mounts,
             "stdin": stdin_path,
-            "stdout": stdout_path,
+            "stdout": _stream_target("stdout", all_mounts, mounts),
+            "stderr": _stream_target("stderr", all_mounts, mounts),
             "stdout_log": str(logdir / "stdout.txt"),
             "stderr_log": str(logdir / "stderr.txt"),
             "crunch_log": str(logdir / "crunch-run.txt"),
@@ -282,6 +289,30 @@ class Dispatcher:
         }
         (logdir / "container.json").write_text(json.dumps(_public_container(c), indent=2, sort_keys=True))
         return spec
+
+    def _mount_source(self, path: str, m: dict, workdir: Path, n: int) -> tuple[Path, bool]:
+        """The host file or directory presented at *path*, and whether it is writable there."""
+        kind = m.get("kind")
+        if kind == "tmp":
+            src = workdir / f"tmp{n}"
+            src.mkdir()
+            return src, True
+        if kind == "collection":
+            return self._collection_source(m, workdir, n), bool(m.get("writable"))
+        if kind in ("json", "text"):
+            return _literal_file(m, workdir / f"file{n}"), False
+        if kind == "keep":
+            raise RuntimeError("mount kind 'keep' is not supported by this cluster")
+        raise RuntimeError(f"unsupported mount kind {kind!r} at {path}")
+
+    def _stdin_source(self, m: dict, workdir: Path, n: int) -> Path:
+        """The host file the command reads as stdin: a file of a collection, or literal content."""
+        if m.get("kind") in ("json", "text"):
+            return _literal_file(m, workdir / f"file{n}")
+        src = self._collection_source(m, workdir, n)
+        if not src.is_file():
+            raise RuntimeError("the stdin mount must name a file in its collection (set its \"path\")")
+        return src
 
     def _collection_source(self, m: dict, workdir: Path, n: int) -> Path:
         pdh = m.get("portable_data_hash")
@@ -310,10 +341,7 @@ class Dispatcher:
         target = self.cache_root / pdh
         if target.exists():
             return target
-        manifest = next((c["manifest_text"] for c in self.store.records("collections")
-                         if c.get("portable_data_hash") == pdh), None)
-        if manifest is None:
-            raise RuntimeError(f"collection {pdh} not found")
+        manifest = self._manifest_of(pdh)
         tmp = self.cache_root / f".{pdh}.{time.monotonic_ns()}"
         tmp.mkdir(parents=True)
         collection_files.materialize(manifest, self.blockstore, tmp)
@@ -322,6 +350,15 @@ class Dispatcher:
         except OSError:  # another container materialized it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    def _manifest_of(self, pdh: str) -> str:
+        """The stored (unsigned) manifest of the collection with content hash *pdh*."""
+        # A snapshot (list() copies atomically): this runs in a thread while the loop adds records.
+        manifest = next((c["manifest_text"] for c in list(self.store.records("collections"))
+                         if c.get("portable_data_hash") == pdh), None)
+        if manifest is None:
+            raise RuntimeError(f"collection {pdh} not found")
+        return manifest
 
     def _image_spec(self, pdh: str | None) -> dict:
         """What the runtime needs of the image: whether it is a stand-in (see images.py), and,
@@ -344,14 +381,49 @@ class Dispatcher:
     # -- output and logs ---------------------------------------------------------------------
 
     def _save_output(self, c: dict, spec: dict) -> str:
-        host = _host_path(c["output_path"], {m["path"]: m["source"] for m in spec["mounts"]})
-        if host is None or not Path(host).exists():
-            manifest = ""
-        else:
-            manifest = collection_files.upload_directory(Path(host), self.blockstore,
-                                                         include=output_glob.matcher(c.get("output_glob")))
+        """The output collection: what the command sees at output_path when it ends.
+
+        That is the output directory as the command left it, overlaid by every mount below it
+        (Arvados' "pre-populated output"), deeper mounts over shallower ones, exactly as they
+        covered each other in the container. Read-only collections are spliced in from their
+        manifests (no data is copied or re-hashed); writable copies, literal files and tmp
+        directories are uploaded as the command left them. ``output_glob`` filters the result.
+        """
+        keep = output_glob.matcher(c.get("output_glob"))
+        tree = mf.ManifestTree()
+        for layer in _output_layers(c, spec["mounts"]):
+            _drop(tree, layer.rel)
+            if not layer.exclude:
+                _graft(tree, self._layer_tree(layer, keep))
+        manifest = mf.render(_filtered(tree, keep))
         return store_manifest(self.store, manifest, name=f"output for {c['uuid']}",
                               owner_uuid=self.store.system_user_uuid)["portable_data_hash"]
+
+    def _layer_tree(self, layer: _Layer, keep: Callable[[str], bool]) -> mf.ManifestTree:
+        """One layer's files, at their place in the output (empty if its source is gone)."""
+        if layer.pdh is not None:
+            return _relocated(mf.parse(self._manifest_of(layer.pdh)), layer.coll_path, layer.rel)
+        src = layer.host
+        if src is None:
+            return mf.ManifestTree(dirs=set())
+        if src.is_dir():
+            # Every directory is walked (glob patterns may keep something deep inside it); only
+            # files the patterns keep are read. _filtered() then settles which directories stay.
+            def include(rel: str) -> bool:
+                return keep(_join(layer.rel, rel)) or (src / rel).is_dir()
+            uploaded = collection_files.upload_directory(src, self.blockstore, include=include)
+            return _relocated(mf.parse(uploaded), "", layer.rel)
+        if src.is_file() and keep(layer.rel):
+            return self._file_tree(src, layer.rel)
+        return mf.ManifestTree(dirs=set())  # deleted, not a regular file, or left out by the glob
+
+    def _file_tree(self, src: Path, rel: str) -> mf.ManifestTree:
+        """A single host file stored in Keep, as a tree holding it at *rel*."""
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.work_root, prefix=".file-") as staging:
+            (Path(staging) / "f").symlink_to(src)  # upload_directory follows links to files
+            uploaded = collection_files.upload_directory(Path(staging), self.blockstore)
+        return _relocated(mf.parse(uploaded), "f", rel)
 
     def _save_log_dir(self, c: dict, logdir: Path) -> str:
         manifest = collection_files.upload_directory(logdir, self.blockstore) if logdir.exists() else ""
@@ -371,6 +443,200 @@ class Dispatcher:
 
 class _Cancelled(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Something the command saw at or below output_path: the output directory or a mount."""
+
+    rel: str                      # where it is in the output ("" is the output directory itself)
+    host: Path | None = None      # its files on the host, as the command left them
+    pdh: str | None = None        # or a read-only collection, spliced from its manifest
+    coll_path: str = ""           # ... the file or directory of it that was mounted
+    exclude: bool = False         # covers what is below it, but is not itself output
+
+
+def _max_run_time(c: dict) -> float:
+    """``scheduling_parameters.max_run_time`` in seconds; 0 (or anything unusable) is no limit."""
+    value = (c.get("scheduling_parameters") or {}).get("max_run_time") or 0
+    try:
+        return max(float(value), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _literal_file(m: dict, dest: Path) -> Path:
+    """Write a ``json`` or ``text`` mount's content to *dest* (the file the command will see)."""
+    content = m.get("content")
+    dest.write_text(json.dumps(content) if m.get("kind") == "json" else str(content or ""))
+    return dest
+
+
+def _stream_target(name: str, all_mounts: dict, mounts: list[dict]) -> str | None:
+    """The host file a ``stdout``/``stderr`` mount sends the stream to, its directory created.
+
+    The path must be inside a writable mount (crunch-run requires output_path): writing through
+    a read-only mount's host directory would change a shared collection cache.
+    """
+    m = all_mounts.get(name)
+    if m is None:
+        return None
+    target = str(m.get("path") or "")
+    outer = _covering_mount(target, mounts)
+    if outer is None or not outer["writable"] or _norm(outer["path"]) == _norm(target):
+        raise RuntimeError(f"{name} mount path {target!r} must be a file under a writable mount "
+                           "(usually output_path)")
+    host = _host_path(target, {outer["path"]: outer["source"]})
+    assert host is not None
+    Path(host).parent.mkdir(parents=True, exist_ok=True)
+    return host
+
+
+def _norm(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+def _covering_mount(container_path: str, mounts: list[dict]) -> dict | None:
+    """The mount whose target is the longest prefix of *container_path* (what the command sees)."""
+    best = None
+    for m in mounts:
+        p = _norm(m["path"])
+        if container_path == p or container_path.startswith(p.rstrip("/") + "/"):
+            if best is None or len(p) > len(_norm(best["path"])):
+                best = m
+    return best
+
+
+def _make_mount_points(mounts: list[dict]) -> list[tuple[Path, bool]]:
+    """Create the mount points of mounts nested in a writable mount, in that mount's host
+    directory (``inputs/a.txt`` in the output tmp directory for ``/var/spool/cwl/inputs/a.txt``).
+
+    Why here and not in the runtime: both runtimes then find a target of the right type (file or
+    directory) to bind over, whatever the engine would do with a missing one, and we know which
+    ones to remove afterwards so they do not show up in the output as stray empty entries.
+    Returns what was created, outermost first.
+    """
+    created: list[tuple[Path, bool]] = []
+    for m in sorted(mounts, key=lambda m: _norm(m["path"]).count("/")):
+        path = _norm(m["path"])
+        outer = _covering_mount(path, [o for o in mounts if _norm(o["path"]) != path])
+        if outer is None or not outer["writable"] or not Path(outer["source"]).is_dir():
+            continue  # nothing is ever created inside a read-only (shared, cached) source
+        parts = path[len(_norm(outer["path"])):].strip("/").split("/")
+        is_dir = Path(m["source"]).is_dir()
+        host = Path(outer["source"])
+        for i, part in enumerate(parts):
+            host = host / part
+            last_is_file = i == len(parts) - 1 and not is_dir
+            if os.path.lexists(host):
+                continue
+            if last_is_file:
+                host.touch()
+            else:
+                host.mkdir()
+            created.append((host, not last_is_file))
+    return created
+
+
+def _remove_mount_points(created: list[tuple[Path, bool]]) -> None:
+    """Remove the mount points :func:`_make_mount_points` made, unless the command put something
+    there (a directory it wrote into is output)."""
+    for host, is_dir in reversed(created):
+        try:
+            if is_dir:
+                host.rmdir()
+            elif host.is_file() and not host.is_symlink() and host.stat().st_size == 0:
+                host.unlink()
+        except OSError:
+            pass
+
+
+def _output_layers(c: dict, mounts: list[dict]) -> list[_Layer]:
+    """The output directory and the mounts below output_path, outermost first.
+
+    Secret mounts and mounts marked ``exclude_from_output`` still hide what is below them, but
+    add nothing: a secret must not end up in a collection.
+    """
+    out = _norm(c["output_path"])
+    declared = {_norm(p): m for p, m in (c.get("mounts") or {}).items() if p.startswith("/")}
+    secret = {_norm(p): m for p, m in (c.get("secret_mounts") or {}).items() if p.startswith("/")}
+    declared.update(secret)
+    host_of = {_norm(m["path"]): Path(m["source"]) for m in mounts}
+    layers: list[_Layer] = []
+    root = _covering_mount(out, [{"path": p} for p in declared])
+    if root is not None:
+        rest = out[len(_norm(root["path"])):].strip("/")
+        layers.append(_layer(declared[_norm(root["path"])], "", rest, host_of.get(_norm(root["path"]))))
+    below = out.rstrip("/") + "/"
+    for p in sorted((p for p in declared if p.startswith(below)), key=lambda p: (p.count("/"), p)):
+        m = declared[p]
+        excluded = p in secret or bool(m.get("exclude_from_output"))
+        layers.append(_layer(m, p[len(below):], "", host_of.get(p), exclude=excluded))
+    return layers
+
+
+def _layer(m: dict, rel: str, rest: str, host: Path | None, exclude: bool = False) -> _Layer:
+    """The layer a mount adds at *rel*; *rest* is the part of the mount output_path names."""
+    if m.get("kind") == "collection" and not m.get("writable") and m.get("portable_data_hash"):
+        coll_path = _join((m.get("path") or "").strip("/"), rest)
+        return _Layer(rel, pdh=m["portable_data_hash"], coll_path=coll_path, exclude=exclude)
+    return _Layer(rel, host=host / rest if host is not None and rest else host, exclude=exclude)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}/{b}" if a and b else a or b
+
+
+def _relocated(tree: mf.ManifestTree, src: str, dest: str) -> mf.ManifestTree:
+    """The file or directory at *src* in *tree* ("" is all of it), moved to *dest*."""
+    out = mf.ManifestTree(dirs=set())
+    if src in tree.files:
+        out.files[dest] = tree.files[src]
+        return out
+    if src not in tree.dirs:
+        return out
+    prefix = src + "/" if src else ""
+    for path, segments in tree.files.items():
+        if path.startswith(prefix):
+            out.files[_join(dest, path[len(prefix):])] = segments
+    for d in tree.dirs:
+        if d == src or d.startswith(prefix):
+            out.dirs.add(_join(dest, d[len(prefix):]))
+    return out
+
+
+def _drop(tree: mf.ManifestTree, rel: str) -> None:
+    """Remove what a mount at *rel* covered: the entry there, everything below it, and any file
+    standing where one of its parent directories must be."""
+    if not rel:
+        tree.files.clear()
+        tree.dirs = {""}
+        return
+    below = rel + "/"
+    for path in [p for p in tree.files if p == rel or p.startswith(below)]:
+        del tree.files[path]
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        tree.files.pop("/".join(parts[:i]), None)
+    tree.dirs = {d for d in tree.dirs if d != rel and not d.startswith(below)}
+
+
+def _graft(tree: mf.ManifestTree, part: mf.ManifestTree) -> None:
+    """Add a layer's files and directories (already at their output paths) to *tree*."""
+    tree.files.update(part.files)
+    for path in list(part.dirs) + [p.rpartition("/")[0] for p in part.files]:
+        while path not in tree.dirs:
+            tree.dirs.add(path)
+            path = path.rpartition("/")[0]
+
+
+def _filtered(tree: mf.ManifestTree, keep: Callable[[str], bool]) -> mf.ManifestTree:
+    """Apply ``output_glob``: kept files, kept directories, and the directories holding them."""
+    files = {p: s for p, s in tree.files.items() if keep(p)}
+    out = mf.ManifestTree(files=files)
+    _graft(out, mf.ManifestTree(dirs={d for d in tree.dirs if d and keep(d)}))
+    _graft(out, mf.ManifestTree(files=files, dirs=set()))
+    return out
 
 
 def _host_path(container_path: str, host_of: dict[str, str]) -> str | None:

@@ -159,6 +159,12 @@ def _remove_placeholders(paths: list[tuple[str, bool]]) -> None:
             pass  # the command put something there: it is output now
 
 
+def _stream_file(path: str) -> int:
+    """A ``stdout``/``stderr`` mount's file, created or truncated as crunch-run does; the CLI
+    relays the stream into it in place of the log."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+
 class DockerCli:
     """Runs ``docker`` subcommands against one engine."""
 
@@ -448,12 +454,16 @@ class DockerRuntime:
                 opened.append(stdin)
                 args.append("--interactive")
             if spec.get("stdout"):
-                stdout = os.open(spec["stdout"],
-                                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                stdout = _stream_file(spec["stdout"])
                 opened.append(stdout)
             elif spec.get("stdout_log"):
                 stdout = asyncio.subprocess.PIPE
-            if spec.get("stderr_log"):
+            if spec.get("stderr") and spec["stderr"] == spec.get("stdout"):
+                stderr = stdout  # one file, one offset: the streams interleave, not overwrite
+            elif spec.get("stderr"):
+                stderr = _stream_file(spec["stderr"])
+                opened.append(stderr)
+            elif spec.get("stderr_log"):
                 stderr = asyncio.subprocess.PIPE
             return await asyncio.create_subprocess_exec(
                 self.cli.cli, *args, name, stdin=stdin, stdout=stdout, stderr=stderr,

@@ -18,7 +18,9 @@ Run spec (JSON-serializable dict; host paths are resolved by the dispatcher)::
     stdin            str | None   host file fed to stdin (None: /dev/null)
     stdout           str | None   host file receiving stdout (a stdout mount), truncated
     stdout_log       str          host file receiving stdout otherwise (appended)
-    stderr_log       str          host file receiving stderr (appended)
+    stderr           str | None   host file receiving stderr (a stderr mount), truncated;
+                                  may equal stdout (then both streams share the file)
+    stderr_log       str          host file receiving stderr otherwise (appended)
     crunch_log       str          host file for the runtime's own timestamped lines (appended)
     image            str          recorded in the crunch log only
     vcpus, ram       int          enforced with cgroup v1 cpu/memory when available

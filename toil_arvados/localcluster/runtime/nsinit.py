@@ -142,6 +142,7 @@ def _ancestors(path: str) -> list[str]:
 def _open_files(spec: dict) -> tuple[tuple[int, int, int], list[tuple[int, int]]]:
     """Open the command's stdin/stdout/stderr on the host, before any namespace change.
 
+    A ``stdout``/``stderr`` mount (``spec["stdout"]``, ``spec["stderr"]``) is a plain file.
     Log destinations (``stdout_log``, ``stderr_log``) are pipes that the monitor copies into the
     log files with a timestamp at the start of every line, as crunch-run writes stdout.txt and
     stderr.txt (clients such as arvados-cwl-runner parse those timestamps). Returns the three
@@ -158,17 +159,26 @@ def _open_files(spec: dict) -> tuple[tuple[int, int, int], list[tuple[int, int]]
     stdin = spec.get("stdin")
     fd_in = os.open(stdin if stdin else os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     if spec.get("stdout"):
-        fd_out = os.open(spec["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                         0o644)
+        fd_out = stream_file(spec["stdout"])
     elif spec.get("stdout_log"):
         fd_out = log_pipe(spec["stdout_log"])
     else:
         fd_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    if spec.get("stderr_log"):
+    if spec.get("stderr") and spec["stderr"] == spec.get("stdout"):
+        fd_err = os.dup(fd_out)  # one file, one offset: the two streams interleave, not overwrite
+    elif spec.get("stderr"):
+        fd_err = stream_file(spec["stderr"])
+    elif spec.get("stderr_log"):
         fd_err = log_pipe(spec["stderr_log"])
     else:
         fd_err = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     return (fd_in, fd_out, fd_err), pumps
+
+
+def stream_file(path: str) -> int:
+    """A ``stdout``/``stderr`` mount's file, created or truncated (crunch-run does the same);
+    the stream goes there *instead of* the log, untimestamped, as the command wrote it."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
 
 def _stamp() -> bytes:
