@@ -18,6 +18,13 @@ from toil_arvados import cli_errors  # noqa: E402
 
 cli_errors.install()  # setup errors (bad token, unknown project, ...) print as one line
 
+import sys  # noqa: E402
+
+if "toil.cwl.cwltoil" in sys.modules:  # toil-cwl-runner: check images in Keep instead of pulling them
+    from toil_arvados import cwl_images
+
+    cwl_images.install()
+
 try:
     from toil_arvados.jobstore.registration import register_job_store
 

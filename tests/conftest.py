@@ -74,3 +74,20 @@ def project(api, request: pytest.FixtureRequest) -> str:
     group = api.groups().create(body={"group": {"name": request.node.name[:200], "group_class": "project"}},
                                 ensure_unique_name=True).execute()
     return group["uuid"]
+
+
+@pytest.fixture
+def env(cluster_env: dict[str, str]) -> dict[str, str]:
+    """The environment a user's shell would have for running Toil against the test cluster."""
+    from toil_cli import toil_env
+
+    return toil_env(cluster_env)
+
+
+@pytest.fixture
+def clean_project(api, project):
+    """The test's project; whatever the test leaves running there is cancelled afterwards."""
+    from toil_cli import cancel_all
+
+    yield project
+    cancel_all(api, project)

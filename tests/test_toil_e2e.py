@@ -19,29 +19,15 @@ import yaml
 from toil_cli import (
     TOIL_CWL_RUNNER,
     Background,
-    cancel_all,
     containers_by_uuid,
     host_tempdir,
     project_requests,
     run,
-    toil_env,
     upload_text,
     workflow_id,
 )
 
 DEMO = Path(__file__).resolve().parent.parent / "toil_arvados" / "demo"
-
-
-@pytest.fixture
-def env(cluster_env: dict[str, str]) -> dict[str, str]:
-    return toil_env(cluster_env)
-
-
-@pytest.fixture
-def clean_project(api, project):
-    """The test's project; whatever the test leaves running there is cancelled afterwards."""
-    yield project
-    cancel_all(api, project)
 
 
 def _expected_report(words: list[str], header: bytes) -> bytes:
@@ -82,18 +68,25 @@ def test_demo_workflow_same_outputs_as_single_machine(api, clean_project, env, t
     assert reports["arvados"] == reports["local"]
     assert reports["arvados"] == _expected_report(words, header_bytes)
 
-    # Every CommandLineTool run (20 shout + 20 measure + 1 merge) was one container request.
+    # Every CommandLineTool run (20 shout + 20 measure + 1 merge) was its own container request,
+    # running the tool's own command (not a Toil worker), under one request standing for the run.
     crs = project_requests(api, project)
-    names = sorted(cr["name"] for cr in crs)
-    assert len(crs) == 41, names
+    wf = workflow_id(remote.stderr)
+    parents = [cr for cr in crs if cr["properties"].get("type") == "workflow"]
+    assert len(parents) == 1 and parents[0]["properties"]["toil_workflow_id"] == wf, parents
+    steps = [cr for cr in crs if "toil_step" in cr["properties"]]
+    assert len(crs) == len(steps) + 1
+    names = sorted(cr["name"] for cr in steps)
+    assert len(steps) == 41, names
     for step, count in (("shout", 20), ("measure", 20), ("merge", 1)):
         assert sum(1 for n in names if f".{step}." in n or n.endswith(f".{step}")) == count, (step, names)
-    wf = workflow_id(remote.stderr)
-    assert {cr["properties"].get("toil_workflow_id") for cr in crs} == {wf}
-    job_ids = [cr["properties"].get("toil_job_store_id") for cr in crs]
+    assert {cr["properties"]["toil_workflow_id"] for cr in steps} == {wf}
+    assert {cr["properties"]["toil_parent_request"] for cr in steps} == {parents[0]["uuid"]}
+    assert not [cr["command"] for cr in steps if "toil_arvados.worker" in " ".join(cr["command"])]
+    job_ids = [cr["properties"].get("toil_step_job_store_id") for cr in steps]
     assert all(job_ids) and len(set(job_ids)) == 41, job_ids
-    assert {cr["state"] for cr in crs} == {"Final"}
-    containers = containers_by_uuid(api, crs)
+    assert {cr["state"] for cr in steps} == {"Final"}
+    containers = containers_by_uuid(api, steps)
     assert [(c["state"], c["exit_code"]) for c in containers.values()] == [("Complete", 0)] * 41
 
 

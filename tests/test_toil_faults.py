@@ -18,14 +18,12 @@ import pytest
 from toil_cli import (
     TOIL_CWL_RUNNER,
     Background,
-    cancel_all,
     containers_by_uuid,
     is_one_line_error,
     last_line,
     poll_until,
     project_requests,
     run,
-    toil_env,
 )
 
 BOOM = """\
@@ -98,56 +96,55 @@ outputs: {out: stdout}
 """
 
 
-@pytest.fixture
-def env(cluster_env: dict[str, str]) -> dict[str, str]:
-    return toil_env(cluster_env)
-
-
-@pytest.fixture
-def clean_project(api, project):
-    """The test's project; whatever the test leaves running there is cancelled afterwards."""
-    yield project
-    cancel_all(api, project)
-
-
 def _write(where: Path, name: str, text: str) -> Path:
     path = where / name
     path.write_text(text)
     return path
 
 
-def _arvados_args(project: str, store: str, outdir: Path) -> list[str]:
+# CWL tools run as their own container requests (native steps, the default) or inside Toil
+# worker containers; failures, cancellation and restarts must work in both.
+MODES = {"native": [], "workers": ["--noArvadosNativeSteps"]}
+JOB_ID_PROPERTY = {"native": "toil_step_job_store_id", "workers": "toil_job_store_id"}
+
+
+def _arvados_args(project: str, store: str, outdir: Path, mode: str = "native") -> list[str]:
     return [TOIL_CWL_RUNNER, "--batchSystem", "arvados", "--arvadosProject", project,
-            "--jobStore", f"arvados:{project}/{store}", "--outdir", str(outdir)]
+            "--jobStore", f"arvados:{project}/{store}", "--outdir", str(outdir), *MODES[mode]]
 
 
 def _named(crs: list[dict], step: str) -> list[dict]:
     return [cr for cr in crs if step in cr["name"]]
 
 
-def test_failing_step_is_retried_then_fails_with_its_stderr(api, clean_project, env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", list(MODES))
+def test_failing_step_is_retried_then_fails_with_its_stderr(mode: str, api, clean_project, env,
+                                                            tmp_path: Path) -> None:
     project = clean_project
     tool = _write(tmp_path, "boom.cwl", BOOM)
-    done = run(_arvados_args(project, "e2e-boom", tmp_path / "out") + ["--retryCount", "1", str(tool)],
+    done = run(_arvados_args(project, "e2e-boom", tmp_path / "out", mode) + ["--retryCount", "1", str(tool)],
                env, tmp_path, timeout=300)
     assert done.returncode != 0, done.describe()
     # The tool's own stderr line, not just the command line that contains the word.
     assert any(line.strip() == "boom-marker" for line in done.stderr.splitlines()), done.describe()
     crs = _named(project_requests(api, project), "boom")
     assert len(crs) == 2, [cr["name"] for cr in crs]  # first try + one retry
-    assert len({cr["properties"]["toil_job_store_id"] for cr in crs}) == 1  # the same Toil job twice
+    assert len({cr["properties"][JOB_ID_PROPERTY[mode]] for cr in crs}) == 1  # the same Toil job twice
     containers = containers_by_uuid(api, crs)
     assert sorted(c["state"] for c in containers.values()) == ["Complete", "Complete"]
     assert all(c["exit_code"] != 0 for c in containers.values())
     # The plugin's failure report names each failed request.
     for cr in crs:
-        assert f"Arvados job {cr['uuid']}" in done.stderr, done.describe()
+        report = f"Arvados job {cr['uuid']}" if mode == "workers" else f"container request {cr['uuid']} ended"
+        assert report in done.stderr, done.describe()
 
 
-def test_ctrl_c_cancels_running_requests(api, clean_project, env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", list(MODES))
+def test_ctrl_c_cancels_running_requests(mode: str, api, clean_project, env, tmp_path: Path) -> None:
     project = clean_project
     tool = _write(tmp_path, "sleeper.cwl", SLEEPER)
-    leader = Background(_arvados_args(project, "e2e-sigint", tmp_path / "out") + [str(tool)], env, tmp_path, "leader")
+    leader = Background(_arvados_args(project, "e2e-sigint", tmp_path / "out", mode) + [str(tool)], env, tmp_path,
+                        "leader")
     try:
         def running_request() -> dict | None:
             crs = _named(project_requests(api, project), "sleeper")
@@ -174,10 +171,11 @@ def test_ctrl_c_cancels_running_requests(api, clean_project, env, tmp_path: Path
     assert api.container_requests().get(uuid=cr["uuid"]).execute()["state"] == "Final"
 
 
-def test_restart_reattaches_and_skips_finished_steps(api, clean_project, env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", list(MODES))
+def test_restart_reattaches_and_skips_finished_steps(mode: str, api, clean_project, env, tmp_path: Path) -> None:
     project = clean_project
     wf = _write(tmp_path, "two.cwl", TWO_STEPS)
-    args = _arvados_args(project, "e2e-restart", tmp_path / "out")
+    args = _arvados_args(project, "e2e-restart", tmp_path / "out", mode)
     leader = Background(args + [str(wf)], env, tmp_path, "leader")
     try:
         def progress() -> tuple[list[dict], dict]:
@@ -214,13 +212,18 @@ def test_restart_reattaches_and_skips_finished_steps(api, clean_project, env, tm
 
     crs = project_requests(api, project)
     assert len(_named(crs, "first")) == 1, [cr["name"] for cr in crs]  # not run again
-    assert [cr["uuid"] for cr in _named(crs, "second")] == [second["uuid"]]  # re-attached, not resubmitted
-    assert {cr["state"] for cr in crs} == {"Final"}
+    if mode == "workers":
+        assert [cr["uuid"] for cr in _named(crs, "second")] == [second["uuid"]]  # re-attached, not resubmitted
+    else:
+        # The restarted leader submits the step again, and Arvados gives it the container that was
+        # still running: the step's work is done once.
+        assert {cr["container_uuid"] for cr in _named(crs, "second")} == {second["container_uuid"]}
+    assert {cr["state"] for cr in crs if cr["properties"].get("type") != "workflow"} == {"Final"}
     container = api.containers().get(uuid=second["container_uuid"]).execute()
     assert (container["state"], container["exit_code"]) == ("Complete", 0)
     from toil_arvados.timestamps import parse_timestamp
 
-    if parse_timestamp(container["finished_at"]) > restart_began:
+    if mode == "workers" and parse_timestamp(container["finished_at"]) > restart_began:
         # Step two was still running when the restarted leader started: it must have re-attached.
         assert f"to running container request {second['uuid']}" in done.stderr, done.describe()
 
@@ -237,7 +240,8 @@ BAD_TOKEN = "v2/local-gj3su-0123456789abcde/thisisnotavalidsecretatalltoilarvado
 
 
 @pytest.mark.parametrize("case", ["bad token", "missing token", "unreachable host", "unknown project",
-                                  "unknown job store project", "missing worker image", "too many cores"])
+                                  "unknown job store project", "missing worker image", "too many cores",
+                                  "invalid CWL"])
 def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env, cluster_env,
                                      tmp_path: Path) -> None:
     project = clean_project
@@ -267,6 +271,9 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
     elif case == "missing worker image":
         extra = ["--arvadosWorkerImage", "toil-arvados/no-such-image:1"]
         expect = "toil-arvados/no-such-image:1"
+    elif case == "invalid CWL":
+        tool = _write(tmp_path, "bad.cwl", ECHO + "outputs: []\n")  # a second "outputs" key
+        expect = 'duplicate key "outputs"'
     else:
         tool = _write(tmp_path, "big.cwl", BIG)
         extra = ["--maxCores", "1000"]  # past Toil's own local check: the cluster's limit must say no

@@ -136,8 +136,8 @@ def resolve_project(api: Any, project_uuid: str | None, user: dict) -> str:
     return project_uuid
 
 
-def check_image(api: Any, image: str) -> None:
-    """Fail early, with the fix, when the worker image is not in Keep."""
+def image_exists(api: Any, image: str) -> bool:
+    """Whether ``image`` (``repo:tag`` or a portable data hash) is in Keep, as arv-keepdocker sees it."""
     from arvados.commands.keepdocker import list_images_in_arv  # the SDK's own image lookup
 
     repo, _, tag = image.partition(":")
@@ -149,7 +149,13 @@ def check_image(api: Any, image: str) -> None:
             found = list_images_in_arv(api, NUM_RETRIES, repo, tag or "latest")
     except Exception as e:
         raise ArvadosSetupError(describe(e, f"cannot look up image {image}")) from None
-    if not found:
+    return bool(found)
+
+
+def check_image(api: Any, image: str) -> None:
+    """Fail early, with the fix, when the worker image is not in Keep."""
+    repo, _, tag = image.partition(":")
+    if not image_exists(api, image):
         raise ArvadosSetupError(
             f"worker image {image} not found in Keep on {api_host()}: upload it with "
             f"`arv-keepdocker {repo} {tag or 'latest'}` (local cluster: `toil-arvados cluster register-image {image}`), "

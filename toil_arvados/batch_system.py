@@ -9,11 +9,18 @@ fraction of a second without polling each job. A reconciler thread backs it up w
 falls back to polling the logs table if the websocket is unavailable), so a missed event delays a
 job but never loses it. Jobs Toil marks ``local`` (CWL's small bookkeeping jobs) run on the
 leader, as with Toil's other cluster batch systems.
+
+CWL CommandLineTool jobs are not run in a worker container at all (unless
+``--noArvadosNativeSteps``): each runs in a small leader-side process that submits the tool's own
+command line as a container request and waits (:mod:`toil_arvados.cwl_step`), so Arvados can
+reuse the step across workflow runs and Workbench shows it under one parent request per run.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import queue
+import shlex
 import sys
 import threading
 import time
@@ -28,6 +35,7 @@ from toil.batchSystems.abstractBatchSystem import (
     UpdatedBatchJobInfo,
 )
 from toil.batchSystems.cleanup_support import BatchSystemCleanupSupport
+from toil.batchSystems.singleMachine import SingleMachineBatchSystem
 from toil.batchSystems.options import OptionSetter
 from toil.common import Config
 from toil.job import JobDescription, Requirer
@@ -35,6 +43,7 @@ from toil.job import JobDescription, Requirer
 from . import arvados_client
 from .timestamps import parse_timestamp
 from .arvados_client import ArvadosSetupError, describe, scrub
+from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
     PROPERTY_WORKFLOW,
@@ -46,6 +55,10 @@ from .container_request import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_IMAGE = "toil-arvados/worker:latest"
+DEFAULT_MAX_STEPS = 32
+# Step processes get job IDs from their own counter, started far above the one container and
+# local jobs share, so the leader never sees one ID twice.
+_STEP_ID_BASE = 1 << 40
 _STDERR_TAIL = 40  # lines of a failed job's stderr copied into Toil's log
 _LIST_CHUNK = 500  # uuids per batched list call (keeps URLs/bodies modest)
 _COALESCE_SECONDS = 0.05
@@ -95,6 +108,23 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             max_attempts=getattr(config, "arvados_max_attempts", None),
         )
         self.poll_interval = float(getattr(config, "arvados_poll_interval", None) or 10.0)
+        self.native_steps = bool(getattr(config, "arvados_native_steps", True))
+        self.step_image = getattr(config, "arvados_default_image", None) or image
+        if self.native_steps and self.step_image != image:
+            arvados_client.check_image(self.api, self.step_image)
+        self.step_settings = StepSettings(
+            project_uuid=project, priority=self.settings.priority,
+            reuse=bool(getattr(config, "arvados_step_reuse", True)),
+            max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID))
+        self._parent_request: str | None = None
+        self.stepBatch: SingleMachineBatchSystem | None = None
+        if self.native_steps:
+            # The step processes only wait, so they ask for no cores or memory of the leader:
+            # how many run at once is bounded by --arvadosMaxSteps alone.
+            self.stepBatch = SingleMachineBatchSystem(
+                config, maxCores, maxMemory, maxDisk,
+                max_jobs=int(getattr(config, "arvados_max_steps", None) or DEFAULT_MAX_STEPS))
+            self.stepBatch.jobIndex = _STEP_ID_BASE
         self._lock = threading.RLock()
         self._jobs: dict[int, _Job] = {}
         self._by_cr: dict[str, int] = {}
@@ -141,6 +171,21 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                             env_var="TOIL_ARVADOS_POLL_INTERVAL",
                             help="Seconds between batched state reconciliations backing up the event "
                                  "bus (default: %(default)s)")
+        parser.add_argument("--arvadosNativeSteps", dest="arvados_native_steps", default=True, action="store_true",
+                            help="Run each CWL CommandLineTool as its own container request in the tool's "
+                                 "image, reusable across runs (the default)")
+        parser.add_argument("--noArvadosNativeSteps", dest="arvados_native_steps", action="store_false",
+                            help="Run CWL CommandLineTools inside Toil worker containers instead")
+        parser.add_argument("--arvadosDefaultImage", dest="arvados_default_image", default=None,
+                            env_var="TOIL_ARVADOS_DEFAULT_IMAGE",
+                            help="Image for CWL tools without a DockerRequirement (and for all tools with "
+                                 "--no-container) (default: the worker image)")
+        parser.add_argument("--noArvadosStepReuse", dest="arvados_step_reuse", default=True, action="store_false",
+                            help="Never let Arvados reuse finished containers for CWL steps (by default it "
+                                 "does, unless a tool says WorkReuse: false)")
+        parser.add_argument("--arvadosMaxSteps", dest="arvados_max_steps", default=DEFAULT_MAX_STEPS, type=int,
+                            help="CWL steps in flight at once; each waits in a small leader-side process "
+                                 "(default: %(default)s)")
         parser.add_argument("--arvadosMaxAttempts", dest="arvados_max_attempts", default=None, type=int,
                             help="container_count_max for each request: how often Arvados itself retries a "
                                  "container lost to infrastructure (default: the cluster's setting)")
@@ -148,7 +193,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
     @classmethod
     def setOptions(cls, setOption: OptionSetter) -> None:
         for name in ("arvados_project", "arvados_worker_image", "arvados_worker_python", "arvados_priority",
-                     "arvados_reuse", "arvados_poll_interval", "arvados_max_attempts"):
+                     "arvados_reuse", "arvados_poll_interval", "arvados_max_attempts", "arvados_native_steps",
+                     "arvados_default_image", "arvados_step_reuse", "arvados_max_steps"):
             setOption(name)
 
     # -- resources -----------------------------------------------------------------------------
@@ -178,6 +224,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         local_id = self.handleLocalJob(command, job_desc)
         if local_id is not None:
             return local_id
+        if self.stepBatch is not None and job_desc.jobName == "CWLJob":
+            return self._issue_step(command, job_desc, job_environment)
         self.check_resource_request(job_desc)
         # From the counter the local (leader-side) jobs use too: Toil's leader keys every issued job
         # by this ID, and a container job sharing a local job's ID corrupts its bookkeeping
@@ -215,6 +263,68 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if cr.get("state") == "Final":  # e.g. reused a finished container at once
             self._mark_final(batch_id)
         return batch_id
+
+    def _issue_step(self, command: str, job_desc: JobDescription, job_environment: dict[str, str] | None) -> int:
+        """Run a CWL tool job on the leader, where it submits the tool as a container request."""
+        from .cwl_step import SETTINGS_ENV, NativeStepConfig
+
+        assert self.stepBatch is not None
+        self.check_resource_request(job_desc)  # the container will need what the tool asks for
+        settings = self.step_settings
+        parent = self._workflow_request()
+        if parent:
+            settings = StepSettings(**{**settings.__dict__, "parent_request": parent})
+        env = dict(self.environment)
+        env.update(job_environment or {})
+        env[SETTINGS_ENV] = NativeStepConfig(settings=settings, default_image=self.step_image).to_env()
+        waiter = job_desc.scale("cores", 0).scale("memory", 0).scale("disk", 0)
+        waiter.accelerators = []
+        # exec: the step process is then the leader's own child, and dies with it (see worker.py).
+        step_command = f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker --cwl-steps {shlex.quote(command)}"
+        batch_id: int = self.stepBatch.issueBatchJob(step_command, waiter, env)
+        logger.debug("Issued CWL step %s to run as its own container request (batch id %d)", job_desc, batch_id)
+        return batch_id
+
+    def _workflow_request(self) -> str | None:
+        """The run's parent request, which every step request names in its properties.
+
+        A leader running inside an Arvados container needs none: Arvados itself records that
+        container as ``requesting_container_uuid`` of each step request submitted with its token.
+        Otherwise one Uncommitted request per run stands for the workflow in Workbench, carrying
+        the leader's command line and the run id.
+        """
+        with self._lock:
+            if self._parent_request is not None:
+                return self._parent_request or None
+            try:
+                self.api.containers().current().execute()
+                self._parent_request = ""
+                return None
+            except Exception:
+                pass
+            name = f"Toil workflow run {self.config.workflowID}"
+            body = {
+                "name": name, "owner_uuid": self.settings.project_uuid, "state": "Uncommitted", "priority": 0,
+                "command": [scrub(a) for a in sys.argv], "container_image": self.step_image,
+                "output_path": "/var/spool/cwl", "cwd": "/var/spool/cwl",
+                "mounts": {"/var/spool/cwl": {"kind": "tmp", "capacity": 1 << 20}},
+                "runtime_constraints": {"vcpus": 1, "ram": 1 << 28},
+                "description": "The steps of this Toil workflow run are the container requests whose "
+                               f"properties name this request ({PROPERTY_WORKFLOW_RUN} "
+                               f"{self.config.workflowID}).",
+                "properties": {PROPERTY_WORKFLOW_RUN: str(self.config.workflowID), "type": "workflow"},
+            }
+            try:
+                cr = self.api.container_requests().create(body={"container_request": body},
+                                                          ensure_unique_name=True).execute()
+            except Exception as e:
+                logger.warning("%s", describe(e, "could not record the workflow run as a container request"))
+                self._parent_request = ""
+                return None
+            self._parent_request = cr["uuid"]
+            logger.info("Workflow run recorded as container request %s; each CWL step is its own request",
+                        cr["uuid"])
+            return self._parent_request
 
     def _load_reattachable(self) -> None:
         """After ``--restart``: the requests of this workflow still running, by job store id.
@@ -403,7 +513,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
     def getIssuedBatchJobIDs(self) -> list[int]:
         with self._lock:
             remote = list(self._jobs)
-        return remote + self.getIssuedLocalJobIDs()
+        return remote + self.getIssuedLocalJobIDs() + self._step_ids()
 
     def getRunningBatchJobIDs(self) -> dict[int, float]:
         now = time.time()
@@ -411,10 +521,22 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             running = {j.batch_id: now - j.started_at for j in self._jobs.values()
                        if j.started_at is not None and not j.final}
         running.update(self.getRunningLocalJobIDs())
+        if self.stepBatch is not None:
+            running.update(self.stepBatch.getRunningBatchJobIDs())
         return running
 
-    def getUpdatedBatchJob(self, maxWait: int) -> UpdatedBatchJobInfo | None:
+    def _step_ids(self) -> list[int]:
+        return list(self.stepBatch.getIssuedBatchJobIDs()) if self.stepBatch is not None else []
+
+    def _updated_leader_side(self) -> UpdatedBatchJobInfo | None:
+        """A finished local job or step process, if any (never waits)."""
         local = self.getUpdatedLocalJob(0)
+        if local is None and self.stepBatch is not None:
+            local = self.stepBatch.getUpdatedBatchJob(0)
+        return local
+
+    def getUpdatedBatchJob(self, maxWait: int) -> UpdatedBatchJobInfo | None:
+        local = self._updated_leader_side()
         if local is not None:
             return local
         deadline = time.monotonic() + maxWait
@@ -423,7 +545,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 # Short waits: local jobs finish in another queue, and CWL chains them.
                 return self._updates.get(timeout=min(_LOCAL_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                local = self.getUpdatedLocalJob(0)
+                local = self._updated_leader_side()
                 if local is not None:
                     return local
                 if time.monotonic() >= deadline:
@@ -438,6 +560,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def killBatchJobs(self, jobIDs: list[int]) -> None:
         self.killLocalJobs(jobIDs)
+        if self.stepBatch is not None:
+            steps = set(self._step_ids())
+            if any(b in steps for b in jobIDs):
+                # SIGTERM: the step process cancels its container request on the way out.
+                self.stepBatch.killBatchJobs([b for b in jobIDs if b in steps])
         with self._lock:
             doomed = [self._jobs.pop(b) for b in jobIDs if b in self._jobs]
             for job in doomed:
@@ -472,7 +599,20 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             except Exception:
                 pass
         self._reconciler.join(timeout=5)
+        if self.stepBatch is not None:
+            self.stepBatch.shutdown()
+            self._cancel_orphan_steps()
         self.shutdownLocal()
+
+    def _cancel_orphan_steps(self) -> None:
+        """Step requests of this run still committed (their process was killed): cancel them."""
+        filters = [[f"properties.{PROPERTY_WORKFLOW_RUN}", "=", str(self.config.workflowID)],
+                   ["state", "=", "Committed"], ["priority", ">", 0]]
+        try:
+            for cr in _list_all(self.api.container_requests(), filters, ["uuid"]):
+                self._cancel(cr["uuid"])
+        except Exception as e:
+            logger.warning("%s", describe(e, "could not look for step requests left running"))
 
 
 def _largest_instance(cluster: dict) -> tuple[int, int] | None:

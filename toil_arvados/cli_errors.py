@@ -21,10 +21,35 @@ def _one_line(exc: BaseException) -> str | None:
 
     if isinstance(exc, ArvadosSetupError):
         return scrub(str(exc))
+    invalid = _invalid_document(exc)
+    if invalid is not None:
+        return scrub(invalid)
     if isinstance(exc, InsufficientSystemResources):
         text = " ".join(str(exc).split())
         return scrub(f"{text} Lower the job's requirement or use a cluster with bigger nodes.")
     return None
+
+
+def _invalid_document(exc: BaseException) -> str | None:
+    """A CWL or YAML document that does not parse: its first problem, on one line."""
+    kinds: list[type] = []
+    try:
+        from schema_salad.exceptions import ValidationException
+
+        kinds.append(ValidationException)
+    except ImportError:
+        pass
+    try:
+        from ruamel.yaml.error import YAMLError
+
+        kinds.append(YAMLError)
+    except ImportError:
+        pass
+    if not kinds or not isinstance(exc, tuple(kinds)):
+        return None
+    lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines[:3]) + (" ..." if len(lines) > 3 else "")
+    return f"invalid CWL or YAML document: {text} (fix the document; `cwltool --validate FILE` shows every problem)"
 
 
 def install() -> None:

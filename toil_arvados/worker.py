@@ -1,4 +1,8 @@
-"""``python -m toil_arvados.worker COMMAND``: the entrypoint of every Arvados container Toil submits.
+"""``python -m toil_arvados.worker [--cwl-steps] COMMAND``: how Toil jobs start under ``--batchSystem arvados``.
+
+It is the entrypoint of every Arvados container Toil submits, and (with ``--cwl-steps``) of the
+leader-side processes that run a CWL CommandLineTool as its own container request
+(:mod:`toil_arvados.cwl_step`).
 
 Toil's worker must open the job store named on its command line, and Toil 9 only knows the
 ``arvados:`` job store once this plugin has registered it. So the container runs this module
@@ -13,9 +17,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cwl_steps = bool(argv) and argv[0] == "--cwl-steps"
+    if cwl_steps:
+        argv.pop(0)
     if len(argv) != 1:
-        print("usage: python -m toil_arvados.worker 'COMMAND'", file=sys.stderr)
+        print("usage: python -m toil_arvados.worker [--cwl-steps] 'COMMAND'", file=sys.stderr)
         return 2
     command = argv[0]
     words = shlex.split(command)
@@ -28,12 +35,38 @@ def main(argv: list[str] | None = None) -> int:
                 raise
         else:
             register_job_store()
+        if cwl_steps:
+            from toil_arvados.cwl_step import install
+
+            _exit_with_leader()
+            install()
         from toil.worker import main as toil_worker_main
 
         result = toil_worker_main(words)
         return int(result or 0)
     os.execv("/bin/sh", ["/bin/sh", "-c", command])
     return 127  # not reached
+
+
+def _exit_with_leader() -> None:
+    """A step process must not outlive its leader (``kill -9``, a crash).
+
+    Left running, it would finish its job in the job store while a restarted leader runs the same
+    job again. Its container request stays: the restarted leader's identical request gets the
+    still-running container (Arvados reuse), so no work is lost. SIGHUP, not SIGTERM, because
+    SIGTERM (Toil killing the job) means "cancel the request".
+    """
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGHUP), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the leader's shutdown still cancels leftovers
+        return
+    if os.getppid() != parent:  # the leader died before prctl took effect
+        os._exit(1)
 
 
 if __name__ == "__main__":

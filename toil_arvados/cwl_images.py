@@ -1,0 +1,104 @@
+"""Before a CWL workflow starts on Arvados: is every image its tools name in Keep?
+
+Toil calls ``try_prepull`` on the leader before the workflow starts (unless ``--no-prepull`` or
+``--no-container``); for other batch systems it pulls images with Docker. On Arvados "pulling"
+means the image must already be in Keep (``arv-keepdocker``), so for ``--batchSystem arvados``
+we check every DockerRequirement instead, and a missing image stops the run with one line naming
+it and how to upload it -- before any step has started, rather than when the first step that
+needs it is submitted, possibly hours in.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Iterator
+
+logger = logging.getLogger(__name__)
+
+_installed = False
+
+
+def docker_requirements(process: Any) -> Iterator[dict]:
+    """Every DockerRequirement (requirement or hint) of a loaded cwltool process and its steps."""
+    seen: set[int] = set()
+
+    def walk(p: Any) -> Iterator[dict]:
+        if id(p) in seen:
+            return
+        seen.add(id(p))
+        for entry in list(getattr(p, "requirements", []) or []) + list(getattr(p, "hints", []) or []):
+            if isinstance(entry, dict) and entry.get("class") == "DockerRequirement":
+                yield entry
+        for step in getattr(p, "steps", []) or []:
+            for entry in list(getattr(step, "requirements", []) or []) + list(getattr(step, "hints", []) or []):
+                if isinstance(entry, dict) and entry.get("class") == "DockerRequirement":
+                    yield entry
+            embedded = getattr(step, "embedded_tool", None)
+            if embedded is not None:
+                yield from walk(embedded)
+
+    yield from walk(process)
+
+
+def missing_images(images: Iterable[str], exists: Callable[[str], bool]) -> list[str]:
+    """The images (each once, in order) for which ``exists`` says no (pure)."""
+    out: list[str] = []
+    for image in images:
+        if image not in out and not exists(image):
+            out.append(image)
+    return out
+
+
+def load_process(uri: str) -> Any:
+    """The workflow (or tool) at ``uri`` as cwltool objects, steps' tools embedded."""
+    import cwltool.load_tool
+    import cwltool.workflow
+    from cwltool.context import LoadingContext
+
+    return cwltool.load_tool.load_tool(uri, LoadingContext({
+        "strict": False, "construct_tool_object": cwltool.workflow.default_make_tool}))
+
+
+def check_workflow_images(uri: str, api: Any | None = None) -> None:
+    """Raise a one-line :class:`ArvadosSetupError` if an image the workflow names is not in Keep."""
+    from . import arvados_client
+    from .cwl_step import image_name
+
+    try:
+        tool = load_process(uri)
+    except Exception as e:  # Toil loads the workflow next and reports what is wrong with it
+        logger.debug("image check skipped, the workflow did not load: %s", e)
+        return
+    images = [image_name(req, "") for req in docker_requirements(tool)]
+    images = [i for i in images if i]
+    if not images:
+        return
+    api = api or arvados_client.connect()
+    missing = missing_images(images, lambda image: arvados_client.image_exists(api, image))
+    if missing:
+        first = missing[0]
+        repo, _, tag = first.partition(":")
+        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise arvados_client.ArvadosSetupError(
+            f"image {first}{more} named by a DockerRequirement of {uri.rsplit('/', 1)[-1]} is not in Keep on "
+            f"{arvados_client.api_host()}: upload it with `arv-keepdocker {repo} {tag or 'latest'}` "
+            f"(local cluster: `toil-arvados cluster register-image {first}`), or run with --no-container")
+    logger.info("All %d images the workflow names are in Keep", len(set(images)))
+
+
+def install() -> None:
+    """Route Toil's CWL pre-pull through :func:`check_workflow_images` for ``arvados``."""
+    global _installed
+    if _installed:
+        return
+    from toil.cwl import cwltoil
+
+    original = cwltoil.try_prepull
+
+    def try_prepull(cwl_tool_uri: str, runtime_context: Any, batchsystem: str) -> None:
+        if batchsystem == "arvados":
+            check_workflow_images(cwl_tool_uri)
+            return
+        original(cwl_tool_uri, runtime_context, batchsystem)
+
+    cwltoil.try_prepull = try_prepull
+    _installed = True

@@ -1,0 +1,474 @@
+"""Native CWL steps: a CommandLineTool runs as its own Arvados container request.
+
+Toil's ``CWLJob`` normally runs cwltool inside a worker, and cwltool runs the tool's command
+there. For ``--batchSystem arvados`` the batch system runs that ``CWLJob`` on the leader instead
+(it only waits), in a process where :func:`install` has taught Toil's ``ToilCommandLineTool``
+two things:
+
+* its jobs are :class:`ArvadosStepJob`: cwltool still builds the command line, environment,
+  InitialWorkDir and output bindings exactly as for a Docker run (container paths
+  ``/var/spool/cwl``, ``/tmp``, ``/var/lib/cwl``), but "running" means submitting that command
+  as a container request in the tool's image and waiting for Arvados to finish it (or reuse a
+  finished identical container);
+* its path mapper leaves ``toilfile:``/``toildir:``/``keep:`` locations as they are instead of
+  downloading them, so inputs reach the container as Keep collection mounts
+  (:mod:`cwl_staging`), by reference.
+
+The output collection is then read back so cwltool's own output binding (globs, secondaryFiles,
+``cwl.output.json``, loadContents) runs unchanged, and Toil stores the results as usual.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import posixpath
+import random
+import re
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from cwltool.job import JobBase
+from cwltool.pathmapper import MapperEnt
+from cwl_utils.errors import WorkflowException
+
+from . import arvados_client
+from .arvados_client import ArvadosSetupError, describe
+from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
+from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
+                               step_request_body)
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_ENV = "TOIL_ARVADOS_STEP_SETTINGS"
+_STDERR_TAIL = 40
+_POLL_START, _POLL_MAX = 0.2, 2.0
+
+
+@dataclass(frozen=True)
+class NativeStepConfig:
+    """What the leader tells each step process (through :data:`SETTINGS_ENV`)."""
+
+    settings: StepSettings
+    default_image: str
+
+    def to_env(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_env(cls, text: str | None = None) -> "NativeStepConfig":
+        raw = text if text is not None else os.environ.get(SETTINGS_ENV)
+        if not raw:
+            raise ArvadosSetupError(f"{SETTINGS_ENV} is not set: native CWL steps run only under --batchSystem arvados")
+        data = json.loads(raw)
+        data["settings"] = StepSettings(**data["settings"])
+        return cls(**data)
+
+
+def image_name(docker_requirement: Mapping[str, Any] | None, default_image: str) -> str:
+    """The image a step runs in: the tool's DockerRequirement, else the default (pure).
+
+    As Arvados' own runner does: ``dockerImageId`` wins over ``dockerPull``, and a name without
+    a tag means ``:latest`` (how ``arv-keepdocker`` registers it).
+    """
+    if not docker_requirement:
+        return default_image
+    for key in ("dockerLoad", "dockerFile", "dockerImport"):
+        if docker_requirement.get(key) and not (docker_requirement.get("dockerImageId")
+                                               or docker_requirement.get("dockerPull")):
+            raise WorkflowException(
+                f"DockerRequirement {key} is not supported on Arvados: build the image, upload it with "
+                "`arv-keepdocker IMAGE TAG`, and name it with dockerPull")
+    name = str(docker_requirement.get("dockerImageId") or docker_requirement.get("dockerPull") or default_image)
+    return normalize_image(name)
+
+
+def normalize_image(name: str) -> str:
+    if "@" in name:
+        return name
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+# -- path mapping -----------------------------------------------------------------------------
+
+def _passthrough(location: str) -> bool:
+    return location.startswith(("toilfile:", "toildir:", "keep:"))
+
+
+def _step_path_mapper_class() -> type:
+    """Toil's path mapper, minus downloading what is already in a store (built lazily: Toil's
+    CWL module is imported only in processes that run CWL)."""
+    from toil.cwl.cwltoil import ToilPathMapper
+
+    class StepPathMapper(ToilPathMapper):  # type: ignore[misc, valid-type]
+        """Keeps job store and Keep locations as they are, with reproducible staging dirs."""
+
+        def setup(self, referenced_files: Any, basedir: str) -> None:
+            # cwltool names each input's staging dir after a random UUID; a container's command
+            # line and mounts must not differ between runs, or Arvados cannot reuse it.
+            for n, fob in enumerate(referenced_files):
+                stagedir = os.path.join(self.stagedir, f"stg{n}") if self.separateDirs else self.stagedir
+                self.visit(fob, stagedir, basedir, copy=bool(fob.get("writable", False)), staged=True)
+
+        def visit(self, obj: Any, stagedir: str, basedir: str, copy: bool = False, staged: bool = False) -> None:
+            location = obj.get("location", "")
+            if obj.get("class") not in ("File", "Directory") or not _passthrough(location):
+                super().visit(obj, stagedir, basedir, copy=copy, staged=staged)
+                return
+            stagedir = obj.get("dirname") or stagedir
+            if location in self._pathmap:
+                tgt = self._pathmap[location].target
+            else:
+                tgt = os.path.join(stagedir, obj["basename"])
+                n = 2
+                while self.reversemap(tgt) is not None:
+                    tgt = os.path.join(stagedir, f"{obj['basename']}_{n}")
+                    n += 1
+            if obj["class"] == "Directory":
+                if location not in self._pathmap:
+                    self._pathmap[location] = MapperEnt(location, tgt, "WritableDirectory" if copy else "Directory",
+                                                        staged)
+                # The collection holds the whole tree: its entries are not staged separately.
+                self.visitlisting(obj.get("listing", []), tgt, basedir, copy=copy, staged=False)
+            else:
+                if location not in self._pathmap:
+                    self._pathmap[location] = MapperEnt(location, tgt, "WritableFile" if copy else "File", staged)
+                self.visitlisting(obj.get("secondaryFiles", []), stagedir, basedir, copy=copy, staged=staged)
+
+    return StepPathMapper
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+class ArvadosStepJob(JobBase):
+    """One CommandLineTool invocation, run as an Arvados container request."""
+
+    native: NativeStepConfig
+    use_docker_requirement: bool = True
+    file_store: Any = None
+    toil_job: Any = None
+
+    def _required_env(self) -> dict[str, str]:
+        return {"HOME": self.builder.outdir, "TMPDIR": self.builder.tmpdir}
+
+    def prepare_environment(self, runtimeContext: Any, envVarReq: Mapping[str, str]) -> None:
+        # As for any container: only what the tool asks for, never the leader's environment --
+        # except that with --no-container, as cwltool does, tools find programs on the leader's
+        # PATH (the default image is then the leader's own machine, e.g. the local cluster's).
+        env = dict(envVarReq)
+        env.update(self._required_env())
+        if getattr(runtimeContext, "toil_arvados_no_container", False) and "PATH" in os.environ:
+            env.setdefault("PATH", os.environ["PATH"])
+        self.environment = env
+
+    def run(self, runtimeContext: Any, tmpdir_lock: Any = None) -> None:
+        host_out = runtimeContext.create_outdir()
+        self.base_path_logs = host_out  # where Toil's stderr callback looks for a redirected stderr
+        outputs: Any = {}
+        try:
+            status, rcode = self._run_container(runtimeContext, host_out)
+            if rcode is not None:
+                outputs = self.collect_outputs(host_out, rcode)
+        except (ArvadosSetupError, WorkflowException):
+            raise
+        except Exception as e:
+            logger.error("CWL step %s failed: %s", self.name, arvados_client.scrub(f"{type(e).__name__}: {e}"))
+            status = "permanentFail"
+        if status != "success":
+            logger.warning("[job %s] completed %s", self.name, status)
+        if self.output_callback:
+            self.output_callback(outputs, status)
+
+    # -- submission ----------------------------------------------------------------------------
+
+    def _run_container(self, runtimeContext: Any, host_out: str) -> tuple[str, int | None]:
+        api = _api()
+        cfg = self.native
+        docker_req, _ = self.get_requirement("DockerRequirement")
+        image = image_name(docker_req if self.use_docker_requirement else None, cfg.default_image)
+        entries = self._entries(runtimeContext)
+        mounts: dict[str, Any] = {}
+        stdin = None
+        if entries:
+            staging = StagingCollection(api, self._sources(api, runtimeContext), STAGEDIR)
+            try:
+                for e in entries:
+                    staging.add(e)
+                pdh = staging.save(cfg.settings.project_uuid, f"Inputs of {self.name}")
+            finally:
+                staging.close()
+            mounts = plan_mounts(entries, STAGEDIR, pdh)
+            if self.stdin:
+                stdin = stdin_mount(self.stdin, entries, STAGEDIR, pdh)
+        elif self.stdin:
+            raise WorkflowException(f"standard input {self.stdin} of {self.name} is not a staged input")
+        res = self.builder.resources
+        inv = StepInvocation(
+            name=self.name, command=[str(a) for a in self.command_line], image=image,
+            environment=self.environment, mounts=mounts,
+            cores=float(res.get("cores") or 1), ram_mib=float(res.get("ram") or 256),
+            outdir_mib=float(res.get("outdirSize") or 1024), tmpdir_mib=float(res.get("tmpdirSize") or 1024),
+            cuda_devices=int(res.get("cudaDeviceCount") or 0),
+            stdin=stdin, stdout=self.stdout, stderr=self.stderr, network=bool(self.networkaccess),
+            timelimit=self.timelimit or None, preemptible=self._preemptible(), reuse=self._reuse(),
+            outdir=self.builder.outdir, tmpdir=self.builder.tmpdir)
+        step = str(getattr(runtimeContext, "name", None) or self.name)
+        tool = str(getattr(self, "tool_id", "") or "")
+        body = step_request_body(inv, cfg.settings, step=step, tool=tool)
+        if self.toil_job is not None:
+            body["properties"][PROPERTY_STEP_JOB_STORE_ID] = str(self.toil_job.jobStoreID)
+        cr = _submit(api, body, image)
+        logger.info("CWL step %s: container request %s (image %s)", self.name, cr["uuid"], image)
+        with _cancel_on_termination(api, cr["uuid"]):
+            cr = _wait_final(api, cr)
+        container = _container(api, cr.get("container_uuid"))
+        state = (container or {}).get("state")
+        if state != "Complete":
+            self._report_unfinished(api, cr, container, runtimeContext)
+            return "permanentFail", None
+        rcode = container.get("exit_code")
+        status = process_status(rcode, list(self.successCodes), list(self.temporaryFailCodes),
+                                list(self.permanentFailCodes))
+        if status != "success":
+            logger.error("CWL step %s: container request %s ended %s (exit code %s)", self.name, cr["uuid"],
+                         status, rcode)
+        output = cr.get("output_uuid") or container.get("output")
+        if output:
+            _download(api, output, host_out)
+        if status != "success":
+            self._copy_stderr(api, cr, container, runtimeContext)
+        return status, int(rcode if rcode is not None else 1)
+
+    def _entries(self, runtimeContext: Any) -> list[Entry]:
+        entries: list[Entry] = []
+        mappers = [self.pathmapper]
+        if self.generatefiles.get("listing"):
+            rc = runtimeContext.copy()
+            self.generatemapper = self.make_path_mapper(self.generatefiles["listing"], self.builder.outdir, rc, False)
+            mappers.append(self.generatemapper)
+        seen: set[str] = set()
+        for mapper in mappers:
+            for _key, ent in mapper.items_exclude_children():
+                if not ent.staged or ent.target in seen or ent.type not in (
+                        "File", "Directory", "CreateFile", "WritableFile", "WritableDirectory", "CreateWritableFile"):
+                    continue
+                if ent.type in ("Directory", "WritableDirectory") and not ent.resolved:
+                    continue
+                seen.add(ent.target)
+                entries.append(Entry(str(ent.resolved), ent.target, ent.type))
+        return entries
+
+    def _sources(self, api: Any, runtimeContext: Any) -> KeepSources:
+        from toil.fileStores import FileID
+
+        store = self.file_store
+        job_store = getattr(store, "jobStore", None)
+        get_file = getattr(runtimeContext, "toil_get_file", None)
+
+        def keep_url_of(location: str) -> str | None:
+            from .jobstore.keep_jobstore import KeepJobStore
+
+            if not isinstance(job_store, KeepJobStore):
+                return None
+            return str(job_store.get_public_url(FileID.unpack(location[len("toilfile:"):])))
+
+        def local_path_of(location: str) -> str:
+            if get_file is None:
+                raise WorkflowException(f"cannot fetch {location}: no Toil file store in this process")
+            return str(get_file(location))
+
+        return KeepSources(api, keep_url_of, local_path_of)
+
+    def _reuse(self) -> bool:
+        req, _ = self.get_requirement("WorkReuse")
+        if not req:
+            return True
+        value = req.get("enableReuse", True)
+        if isinstance(value, str):
+            value = self.builder.do_eval(value)
+        return bool(value)
+
+    def _preemptible(self) -> bool | None:
+        req, _ = self.get_requirement("http://arvados.org/cwl#UsePreemptible")
+        return bool(req["usePreemptible"]) if req and "usePreemptible" in req else None
+
+    # -- failures ------------------------------------------------------------------------------
+
+    def _report_unfinished(self, api: Any, cr: dict, container: dict | None, runtimeContext: Any) -> None:
+        status = (container or {}).get("runtime_status") or {}
+        why = status.get("error") or ("cancelled" if (container or {}).get("state") == "Cancelled"
+                                      else "no container ran")
+        logger.error("CWL step %s: container request %s ended without finishing: %s", self.name, cr["uuid"],
+                     arvados_client.scrub(str(why)))
+        self._copy_stderr(api, cr, container, runtimeContext)
+
+    def _copy_stderr(self, api: Any, cr: dict, container: dict | None, runtimeContext: Any) -> None:
+        """The container's stderr (and crunch log) into Toil's "Failed command standard error"."""
+        sink = getattr(runtimeContext, "default_stderr", None)
+        log = (container or {}).get("log") or cr.get("log_uuid")
+        if sink is None or not log:
+            return
+        try:
+            import arvados.collection
+
+            logs = arvados.collection.CollectionReader(log, api_client=api, keep_client=api.keep)
+            for name in ("stderr.txt", "crunch-run.txt"):
+                if name in logs:
+                    with logs.open(name) as f:
+                        tail = f.read().splitlines()[-_STDERR_TAIL:]
+                    if tail:
+                        text = "\n".join(_untimestamped(line) for line in tail) + "\n"
+                        sink.write(text.encode("utf-8", "replace") if "b" in getattr(sink, "mode", "b") else text)
+                        sink.flush()
+                        return
+        except Exception as e:  # the failure itself is already reported
+            logger.debug("could not read the log of %s: %s", cr["uuid"], e)
+
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")
+
+
+def _untimestamped(line: str) -> str:
+    return _TIMESTAMP.sub("", line, count=1)
+
+
+# -- Arvados calls ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _api() -> Any:
+    return arvados_client.connect()
+
+
+def _submit(api: Any, body: dict, image: str) -> dict:
+    try:
+        return api.container_requests().create(body={"container_request": body}).execute()
+    except Exception as e:
+        text = str(e)
+        if "image" in text.lower() and ("not found" in text.lower() or "422" in text):
+            repo, _, tag = image.partition(":")
+            raise ArvadosSetupError(
+                f"image {image} of CWL step {body['name']} is not in Keep on {arvados_client.api_host()}: upload it "
+                f"with `arv-keepdocker {repo} {tag or 'latest'}` (local cluster: "
+                f"`toil-arvados cluster register-image {image}`)") from None
+        raise ArvadosSetupError(describe(e, f"cannot submit CWL step {body['name']}")) from None
+
+
+def _wait_final(api: Any, cr: dict) -> dict:
+    """Poll the request until it is Final: quickly at first (reused containers finish at once),
+    then every couple of seconds, with jitter so many waiting steps don't poll in lockstep."""
+    delay = _POLL_START
+    while cr.get("state") != "Final":
+        time.sleep(delay * random.uniform(0.8, 1.2))
+        delay = min(_POLL_MAX, delay * 1.5)
+        cr = api.container_requests().get(uuid=cr["uuid"]).execute()
+    return cr
+
+
+def _container(api: Any, uuid: str | None) -> dict | None:
+    if not uuid:
+        return None
+    return api.containers().get(uuid=uuid).execute()
+
+
+class _cancel_on_termination:
+    """If Toil kills this step's process (workflow aborted, job killed), cancel the request."""
+
+    def __init__(self, api: Any, cr_uuid: str) -> None:
+        self.api, self.cr_uuid = api, cr_uuid
+        self._old: Any = None
+
+    def __enter__(self) -> None:
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._cancel)
+        except ValueError:  # not the main thread: the leader's shutdown cancels instead
+            self._old = None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+    def _cancel(self, signum: int, frame: Any) -> None:
+        try:
+            self.api.container_requests().update(uuid=self.cr_uuid, body={"container_request": {"priority": 0}}
+                                                 ).execute()
+        finally:
+            raise SystemExit(128 + signum)
+
+
+def _download(api: Any, locator: str, dest: str) -> None:
+    """Write a collection's files under ``dest`` (cwltool binds outputs from local files)."""
+    import arvados.collection
+
+    reader = arvados.collection.CollectionReader(locator, api_client=api, keep_client=api.keep)
+
+    def walk(coll: Any, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        for name, item in coll.items():
+            target = os.path.join(path, name)
+            if hasattr(item, "items"):
+                walk(item, target)
+            else:
+                with coll.open(name, "rb") as src, open(target, "wb") as out:
+                    while True:
+                        chunk = src.read(1 << 20)
+                        if not chunk:
+                            break
+                        out.write(chunk)
+
+    walk(reader, dest)
+
+
+# -- installing into Toil ---------------------------------------------------------------------
+
+def install() -> None:
+    """Make this process's CWL CommandLineTools run as native Arvados steps."""
+    from toil.cwl import cwltoil
+
+    cls = cwltoil.ToilCommandLineTool
+    if getattr(cls, "_toil_arvados_native", False):
+        return
+
+    config = NativeStepConfig.from_env()
+    original_job = cls.job
+    mapper_class = _step_path_mapper_class()
+
+    def make_job_runner(self: Any, runtimeContext: Any) -> type:
+        return ArvadosStepJob
+
+    def make_path_mapper(self: Any, reffiles: Any, stagedir: str, runtimeContext: Any, separateDirs: bool) -> Any:
+        mapper = mapper_class(reffiles, runtimeContext.basedir, stagedir, separateDirs,
+                              get_file=getattr(runtimeContext, "toil_get_file", None), streaming_allowed=False)
+        self._path_mappers.append(mapper)
+        return mapper
+
+    def job(self: Any, job_order: Any, output_callbacks: Any, runtimeContext: Any) -> Any:
+        # Toil's worker quiets loggers that are not Toil's when it starts; the step's own reports
+        # (request uuid, failures) must reach the job's log.
+        logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
+        rc = runtimeContext.copy()
+        honour_docker = bool(rc.use_container)  # --no-container: a DockerRequirement's image is not used
+        rc.use_container = True  # ... but the command always sees container paths
+        rc.toil_arvados_no_container = not honour_docker
+        rc.default_container = config.default_image
+        rc.find_default_container = None
+        rc.docker_outdir, rc.docker_tmpdir, rc.docker_stagedir = OUTDIR, TMPDIR, STAGEDIR
+        for j in original_job(self, job_order, output_callbacks, rc):
+            if isinstance(j, ArvadosStepJob):
+                j.native = config
+                j.use_docker_requirement = honour_docker
+                j.file_store = self._toil_file_store
+                j.toil_job = self._toil_job
+                j.tool_id = self.tool.get("id", "")
+            yield j
+
+    cls.make_job_runner = make_job_runner
+    cls.make_path_mapper = make_path_mapper
+    cls.job = job
+    cls._toil_arvados_native = True
+    logger.debug("CWL CommandLineTools in this process run as Arvados container requests")
