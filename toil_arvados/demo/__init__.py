@@ -40,6 +40,10 @@ def _upload_header(api, project: str) -> str:
     return f"keep:{coll.portable_data_hash()}/header.txt"
 
 
+def _count(resource, filters: list) -> int:
+    return int(resource.list(filters=filters, limit=0, count="exact").execute()["items_available"])
+
+
 def run_demo(state_dir: Path) -> int:
     from ..localcluster import control
 
@@ -68,6 +72,7 @@ def run_demo(state_dir: Path) -> int:
                "--logInfo", str(HERE / "workflow.cwl"), str(inputs)]
         print(f"running: toil-cwl-runner --batchSystem arvados ... workflow.cwl ({len(words)} words, "
               f"header from {header})", flush=True)
+        containers_before = _count(api.containers(), [])
         t0 = time.monotonic()
         proc = subprocess.run(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wall = time.monotonic() - t0
@@ -76,8 +81,13 @@ def run_demo(state_dir: Path) -> int:
             print(f"toil-arvados: the demo workflow failed (exit {proc.returncode}); the log is above", file=sys.stderr)
             return 1
         report = json.loads(proc.stdout)["report"]
-    requests = api.container_requests().list(filters=[["owner_uuid", "=", project]], limit=0,
-                                             count="exact").execute()["items_available"]
+    new_containers = _count(api.containers(), []) - containers_before
+    runs = api.container_requests().list(filters=[["owner_uuid", "=", project], ["properties.type", "=", "workflow"]],
+                                         order=["created_at desc"], limit=1).execute()["items"]
+    run_id = runs[0]["properties"].get("toil_workflow_id") if runs else None
+    steps = _count(api.container_requests(), [["owner_uuid", "=", project], ["properties.toil_workflow_id", "=",
+                                                                             run_id or "-"],
+                                              ["properties.toil_step", "exists", True]])
     saved = api.collections().list(filters=[["owner_uuid", "=", project],
                                             ["name", "=", f"demo output {stamp}"]]).execute()["items"]
     print(f"\nthe workflow finished in {wall:.0f}s; its report ({report['location']}):\n")
@@ -88,8 +98,11 @@ def run_demo(state_dir: Path) -> int:
         with reader.open("report.txt") as f:
             print("  " + f.read().replace("\n", "\n  ").rstrip())
         print(f"\noutput collection: {saved[0]['uuid']} (portable data hash {saved[0]['portable_data_hash']})")
-    print(f"project {project} now holds {requests} container requests (one per tool run), their logs "
-          "and outputs.")
+    print(f"this run: {steps} container requests in project {project}, one per tool run, under "
+          f"{runs[0]['uuid'] if runs else 'no'} request for the run; {new_containers} new containers, "
+          f"{max(0, steps - new_containers)} steps reused from earlier runs.")
+    if new_containers:
+        print("run the demo again: Arvados reuses every step, so it starts no new containers.")
     print(f"look around:  eval \"$(toil-arvados cluster env --state-dir {cfg.state_dir})\"; "
           f"arv-ls {saved[0]['uuid'] if saved else project}")
     print(f"stop the cluster:  toil-arvados cluster down --state-dir {cfg.state_dir}")
