@@ -43,7 +43,7 @@ from toil.job import JobDescription, Requirer
 from . import arvados_client
 from .timestamps import parse_timestamp
 from .arvados_client import ArvadosSetupError, describe, scrub
-from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
+from .cwl_step_request import PROPERTY_STEP_JOB_STORE_ID, PROPERTY_WORKFLOW_RUN, StepSettings
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
     PROPERTY_WORKFLOW,
@@ -117,6 +117,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             reuse=bool(getattr(config, "arvados_step_reuse", True)),
             max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID))
         self._parent_request: str | None = None
+        self._step_jobs: dict[int, str] = {}  # batch id of a step process -> its job store id
         self.stepBatch: SingleMachineBatchSystem | None = None
         if self.native_steps:
             # The step processes only wait, so they ask for no cores or memory of the leader:
@@ -282,6 +283,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         # exec: the step process is then the leader's own child, and dies with it (see worker.py).
         step_command = f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker --cwl-steps {shlex.quote(command)}"
         batch_id: int = self.stepBatch.issueBatchJob(step_command, waiter, env)
+        with self._lock:
+            self._step_jobs[batch_id] = str(job_desc.jobStoreID)
         logger.debug("Issued CWL step %s to run as its own container request (batch id %d)", job_desc, batch_id)
         return batch_id
 
@@ -533,6 +536,9 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         local = self.getUpdatedLocalJob(0)
         if local is None and self.stepBatch is not None:
             local = self.stepBatch.getUpdatedBatchJob(0)
+            if local is not None:
+                with self._lock:
+                    self._step_jobs.pop(local.jobID, None)
         return local
 
     def getUpdatedBatchJob(self, maxWait: int) -> UpdatedBatchJobInfo | None:
@@ -562,9 +568,12 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         self.killLocalJobs(jobIDs)
         if self.stepBatch is not None:
             steps = set(self._step_ids())
-            if any(b in steps for b in jobIDs):
-                # SIGTERM: the step process cancels its container request on the way out.
-                self.stepBatch.killBatchJobs([b for b in jobIDs if b in steps])
+            doomed_steps = [b for b in jobIDs if b in steps]
+            if doomed_steps:
+                self.stepBatch.killBatchJobs(doomed_steps)  # SIGKILL: the process cannot clean up
+                with self._lock:
+                    job_ids = [self._step_jobs.pop(b) for b in doomed_steps if b in self._step_jobs]
+                self._cancel_step_requests(job_ids)
         with self._lock:
             doomed = [self._jobs.pop(b) for b in jobIDs if b in self._jobs]
             for job in doomed:
@@ -603,6 +612,18 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             self.stepBatch.shutdown()
             self._cancel_orphan_steps()
         self.shutdownLocal()
+
+    def _cancel_step_requests(self, job_store_ids: list[str]) -> None:
+        """Cancel what killed step processes had submitted (one list call)."""
+        if not job_store_ids:
+            return
+        filters = [[f"properties.{PROPERTY_STEP_JOB_STORE_ID}", "in", job_store_ids],
+                   ["state", "=", "Committed"], ["priority", ">", 0]]
+        try:
+            for cr in _list_all(self.api.container_requests(), filters, ["uuid"]):
+                self._cancel(cr["uuid"])
+        except Exception as e:
+            logger.warning("%s", describe(e, "could not cancel the requests of killed steps"))
 
     def _cancel_orphan_steps(self) -> None:
         """Step requests of this run still committed (their process was killed): cancel them."""
