@@ -51,6 +51,9 @@ TOIL_FLAGS = ["--clean=always", "--disableProgress", "--relax-path-checks", "--r
               "--eval-timeout=600"]
 #: Arvados batch system flags: reconcile every second (the event bus normally reports sooner).
 ARVADOS_FLAGS = ["--arvadosPollInterval", "1"]
+#: single_machine flags with a Docker engine: don't pre-pull images on the leader (Toil's pre-pull
+#: always runs `docker pull`, and no registry is reachable; the suite's images are built locally).
+BASELINE_DOCKER_FLAGS = ["--no-prepull"]
 
 
 class SetupError(Exception):
@@ -123,7 +126,8 @@ def _under_tmp(path: Path) -> bool:
     return any(resolved == Path(p) or Path(p) in resolved.parents for p in ("/tmp", "/var/spool/cwl"))
 
 
-def _load_expected(known_ids: set[str]) -> dict[str, str]:
+def _load_expected(known_ids: set[str], containers: str) -> dict[str, str]:
+    """The expected failures that apply in container mode ``containers`` ("docker" or "none")."""
     import yaml
 
     try:
@@ -131,16 +135,24 @@ def _load_expected(known_ids: set[str]) -> dict[str, str]:
     except yaml.YAMLError as e:
         raise SetupError(f"{EXPECTED_FILE} is not valid YAML: {str(e).splitlines()[0]}") from None
     try:
-        return summary.parse_expected(data, known_ids)
+        return summary.parse_expected(data, known_ids, containers)
     except ValueError as e:
         raise SetupError(f"{EXPECTED_FILE}: {e}") from None
 
 
-def _start_cluster(state: Path) -> tuple[object, dict[str, str]]:
+def _start_cluster(state: Path, docker_host: str | None) -> tuple[object, dict[str, str]]:
+    """The cluster, told which Docker engine runs real images (None: namespaces only)."""
     from toil_arvados.localcluster import control
 
-    cfg = control.up(state, cores=os.cpu_count() or 1)
+    cfg = control.up(state, cores=os.cpu_count() or 1, docker_host=docker_host)
     return cfg, control.client_env(cfg)
+
+
+def _docker_host() -> str:
+    """The engine ``docker_engine`` found: DOCKER_HOST, else Docker's default socket."""
+    from toil_arvados.localcluster.runtime.selection import resolve_docker_host
+
+    return resolve_docker_host(None)
 
 
 def _prepare_cluster(env: dict[str, str], date: str) -> str:
@@ -158,21 +170,25 @@ def _prepare_cluster(env: dict[str, str], date: str) -> str:
     return project
 
 
-def _load_suite_images(env: dict[str, str]) -> None:
+def _load_suite_images(env: dict[str, str], docker_host: str) -> None:
     """Docker mode: the images the suite names must be in the engine (no registry is reachable)."""
     import arvados
 
     try:
-        from toil_arvados.localcluster.runtime.selection import resolve_docker_host
-        from toil_arvados.localcluster.standin_images import build_and_upload
+        from toil_arvados.localcluster.standin_images import StandInError, build_and_upload
     except ImportError as e:
         raise SetupError(f"cannot build the suite's Docker images ({e}): use --containers none") from None
     api = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
                       num_retries=3)
     print("== building the suite's Docker images (debian:stable-slim, python:3-slim, bash:4.4, alpine:latest)",
           flush=True)
-    for image in build_and_upload(api, resolve_docker_host(None)):
-        print(f"   {image.name}: {image.pdh}", flush=True)
+    try:
+        images = build_and_upload(api, docker_host)
+    except StandInError as e:
+        raise SetupError(f"building the suite's Docker images failed: {e}") from None
+    for image in images:
+        print(f"   {image.name}: {image.pdh} ({'built' if image.rebuilt else 'already built'} in "
+              f"{image.seconds:.0f}s, stored in {image.upload_seconds:.0f}s)", flush=True)
 
 
 def run_cwltest(variant: Variant, *, suite: Path, selection: list[str], args: argparse.Namespace,
@@ -273,9 +289,10 @@ def _main(args: argparse.Namespace) -> int:
     chosen = suite_mod.select(tests, tags, ids)
     if not chosen:
         raise SetupError(f"no test has any of the tags {args.tags}: see `cwltest --show-tags --test {suite}/conformance_tests.yaml`")
-    expected = _load_expected({t.id for t in tests})
+    known = {t.id for t in tests}
+    _load_expected(known, "none")  # validates every entry before anything starts
     if args.summary_only:
-        return _summarize(args.out.resolve(), tests, expected)
+        return _summarize(args.out.resolve(), tests, known)
     # --tags alone when it suffices: cwltest then names its JUnit cases right (see summary.assign).
     selection = (["--tags", args.tags] if args.tags and not ids else
                  ["-n", suite_mod.number_ranges(tests, chosen)] if len(chosen) < len(tests) else [])
@@ -287,6 +304,7 @@ def _main(args: argparse.Namespace) -> int:
         raise SetupError("--containers docker, but no Docker engine answers `docker info`: start one "
                          "(DOCKER_HOST or /var/run/docker.sock) or use --containers none")
     container_flags = [] if engine else ["--no-container"]
+    mode = "docker" if engine else "none"
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -299,21 +317,24 @@ def _main(args: argparse.Namespace) -> int:
     runs: list[summary.Run] = []
     try:
         try:
-            _cfg, cluster_env = _start_cluster(state)
+            _cfg, cluster_env = _start_cluster(state, _docker_host() if engine else None)
         except ClusterError as e:
             raise SetupError(f"the local cluster did not start: {e}") from None
         env = dict(os.environ)
         env.update(cluster_env)
         project = _prepare_cluster(cluster_env, date)
         if engine:
-            _load_suite_images(cluster_env)
+            _load_suite_images(cluster_env, _docker_host())
         (work / "jobstores").mkdir()
         jobstore_base = f"arvados:{project}" if args.jobstore == "keep" else f"file:{work / 'jobstores'}"
         variants = [Variant("arvados", ["--batchSystem", "arvados", "--arvadosProject", project, *ARVADOS_FLAGS,
                                         *TOIL_FLAGS, *container_flags], jobstore_base)]
         if args.baseline:
+            # In Docker, no pre-pull: Toil's leader would `docker pull` each image (no registry is
+            # reachable); cwltool finds the ones built above in the engine and pulls nothing.
+            baseline_flags = [*container_flags, *(BASELINE_DOCKER_FLAGS if engine else [])]
             variants.append(Variant("single_machine", ["--batchSystem", "single_machine", *TOIL_FLAGS,
-                                                       *container_flags], f"file:{work / 'jobstores'}"))
+                                                       *baseline_flags], f"file:{work / 'jobstores'}"))
         print(f"== {len(chosen)} tests from {suite}; containers: "
               f"{engine or '--no-container (' + ('asked' if args.containers == 'none' else 'no Docker engine found') + ')'}"
               f"; job store: {args.jobstore}", flush=True)
@@ -337,20 +358,34 @@ def _main(args: argparse.Namespace) -> int:
         f"containers: {engine + ' (Docker)' if engine else '--no-container' + (' (asked)' if args.containers == 'none' else ' (no Docker engine here)')}",
         f"job store: {args.jobstore} for arvados" + (", file for single_machine" if args.baseline else ""),
         f"cwltest -j {args.j} on {os.cpu_count()} cores; {_versions()}",
-        f"Toil flags: {' '.join(TOIL_FLAGS)}; arvados: {' '.join(ARVADOS_FLAGS)}",
+        f"Toil flags: {' '.join(TOIL_FLAGS)}; arvados: {' '.join(ARVADOS_FLAGS)}"
+        + (f"; single_machine: {' '.join(BASELINE_DOCKER_FLAGS)}" if engine and args.baseline else ""),
+        f"expected failures: the entries of conformance/expected-failures.yaml for containers `{mode}`",
     ]
-    record = {"facts": facts, "tests": [t.id for t in chosen], "runs": [{"name": r.name, "wall_seconds": r.wall_seconds}
+    record = {"facts": facts, "containers": mode, "tests": [t.id for t in chosen], "runs": [{"name": r.name, "wall_seconds": r.wall_seconds}
                                                                         for r in runs]}
     (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    return _summarize(out, tests, expected)
+    return _summarize(out, tests, known)
 
 
-def _summarize(out: Path, tests: list[suite_mod.ConformanceTest], expected: dict[str, str]) -> int:
-    """Render summary.md from the run record and JUnit XML in ``out``; 1 on unexpected failures."""
+def _record_mode(record: dict) -> str:
+    """The run's container mode; records written before it was stored say it in their facts."""
+    mode = record.get("containers")
+    if mode in summary.CONTAINER_MODES:
+        return mode
+    return "docker" if any(f.startswith("containers:") and "(Docker)" in f for f in record.get("facts", ())) \
+        else "none"
+
+
+def _summarize(out: Path, tests: list[suite_mod.ConformanceTest], known: set[str]) -> int:
+    """Render summary.md from the run record and JUnit XML in ``out``, judged against the
+    expected failures of the run's container mode; 1 on unexpected failures."""
     try:
         record = json.loads((out / RECORD).read_text())
     except (OSError, ValueError) as e:
         raise SetupError(f"no readable run record in {out} ({e}): run without --summary-only first") from None
+    mode = _record_mode(record)
+    expected = _load_expected(known, mode)
     tags_by_id = {t.id: t.tags for t in tests}
     selected = [tid for tid in record["tests"] if tid in tags_by_id]
     runs = []

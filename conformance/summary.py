@@ -151,19 +151,40 @@ def tag_order(tags: set[str]) -> list[str]:
     return (["required"] if "required" in tags else []) + middle + ([ALL] if ALL in tags else [])
 
 
-def parse_expected(data: Any, known_ids: set[str]) -> dict[str, str]:
-    """Validate the loaded expected-failures YAML: a mapping of test id -> reason (non-empty text)."""
+#: How a run treats DockerRequirements: ``docker`` (an engine runs them) or ``none`` (--no-container).
+CONTAINER_MODES = ("none", "docker")
+
+
+def parse_expected(data: Any, known_ids: set[str], containers: str = "none") -> dict[str, str]:
+    """Validate the loaded expected-failures YAML; the entries that apply in mode ``containers``.
+
+    The file maps test id -> reason. A reason is either text, which applies in every container
+    mode, or a mapping of container mode (``none``, ``docker``) -> text, which applies only in
+    the modes it names (a test that needs a Docker engine fails only without one). Every entry is
+    validated, whichever mode is asked for, so a mistake shows up in any run.
+    """
+    if containers not in CONTAINER_MODES:
+        raise ValueError(f"unknown container mode {containers!r}: one of {', '.join(CONTAINER_MODES)}")
     if data is None:
         return {}
     if not isinstance(data, Mapping):
         raise ValueError("the expected-failures file must be a mapping of test id to reason")
     expected: dict[str, str] = {}
-    for key, reason in data.items():
+    for key, value in data.items():
         if not isinstance(key, str) or key not in known_ids:
             raise ValueError(f"expected-failures lists {key!r}, which is not a test id of the suite")
-        if not isinstance(reason, str) or not reason.strip():
+        reasons = value if isinstance(value, Mapping) else {mode: value for mode in CONTAINER_MODES}
+        if not reasons:
             raise ValueError(f"expected-failures entry {key!r} needs a reason (a non-empty string)")
-        expected[key] = " ".join(reason.split())
+        for mode, reason in reasons.items():
+            if mode not in CONTAINER_MODES:
+                raise ValueError(f"expected-failures entry {key!r}: {mode!r} is not a container mode "
+                                 f"(one of {', '.join(CONTAINER_MODES)})")
+            if not isinstance(reason, str) or not reason.strip():
+                raise ValueError(f"expected-failures entry {key!r} needs a reason (a non-empty string)"
+                                 + (f" for {mode!r}" if isinstance(value, Mapping) else ""))
+        if containers in reasons:
+            expected[key] = " ".join(reasons[containers].split())
     return expected
 
 

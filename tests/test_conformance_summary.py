@@ -79,6 +79,57 @@ def test_parse_expected_validates_ids_and_reasons():
         summary.parse_expected(["a"], known)
 
 
+def test_parse_expected_applies_mode_specific_entries_only_in_their_mode():
+    known = {"a", "b", "c", "d"}
+    data = {"a": "always", "b": {"none": "needs a  Docker engine"},
+            "c": {"none": "needs Docker", "docker": "needs the Internet"}, "d": {"docker": "docker bug"}}
+    assert summary.parse_expected(data, known) == {"a": "always", "b": "needs a Docker engine", "c": "needs Docker"}
+    assert summary.parse_expected(data, known, "none") == summary.parse_expected(data, known)
+    assert summary.parse_expected(data, known, "docker") == {"a": "always", "c": "needs the Internet", "d": "docker bug"}
+
+
+def test_parse_expected_validates_mode_entries_in_every_mode():
+    known = {"a"}
+    for mode in ("none", "docker"):
+        # A mistake in the other mode's reason is still an error.
+        with pytest.raises(ValueError, match="'a' needs a reason.*'docker'"):
+            summary.parse_expected({"a": {"none": "ok", "docker": " "}}, known, mode)
+        with pytest.raises(ValueError, match="'podman' is not a container mode"):
+            summary.parse_expected({"a": {"podman": "r"}}, known, mode)
+        with pytest.raises(ValueError, match="needs a reason"):
+            summary.parse_expected({"a": {}}, known, mode)
+        with pytest.raises(ValueError, match="'zzz'.*not a test id"):
+            summary.parse_expected({"zzz": {"none": "r"}}, known, mode)
+    with pytest.raises(ValueError, match="unknown container mode"):
+        summary.parse_expected({}, known, "auto")
+
+
+def test_a_no_container_only_entry_that_passes_in_docker_is_a_plain_pass():
+    data = {"needs_docker": {"none": "needs a Docker engine"}, "no_net": {"docker": "no Internet"}}
+    results = {"needs_docker": Result(PASSED), "no_net": Result(FAILED)}
+    docker = summary.judge(results, summary.parse_expected(data, set(data), "docker"))
+    assert docker.ok and docker.unexpected_passes == [] and docker.expected_failures == ["no_net"]
+    # Without Docker the same list fails on the network test, which is not expected there.
+    none = summary.judge({"needs_docker": Result(FAILED), "no_net": Result(FAILED)},
+                         summary.parse_expected(data, set(data), "none"))
+    assert none.unexpected_failures == ["no_net"] and none.expected_failures == ["needs_docker"]
+
+
+def test_the_repository_list_is_valid_in_both_modes():
+    import yaml
+
+    import suite
+
+    known = {t.id for t in suite.load_tests(suite.locate(None, fetch=False))} if suite.SHARED_SUITE.exists() else None
+    if known is None:
+        pytest.skip("no ../shared/cwl-v1.2 copy of the suite")
+    data = yaml.safe_load((Path(summary.__file__).parent / "expected-failures.yaml").read_text())
+    none, docker = (summary.parse_expected(data, known, m) for m in ("none", "docker"))
+    # Tests that need a Docker engine are expected failures only without one.
+    assert "docker_entrypoint" in none and "docker_entrypoint" not in docker
+    assert "networkaccess" in none and "networkaccess" in docker  # no Internet here, in either mode
+
+
 def test_judge_fails_only_on_unlisted_failures():
     results = {"ok": Result(PASSED), "listed": Result(FAILED), "new": Result(TIMEOUT),
                "fixed": Result(PASSED), "gone": Result(MISSING)}
@@ -119,3 +170,54 @@ def test_render_shows_both_runs_and_every_list():
     assert "## Unexpected passes on arvados (1)" in text and "- `t4` (docker) passed" in text
     assert "## Passed on single_machine but not on arvados (1)" in text
     assert "## Expected failures (1)" in text and "- needs a Docker engine (1): `t3`" in text
+
+
+def _case(file: str, failed: bool = False) -> str:
+    failure = '<failure type="failure" message="boom">boom</failure>' if failed else ""
+    return f'<testcase name="{file}" time="1.0" class="docker" file="{file}">{failure}</testcase>'
+
+
+def test_record_mode_reads_the_stored_mode_else_the_containers_fact():
+    import run
+
+    assert run._record_mode({"containers": "docker", "facts": []}) == "docker"
+    assert run._record_mode({"containers": "none", "facts": ["containers: Docker engine 20.10 (Docker)"]}) == "none"
+    # Records written before the mode was stored: their containers fact says it.
+    assert run._record_mode({"facts": ["date: x", "containers: Docker engine 20.10 (Docker)"]}) == "docker"
+    assert run._record_mode({"facts": ["containers: --no-container (asked)"]}) == "none"
+    assert run._record_mode({}) == "none"
+
+
+@pytest.mark.parametrize("record_mode, in_docker", [("docker", True), ("none", False)])
+def test_summary_only_judges_with_the_runs_container_mode(tmp_path, monkeypatch, record_mode, in_docker):
+    import json
+
+    import run
+    import suite
+
+    if not (suite.SHARED_SUITE / suite.TESTS_FILE).exists():
+        pytest.skip("no ../shared/cwl-v1.2 copy of the suite")
+    listing = tmp_path / "expected.yaml"
+    listing.write_text("docker_entrypoint: {none: needs a Docker engine}\nnetworkaccess: {docker: no Internet}\n")
+    monkeypatch.setattr(run, "EXPECTED_FILE", listing)
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"facts": [], "containers": record_mode, "tests": ["docker_entrypoint", "networkaccess"],
+              "runs": [{"name": "arvados", "wall_seconds": 2.0}]}
+    (out / "run.json").write_text(json.dumps(record))
+    # docker_entrypoint passes (in Docker), networkaccess fails (no Internet).
+    (out / "arvados.junit.xml").write_text(
+        f"<testsuites><testsuite>{_case('docker_entrypoint')}{_case('networkaccess', failed=True)}"
+        "</testsuite></testsuites>")
+    rc = run.main(["--summary-only", "--out", str(out)])
+    text = (out / "summary.md").read_text()
+    if in_docker:
+        assert rc == 0
+        assert "- no Internet (1): `networkaccess`" in text
+        # The --no-container-only entry of a test that passes in Docker is no "unexpected pass".
+        assert "## Unexpected passes on arvados (0)" in text
+    else:
+        # The same results judged as a --no-container run: the Docker-only entry does not apply.
+        assert rc == 1
+        assert "- `networkaccess` (" in text.split("## Unexpected failures on arvados (1)")[1]
+        assert "- `docker_entrypoint` (" in text.split("## Unexpected passes on arvados (1)")[1]

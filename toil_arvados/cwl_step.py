@@ -144,6 +144,32 @@ def _step_path_mapper_class() -> type:
     return StepPathMapper
 
 
+def _keeping_store_uris(make_fs_access: Any) -> Any:
+    """``make_fs_access`` whose ``join`` treats a store URI (toilfile:, toildir:, keep:) as
+    absolute, as ``os.path.join`` treats an absolute path.
+
+    cwltool maps output paths back twice (``revmap_file`` in ``collect_output`` and again in
+    ``collect_output_ports``); the second pass joins the host output dir onto every location that
+    is not ``file://``. An output that is an input passed through (InitialWorkDir) has its input's
+    store URI as location after the first pass, and must keep it.
+    """
+    def make(basedir: str) -> Any:
+        fs = make_fs_access(basedir)
+        join = fs.join
+
+        def keep_uris(path: str, *paths: str) -> str:
+            for i in range(len(paths) - 1, -1, -1):
+                if _passthrough(str(paths[i])):
+                    rest = paths[i + 1:]
+                    return join(paths[i], *rest) if rest else paths[i]
+            return join(path, *paths)
+
+        fs.join = keep_uris
+        return fs
+
+    return make
+
+
 # -- the job ---------------------------------------------------------------------------------
 
 class ArvadosStepJob(JobBase):
@@ -458,6 +484,8 @@ def install() -> None:
         rc.default_container = config.default_image
         rc.find_default_container = None
         rc.docker_outdir, rc.docker_tmpdir, rc.docker_stagedir = OUTDIR, TMPDIR, STAGEDIR
+        if rc.make_fs_access is not None:
+            rc.make_fs_access = _keeping_store_uris(rc.make_fs_access)
         for j in original_job(self, job_order, output_callbacks, rc):
             if isinstance(j, ArvadosStepJob):
                 j.native = config
