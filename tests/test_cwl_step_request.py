@@ -164,3 +164,15 @@ def test_every_docker_requirement_of_a_workflow_is_found(tmp_path: Path) -> None
     images = sorted(image_name(r, "") for r in docker_requirements(tool))
     assert images == ["alpine:latest", "bash:4.4"]
     assert missing_images(["a:1", "b:1", "a:1", "c:1"], lambda i: i == "b:1") == ["a:1", "c:1"]
+
+
+def test_in_place_updates_are_accepted_only_for_native_steps_on_a_keep_job_store() -> None:
+    from toil_arvados.cwl_images import native_steps_on_keep
+
+    assert native_steps_on_keep(["--batchSystem", "arvados", "--jobStore", "arvados:p/n", "wf.cwl"], {})
+    assert native_steps_on_keep(["--batchSystem=arvados", "--jobStore=arvados:n"], {})
+    assert native_steps_on_keep(["--jobStore", "arvados:n"], {"TOIL_BATCH_SYSTEM": "arvados"})
+    assert not native_steps_on_keep(["--batchSystem", "arvados", "--jobStore", "file:/js"], {})
+    assert not native_steps_on_keep(["--batchSystem", "arvados", "--jobStore", "arvados:n",
+                                     "--noArvadosNativeSteps"], {})
+    assert not native_steps_on_keep(["--batchSystem", "single_machine", "--jobStore", "arvados:n"], {})

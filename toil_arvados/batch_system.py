@@ -222,6 +222,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def issueBatchJob(self, command: str, job_desc: JobDescription,
                       job_environment: dict[str, str] | None = None) -> int:
+        if self.stepBatch is not None and job_desc.local and not self.config.run_local_jobs_on_workers:
+            # Leader-side jobs (workflow expansion, expressions) start through our entrypoint too:
+            # they then die with the leader, and accept what native steps support (in-place updates).
+            command = f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker --cwl-local {shlex.quote(command)}"
         local_id = self.handleLocalJob(command, job_desc)
         if local_id is not None:
             return local_id

@@ -10,7 +10,9 @@ needs it is submitted, possibly hours in.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Iterator
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -102,3 +104,45 @@ def install() -> None:
 
     cwltoil.try_prepull = try_prepull
     _installed = True
+    if native_steps_on_keep(sys.argv[1:], os.environ):
+        os.environ[INPLACE_ENV] = "1"  # for the leader-side job processes, which check again
+        allow_inplace_updates()
+
+
+INPLACE_ENV = "TOIL_ARVADOS_INPLACE_UPDATES"
+
+
+def allow_inplace_updates() -> None:
+    """Let Toil accept InplaceUpdateRequirement: native steps on a Keep job store write a tool's
+    in-place change back to the input's own file (see ``ArvadosStepJob._apply_inplace_updates``).
+
+    Toil refuses the requirement unless --bypass-file-store; it checks in the leader and again in
+    the (leader-side) jobs that expand workflows, so each of those processes calls this.
+    """
+    from toil.cwl import cwltoil
+
+    original_scan = cwltoil.scan_for_unsupported_requirements
+    if getattr(original_scan, "_toil_arvados", False):
+        return
+
+    def scan_for_unsupported_requirements(tool: Any, bypass_file_store: bool = False) -> None:
+        original_scan(tool, bypass_file_store=True)
+
+    scan_for_unsupported_requirements._toil_arvados = True  # type: ignore[attr-defined]
+    cwltoil.scan_for_unsupported_requirements = scan_for_unsupported_requirements
+
+
+def native_steps_on_keep(argv: list[str], environ: Mapping[str, str]) -> bool:
+    """Whether this toil-cwl-runner command runs native steps with a Keep job store (pure).
+
+    Read from the command line because Toil's CWL main does not hand its options to the check.
+    """
+    import argparse
+
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--batchSystem", default=environ.get("TOIL_BATCH_SYSTEM"))
+    p.add_argument("--jobStore", default=None)
+    p.add_argument("--noArvadosNativeSteps", action="store_true")
+    known, _ = p.parse_known_args(argv)
+    return (known.batchSystem == "arvados" and not known.noArvadosNativeSteps
+            and str(known.jobStore or "").startswith("arvados:"))

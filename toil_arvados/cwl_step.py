@@ -267,9 +267,39 @@ class ArvadosStepJob(JobBase):
         output = cr.get("output_uuid") or container.get("output")
         if output:
             _download(api, output, host_out)
+        if self.inplace_update and status == "success":
+            self._apply_inplace_updates(entries, host_out)
         if status != "success":
             self._copy_stderr(api, cr, container, runtimeContext)
         return status, int(rcode if rcode is not None else 1)
+
+    def _apply_inplace_updates(self, entries: list[Entry], host_out: str) -> None:
+        """InplaceUpdateRequirement: write what the tool changed back to the input file itself.
+
+        The container changed a writable copy (Arvados copies writable mounts); the copy's final
+        content is in the output collection. Replacing the content of the input's own job store
+        file makes the change visible to every later step that reads that file, as an in-place
+        update must. Only files of the Keep job store, whose records are mutable and which no
+        step process caches, are updated; Toil directories carry their listing in their location,
+        so files added to a directory in place cannot be shown to other steps.
+        """
+        from toil.fileStores import FileID
+
+        from .jobstore.keep_jobstore import KeepJobStore
+
+        job_store = getattr(self.file_store, "jobStore", None)
+        outdir = self.builder.outdir.rstrip("/") + "/"
+        for e in entries:
+            if e.type != "WritableFile" or not e.target.startswith(outdir):
+                continue
+            changed = os.path.join(host_out, e.target[len(outdir):])
+            if not e.resolved.startswith("toilfile:") or not isinstance(job_store, KeepJobStore):
+                logger.warning("CWL step %s: in-place update of %s is not written back (not a Keep job store file)",
+                               self.name, e.target)
+                continue
+            if os.path.isfile(changed):
+                job_store.update_file(FileID.unpack(e.resolved[len("toilfile:"):]), changed)
+                logger.info("CWL step %s: in-place update of %s written back to the job store", self.name, e.target)
 
     def _entries(self, runtimeContext: Any) -> list[Entry]:
         entries: list[Entry] = []

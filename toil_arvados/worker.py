@@ -19,10 +19,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cwl_steps = bool(argv) and argv[0] == "--cwl-steps"
-    if cwl_steps:
+    cwl_local = bool(argv) and argv[0] == "--cwl-local"
+    if cwl_steps or cwl_local:
         argv.pop(0)
     if len(argv) != 1:
-        print("usage: python -m toil_arvados.worker [--cwl-steps] 'COMMAND'", file=sys.stderr)
+        print("usage: python -m toil_arvados.worker [--cwl-steps|--cwl-local] 'COMMAND'", file=sys.stderr)
         return 2
     command = argv[0]
     words = shlex.split(command)
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
             _exit_with_leader()
             install()
+        if cwl_local:
+            _exit_with_leader()
+        if (cwl_steps or cwl_local) and os.environ.get("TOIL_ARVADOS_INPLACE_UPDATES") == "1":
+            from toil_arvados.cwl_images import allow_inplace_updates
+
+            allow_inplace_updates()
         from toil.worker import main as toil_worker_main
 
         result = toil_worker_main(words)
