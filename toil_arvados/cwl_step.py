@@ -187,7 +187,13 @@ class ArvadosStepJob(JobBase):
         # As for any container: only what the tool asks for, never the leader's environment --
         # except that with --no-container, as cwltool does, tools find programs on the leader's
         # PATH (the default image is then the leader's own machine, e.g. the local cluster's).
-        env = dict(envVarReq)
+        env: dict[str, str] = {}
+        # EnvVarRequirements of the input document (cwl:requirements): Toil's CWLJob evaluates
+        # them into the environment and names them in preserve_environment.
+        for key in getattr(runtimeContext, "preserve_environment", None) or ():
+            if key in os.environ:
+                env[key] = os.environ[key]
+        env.update(envVarReq)
         env.update(self._required_env())
         if getattr(runtimeContext, "toil_arvados_no_container", False) and "PATH" in os.environ:
             env.setdefault("PATH", os.environ["PATH"])
