@@ -225,7 +225,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if self.stepBatch is not None and job_desc.local and not self.config.run_local_jobs_on_workers:
             # Leader-side jobs (workflow expansion, expressions) start through our entrypoint too:
             # they then die with the leader, and accept what native steps support (in-place updates).
-            command = f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker --cwl-local {shlex.quote(command)}"
+            command = _leader_side_command(command, "--cwl-local")
         local_id = self.handleLocalJob(command, job_desc)
         if local_id is not None:
             return local_id
@@ -284,8 +284,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         env[SETTINGS_ENV] = NativeStepConfig(settings=settings, default_image=self.step_image).to_env()
         waiter = job_desc.scale("cores", 0).scale("memory", 0).scale("disk", 0)
         waiter.accelerators = []
-        # exec: the step process is then the leader's own child, and dies with it (see worker.py).
-        step_command = f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker --cwl-steps {shlex.quote(command)}"
+        step_command = _leader_side_command(command, "--cwl-steps")
         batch_id: int = self.stepBatch.issueBatchJob(step_command, waiter, env)
         with self._lock:
             self._step_jobs[batch_id] = str(job_desc.jobStoreID)
@@ -619,25 +618,29 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def _cancel_step_requests(self, job_store_ids: list[str]) -> None:
         """Cancel what killed step processes had submitted (one list call)."""
-        if not job_store_ids:
-            return
-        filters = [[f"properties.{PROPERTY_STEP_JOB_STORE_ID}", "in", job_store_ids],
-                   ["state", "=", "Committed"], ["priority", ">", 0]]
-        try:
-            for cr in _list_all(self.api.container_requests(), filters, ["uuid"]):
-                self._cancel(cr["uuid"])
-        except Exception as e:
-            logger.warning("%s", describe(e, "could not cancel the requests of killed steps"))
+        if job_store_ids:
+            self._cancel_committed([f"properties.{PROPERTY_STEP_JOB_STORE_ID}", "in", job_store_ids],
+                                   "the requests of killed steps")
 
     def _cancel_orphan_steps(self) -> None:
         """Step requests of this run still committed (their process was killed): cancel them."""
-        filters = [[f"properties.{PROPERTY_WORKFLOW_RUN}", "=", str(self.config.workflowID)],
-                   ["state", "=", "Committed"], ["priority", ">", 0]]
+        self._cancel_committed([f"properties.{PROPERTY_WORKFLOW_RUN}", "=", str(self.config.workflowID)],
+                               "step requests left running")
+
+    def _cancel_committed(self, selector: list, what: str) -> None:
+        """Cancel every Committed request with priority > 0 that ``selector`` picks."""
+        filters = [selector, ["state", "=", "Committed"], ["priority", ">", 0]]
         try:
             for cr in _list_all(self.api.container_requests(), filters, ["uuid"]):
                 self._cancel(cr["uuid"])
         except Exception as e:
-            logger.warning("%s", describe(e, "could not look for step requests left running"))
+            logger.warning("%s", describe(e, f"could not cancel {what}"))
+
+
+def _leader_side_command(command: str, mode: str) -> str:
+    """A job command run on the leader through our worker entrypoint (``exec``: the process is
+    then the leader's own child and dies with it, see worker.py)."""
+    return f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker {mode} {shlex.quote(command)}"
 
 
 def _largest_instance(cluster: dict) -> tuple[int, int] | None:
