@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 
@@ -14,15 +14,43 @@ from toil_arvados.localcluster.config import ClusterConfig
 pytest_plugins = ["toil.test.conftest"]
 
 REPO = Path(__file__).resolve().parent.parent
+#: Images every test cluster has (see built_images): a plain Debian one and one with Python.
+TEST_IMAGE = "debian:stable-slim"
+PYTHON_IMAGE = "python:3-slim"
 SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterConfig]:
-    """A cluster in a temp dir on free loopback ports, stopped at the end of the session."""
+def built_images() -> dict[str, Any]:
+    """The images the tests run in, built from Debian packages (cached across runs under
+    ~/.cache/toil-arvados): the Toil worker image and the CWL suite's plain Debian image."""
+    from toil_arvados.images.build import SUITE_RECIPES, build_image
+    from toil_arvados.images.worker import build_worker_image
+
+    return {"worker": build_worker_image(),
+            TEST_IMAGE: build_image(SUITE_RECIPES[TEST_IMAGE]),
+            PYTHON_IMAGE: build_image(SUITE_RECIPES[PYTHON_IMAGE])}
+
+
+def store_images(cfg: ClusterConfig, images: Iterable[Any]) -> None:
+    """Store built images in a cluster's Keep, as arv-keepdocker (or `images --upload`) does."""
+    import arvados
+
+    from toil_arvados.images.keep import store_image
+
+    api = arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2)
+    for built in images:
+        store_image(api, built.tarball, built.image_id, built.names, properties=built.properties)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory, built_images: dict[str, Any]) -> Iterator[ClusterConfig]:
+    """A cluster in a temp dir on free loopback ports, with the worker and test images in its
+    Keep (as an administrator would have stored them), stopped at the end of the session."""
     state = tmp_path_factory.mktemp("cluster")
     cfg = control.up(state, cores=2, ram=4 << 30)
     try:
+        store_images(cfg, built_images.values())
         yield cfg
     finally:
         control.down(state)
@@ -59,13 +87,9 @@ def api(cluster_env: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def stand_in_image(cluster_env: dict[str, str]) -> str:
-    """An image name containers can use: a stand-in registered in Keep (no registry here)."""
-    from toil_arvados.localcluster.images import register_stand_in
-
-    name = "debian:stable-slim"
-    register_stand_in(cluster_env, name)
-    return name
+def test_image(cluster: ClusterConfig) -> str:
+    """A plain Debian image (sh, coreutils) stored in the session cluster's Keep."""
+    return TEST_IMAGE
 
 
 @pytest.fixture

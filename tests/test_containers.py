@@ -36,10 +36,10 @@ def _files(api, uuid: str) -> dict[str, bytes]:
     return out
 
 
-def test_completed_request_has_output_logs_and_exit_code(api, project: str, stand_in_image: str) -> None:
+def test_completed_request_has_output_logs_and_exit_code(api, project: str, test_image: str) -> None:
     script = ("echo hello > out.txt && mkdir -p d/e && printf 'nested' > d/e/n.txt && "
               "echo 'to stdout' && echo 'to stderr' >&2")
-    cr = create_request(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project,
+    cr = create_request(api, request_body(["sh", "-c", script], test_image, owner_uuid=project,
                                           name="writes files"))
     assert cr["state"] == "Committed" and cr["container_uuid"]
     cr = wait_final(api, cr["uuid"])
@@ -61,8 +61,8 @@ def test_completed_request_has_output_logs_and_exit_code(api, project: str, stan
     assert api.collections().get(uuid=cr["log_uuid"]).execute()["portable_data_hash"] == c["log"]
 
 
-def test_failing_command_reports_its_exit_code(api, project: str, stand_in_image: str) -> None:
-    cr = create_request(api, request_body(["sh", "-c", "echo failing >&2; exit 3"], stand_in_image,
+def test_failing_command_reports_its_exit_code(api, project: str, test_image: str) -> None:
+    cr = create_request(api, request_body(["sh", "-c", "echo failing >&2; exit 3"], test_image,
                                           owner_uuid=project))
     cr = wait_final(api, cr["uuid"])
     c = container(api, cr["container_uuid"])
@@ -78,8 +78,8 @@ def _running(api, cr_uuid: str, timeout: float = 30.0) -> dict:
     return wait_for(fetch, lambda c: c["state"] == "Running", timeout, f"{cr_uuid}'s container to run")
 
 
-def test_cancel_a_running_request(api, project: str, stand_in_image: str) -> None:
-    cr = create_request(api, request_body(["sleep", "1000"], stand_in_image, owner_uuid=project,
+def test_cancel_a_running_request(api, project: str, test_image: str) -> None:
+    cr = create_request(api, request_body(["sleep", "1000"], test_image, owner_uuid=project,
                                           environment={"RUN": secrets.token_hex(6)}))
     c = _running(api, cr["uuid"])
     start = time.monotonic()
@@ -129,9 +129,9 @@ def _container_init(marker: str) -> int | None:
     return None
 
 
-def test_killed_container_is_retried_up_to_the_max(api, project: str, stand_in_image: str) -> None:
+def test_killed_container_is_retried_up_to_the_max(api, project: str, test_image: str) -> None:
     marker = secrets.token_hex(8)
-    cr = create_request(api, request_body(["sleep", "1000"], stand_in_image, owner_uuid=project,
+    cr = create_request(api, request_body(["sleep", "1000"], test_image, owner_uuid=project,
                                           environment={"KILLME": marker}, container_count_max=2))
     killed: list[str] = []
     deadline = time.monotonic() + 60
@@ -158,8 +158,8 @@ def test_killed_container_is_retried_up_to_the_max(api, project: str, stand_in_i
     assert b"lost" in _files(api, cr["log_uuid"])["crunch-run.txt"]
 
 
-def test_unsatisfiable_request_is_cancelled_with_a_message(api, project: str, stand_in_image: str) -> None:
-    cr = create_request(api, request_body(["true"], stand_in_image, owner_uuid=project,
+def test_unsatisfiable_request_is_cancelled_with_a_message(api, project: str, test_image: str) -> None:
+    cr = create_request(api, request_body(["true"], test_image, owner_uuid=project,
                                           runtime_constraints={"vcpus": 64, "ram": 128 << 20}))
     cr = wait_final(api, cr["uuid"], timeout=30)
     c = container(api, cr["container_uuid"])
@@ -169,7 +169,7 @@ def test_unsatisfiable_request_is_cancelled_with_a_message(api, project: str, st
     assert "vcpus" in c["runtime_status"].get("errorDetail", c["runtime_status"].get("error", ""))
 
 
-def test_mounts_are_visible_to_the_command(api, project: str, stand_in_image: str) -> None:
+def test_mounts_are_visible_to_the_command(api, project: str, test_image: str) -> None:
     assert not os.path.exists("/keep"), "/keep exists on the host before the test: cannot check it stays absent"
     assert not os.path.exists("/var/spool/cwl")
     inputs = arvados.collection.Collection(api_client=api)
@@ -194,7 +194,7 @@ pwd > pwd.txt
         "/var/spool/cwl/cwl.input.json": {"kind": "json", "content": {"x": [1, {"y": "z"}]}},
         "/etc/note.txt": {"kind": "text", "content": "a text mount\n"},
     }
-    cr = create_request(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project, mounts=mounts))
+    cr = create_request(api, request_body(["sh", "-c", script], test_image, owner_uuid=project, mounts=mounts))
     cr = wait_final(api, cr["uuid"])
     c = container(api, cr["container_uuid"])
     logs = _files(api, cr["log_uuid"])
@@ -235,30 +235,30 @@ def _run_ok(api, body: dict) -> tuple[dict, dict, dict[str, bytes]]:
     return cr, c, _files(api, cr["output_uuid"])
 
 
-def test_stdin_stdout_and_stderr_mounts_carry_the_streams(api, project: str, stand_in_image: str) -> None:
+def test_stdin_stdout_and_stderr_mounts_carry_the_streams(api, project: str, test_image: str) -> None:
     # As a-c-r submits a CommandLineTool with stdin/stdout/stderr: the streams are files, not logs.
     script = "tr a-z A-Z; echo 'to stderr' >&2; echo 'more stderr' >&2"
     mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
               "stdin": {"kind": "text", "content": "from stdin\n"},
               "stdout": {"kind": "file", "path": "/var/spool/cwl/out.txt"},
               "stderr": {"kind": "file", "path": "/var/spool/cwl/logs/err.txt"}}
-    cr, _, out = _run_ok(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project,
+    cr, _, out = _run_ok(api, request_body(["sh", "-c", script], test_image, owner_uuid=project,
                                            mounts=mounts))
     assert out == {"out.txt": b"FROM STDIN\n", "logs/err.txt": b"to stderr\nmore stderr\n"}
     logs = _files(api, cr["log_uuid"])
     assert b"to stderr" not in logs.get("stderr.txt", b"") and b"FROM STDIN" not in logs.get("stdout.txt", b"")
 
 
-def test_stdout_and_stderr_mounts_may_share_a_file(api, project: str, stand_in_image: str) -> None:
+def test_stdout_and_stderr_mounts_may_share_a_file(api, project: str, test_image: str) -> None:
     mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
               "stdout": {"kind": "file", "path": "/var/spool/cwl/all.txt"},
               "stderr": {"kind": "file", "path": "/var/spool/cwl/all.txt"}}
-    _, _, out = _run_ok(api, request_body(["sh", "-c", "echo one; echo two >&2; echo three"], stand_in_image,
+    _, _, out = _run_ok(api, request_body(["sh", "-c", "echo one; echo two >&2; echo three"], test_image,
                                           owner_uuid=project, mounts=mounts))
     assert out == {"all.txt": b"one\ntwo\nthree\n"}
 
 
-def test_bad_stream_mounts_are_refused_naming_the_mount(api, project: str, stand_in_image: str) -> None:
+def test_bad_stream_mounts_are_refused_naming_the_mount(api, project: str, test_image: str) -> None:
     import arvados.errors
     import pytest
 
@@ -268,7 +268,7 @@ def test_bad_stream_mounts_are_refused_naming_the_mount(api, project: str, stand
            ("stderr", {"kind": "file"}, "must be an absolute path"),
            ("stdin", {"kind": "tmp"}, "kind must be one of collection")]
     for name, mount, message in bad:
-        body = request_body(["true"], stand_in_image, owner_uuid=project, mounts={**tmp, name: mount})
+        body = request_body(["true"], test_image, owner_uuid=project, mounts={**tmp, name: mount})
         with pytest.raises(arvados.errors.ApiError) as info:
             create_request(api, body)
         assert int(info.value.resp.status) == 422
@@ -276,7 +276,7 @@ def test_bad_stream_mounts_are_refused_naming_the_mount(api, project: str, stand
         assert f"mounts['{name}']" in errors and message in errors, errors
 
 
-def test_mounts_under_output_path_prepopulate_the_output(api, project: str, stand_in_image: str) -> None:
+def test_mounts_under_output_path_prepopulate_the_output(api, project: str, test_image: str) -> None:
     pdh = _inputs(api, project, {"dir/input.txt": "input data\n", "dir/other.txt": "other\n",
                                  "top.txt": "top\n"})
     script = """set -e
@@ -302,7 +302,7 @@ echo own > own.txt
         "/var/spool/cwl/ignored": {"kind": "collection", "portable_data_hash": pdh, "exclude_from_output": True},
     }
     secret = {"/var/spool/cwl/secret.txt": {"kind": "text", "content": "s3cret"}}
-    _, _, out = _run_ok(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project,
+    _, _, out = _run_ok(api, request_body(["sh", "-c", script], test_image, owner_uuid=project,
                                           mounts=mounts, secret_mounts=secret))
     assert out == {
         "seen.txt": b"input data\n", "own.txt": b"own\n",
@@ -314,18 +314,18 @@ echo own > own.txt
     }  # neither the secret nor the excluded mount, nor empty mount points
 
 
-def test_output_glob_applies_to_mounts_under_output_path(api, project: str, stand_in_image: str) -> None:
+def test_output_glob_applies_to_mounts_under_output_path(api, project: str, test_image: str) -> None:
     pdh = _inputs(api, project, {"dir/input.txt": "input data\n", "dir/other.txt": "other\n"})
     mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
               "/var/spool/cwl/ro": {"kind": "collection", "portable_data_hash": pdh, "path": "dir"},
               "/var/spool/cwl/deep/note.txt": {"kind": "text", "content": "note\n"}}
-    _, _, out = _run_ok(api, request_body(["sh", "-c", "echo a > a.out; echo b > b.tmp"], stand_in_image,
+    _, _, out = _run_ok(api, request_body(["sh", "-c", "echo a > a.out; echo b > b.tmp"], test_image,
                                           owner_uuid=project, mounts=mounts,
                                           output_glob=["*.out", "ro/input.txt", "deep/**"]))
     assert out == {"a.out": b"a\n", "ro/input.txt": b"input data\n", "deep/note.txt": b"note\n"}
 
 
-def test_collection_mounts_of_a_file_or_a_subdirectory(api, project: str, stand_in_image: str) -> None:
+def test_collection_mounts_of_a_file_or_a_subdirectory(api, project: str, test_image: str) -> None:
     pdh = _inputs(api, project, {"dir/input.txt": "input data\n", "dir/sub/deep.txt": "deep\n"})
     script = """set -e
 cat /var/lib/cwl/stg1/input.txt > file.txt
@@ -338,13 +338,13 @@ cat /var/lib/cwl/stg3.txt > slash.txt
               "/var/lib/cwl/stg1/input.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "dir/input.txt"},
               "/var/lib/cwl/stg2": {"kind": "collection", "portable_data_hash": pdh, "path": "dir"},
               "/var/lib/cwl/stg3.txt": {"kind": "collection", "portable_data_hash": pdh, "path": "/dir/sub/deep.txt"}}
-    _, _, out = _run_ok(api, request_body(["sh", "-c", script], stand_in_image, owner_uuid=project, mounts=mounts))
+    _, _, out = _run_ok(api, request_body(["sh", "-c", script], test_image, owner_uuid=project, mounts=mounts))
     assert out == {"file.txt": b"input data\n", "listing.txt": b"input.txt sub ", "deep.txt": b"deep\n",
                    "slash.txt": b"deep\n"}
 
 
-def test_max_run_time_stops_the_container(api, project: str, stand_in_image: str) -> None:
-    body = request_body(["sleep", "1000"], stand_in_image, owner_uuid=project, container_count_max=1,
+def test_max_run_time_stops_the_container(api, project: str, test_image: str) -> None:
+    body = request_body(["sleep", "1000"], test_image, owner_uuid=project, container_count_max=1,
                         scheduling_parameters={"max_run_time": 1}, environment={"RUN": secrets.token_hex(6)})
     started = time.monotonic()
     cr = wait_final(api, create_request(api, body)["uuid"], timeout=30)

@@ -35,8 +35,8 @@ def _state_changes(events: list[tuple[float, dict]], uuid: str) -> list[tuple[st
 
 
 def test_subscribe_sees_request_and_container_states_within_a_second(api, project: str,
-                                                                      stand_in_image: str) -> None:
-    cr = create_request(api, request_body(["sh", "-c", "sleep 0.5; echo done"], stand_in_image,
+                                                                      test_image: str) -> None:
+    cr = create_request(api, request_body(["sh", "-c", "sleep 0.5; echo done"], test_image,
                                           owner_uuid=project, state="Uncommitted"))
     last = api.logs().list(order=["id desc"], limit=1, select=["id"]).execute()["items"][0]["id"]
     cr = api.container_requests().update(uuid=cr["uuid"], body={"container_request": {

@@ -14,9 +14,9 @@ from e2e_util import container, create_request, request_body, wait_final
 
 
 @pytest.fixture(scope="module")
-def second_image(cluster_env: dict[str, str], stand_in_image: str) -> str:
+def second_image(cluster_env: dict[str, str], test_image: str) -> str:
     name = "toil-arvados-reuse-test:other"
-    assert register_stand_in(cluster_env, name) != register_stand_in(cluster_env, stand_in_image)
+    assert register_stand_in(cluster_env, name) != register_stand_in(cluster_env, test_image)
     return name
 
 
@@ -30,8 +30,8 @@ def _submit(api, body: dict) -> dict:
     return create_request(api, body)
 
 
-def test_identical_requests_share_one_container(api, project: str, stand_in_image: str) -> None:
-    body = _base(stand_in_image, project)
+def test_identical_requests_share_one_container(api, project: str, test_image: str) -> None:
+    body = _base(test_image, project)
     first = _submit(api, body)
     second = _submit(api, dict(body, name="second", priority=100))  # name/priority do not matter
     assert second["container_uuid"] == first["container_uuid"]
@@ -58,9 +58,9 @@ CHANGES = {
 
 
 @pytest.mark.parametrize("what", sorted(CHANGES) + ["container_image"])
-def test_any_change_gives_a_new_container(api, project: str, stand_in_image: str, second_image: str,
+def test_any_change_gives_a_new_container(api, project: str, test_image: str, second_image: str,
                                           what: str) -> None:
-    body = _base(stand_in_image, project)
+    body = _base(test_image, project)
     original = _submit(api, body)
     changed = dict(body, **(CHANGES[what](body) if what in CHANGES else {"container_image": second_image}))
     other = _submit(api, changed)
@@ -75,8 +75,8 @@ def test_any_change_gives_a_new_container(api, project: str, stand_in_image: str
         assert c_orig["container_image"] != c_other["container_image"]
 
 
-def test_use_existing_false_never_reuses(api, project: str, stand_in_image: str) -> None:
-    body = _base(stand_in_image, project)
+def test_use_existing_false_never_reuses(api, project: str, test_image: str) -> None:
+    body = _base(test_image, project)
     first = wait_final(api, _submit(api, body)["uuid"])
     fresh = _submit(api, dict(body, use_existing=False))
     assert fresh["container_uuid"] != first["container_uuid"]

@@ -26,6 +26,16 @@ pytestmark = [
 ]
 
 PDH = "d41d8cd98f00b204e9800998ecf8427e+0"
+REPO = Path(__file__).resolve().parent.parent
+#: The image every container here runs in (python:3-slim, built from Debian packages).
+IMAGE: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _image(built_images: dict[str, Any]) -> None:
+    from conftest import PYTHON_IMAGE
+
+    IMAGE["tarball"] = str(built_images[PYTHON_IMAGE].tarball)
 
 
 def make_spec(tmp: Path, command: list[str], **over: Any) -> dict[str, Any]:
@@ -52,12 +62,21 @@ def make_spec(tmp: Path, command: list[str], **over: Any) -> dict[str, Any]:
         "stdout_log": str(tmp / "logs" / "stdout.txt"),
         "stderr_log": str(tmp / "logs" / "stderr.txt"),
         "crunch_log": str(tmp / "logs" / "crunch-run.txt"),
-        "image": "arvados/jobs:latest (pdh 0123+45)",
+        "image": "python:3-slim (pdh 0123+45)",
+        "image_tarball": IMAGE["tarball"],
+        "rootfs_scratch": str(_scratch(tmp)),
         "vcpus": 1,
         "ram": 256 * 1024 * 1024,
     }
     spec.update(over)
     return spec
+
+
+def _scratch(tmp: Path) -> Path:
+    """A fresh directory for one container's writable layer (as the dispatcher makes one)."""
+    d = tmp / f"rootfs-{os.urandom(4).hex()}"
+    d.mkdir()
+    return d
 
 
 def run(spec: dict[str, Any], runtime: NamespaceRuntime | None = None) -> tuple[int, Any]:
@@ -97,7 +116,7 @@ def test_mounts_visible_at_their_paths_and_host_untouched(tmp_path: Path) -> Non
     script = (
         "set -e; pwd; echo written > /var/spool/cwl/x; cat cwl.input.json; "
         f"cat /keep/{PDH}/sub/data.txt; echo t > /tmp/t; ls /var/spool; "
-        "test -d /work && test -x /usr/bin/env && echo host-dirs-ok"
+        f"test -x /usr/bin/env && ! test -e {REPO} && echo image-root-ok"
     )
     code, c = run(make_spec(tmp_path, ["sh", "-c", script]))
     out = read(tmp_path, "stdout.txt")
@@ -105,7 +124,7 @@ def test_mounts_visible_at_their_paths_and_host_untouched(tmp_path: Path) -> Non
     assert c.signal is None and not c.killed
     lines = out.splitlines()
     assert lines[0] == "/var/spool/cwl"
-    assert '{"x": 1}' in lines and "keep data" in lines and "host-dirs-ok" in lines
+    assert '{"x": 1}' in lines and "keep data" in lines and "image-root-ok" in lines
     assert "cwl" in lines  # /var/spool inside shows the mount point
     assert (tmp_path / "out" / "x").read_text() == "written\n"
     assert (tmp_path / "tmp" / "t").read_text() == "t\n"
@@ -116,8 +135,8 @@ def test_mounts_visible_at_their_paths_and_host_untouched(tmp_path: Path) -> Non
     # The file mount's mount point was cleaned out of the output directory.
     assert sorted(os.listdir(tmp_path / "out")) == ["x"]
     crunch = read(tmp_path, "crunch-run.txt")
-    assert "image arvados/jobs:latest (pdh 0123+45) recorded, not enforced" in crunch
-    assert "own mount and PID namespace" in crunch
+    assert "image python:3-slim (pdh 0123+45) (2 layer(s)) as the root filesystem" in crunch
+    assert "own mount and PID namespaces" in crunch
     assert "exited with code 0" in crunch
 
 
@@ -157,17 +176,19 @@ def test_exit_codes_and_signals(tmp_path: Path) -> None:
     assert code == 1
 
 
-def test_environment_is_exactly_as_given(tmp_path: Path) -> None:
+def test_environment_is_the_image_env_under_the_given_one(tmp_path: Path) -> None:
+    # As Docker: the image's ENV (python:3-slim sets PATH and LANG), overridden by the container's.
     env = {"A": "1", "B": "two words", "PATH": "/usr/bin:/bin", "HOME": "/var/spool/cwl"}
     code, _ = run(make_spec(tmp_path, ["env"], environment=env))
     assert code == 0
     got = dict(line.split("=", 1) for line in read(tmp_path, "stdout.txt").splitlines())
-    assert got == env
+    assert got == {**env, "LANG": "C.UTF-8"}
     (tmp_path / "logs" / "stdout.txt").unlink()
     code, _ = run(make_spec(tmp_path, ["env"], environment={"K": "V"}))
     got = dict(line.split("=", 1) for line in read(tmp_path, "stdout.txt").splitlines())
     assert got["K"] == "V" and got["HOME"] == "/root" and "/usr/bin" in got["PATH"]
-    assert set(got) == {"K", "HOME", "PATH"}
+    assert set(got) == {"K", "HOME", "PATH", "LANG"}
+    assert os.environ.get("PATH") != got["PATH"] or "/.venv/" not in got["PATH"]
 
 
 def test_stdin_and_stdout_redirection(tmp_path: Path) -> None:
@@ -238,11 +259,17 @@ def test_kill_stops_everything_promptly(tmp_path: Path) -> None:
     assert "killed (cancelled)" in read(tmp_path, "crunch-run.txt")
 
 
-def test_host_python_venv_usable_inside(tmp_path: Path) -> None:
-    code, _ = run(make_spec(tmp_path, [sys.executable, "-c",
-                                       "import toil_arvados, sys, json; print(sys.prefix)"]))
+def test_host_files_are_invisible(tmp_path: Path) -> None:
+    """Only the image and the mounts: not the leader's venv or checkout, not a host file next to
+    the mounts, not the layer cache, not the host's Python."""
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host only\n")
+    paths = [sys.prefix, str(REPO), str(secret), str(tmp_path), os.path.expanduser("~/.cache")]
+    script = ("python3 -c 'import sys; print(sys.prefix)'; "
+              + "; ".join(f"test -e {p} && echo VISIBLE {p}" for p in paths) + "; true")
+    code, _ = run(make_spec(tmp_path, ["sh", "-c", script]))
     assert code == 0, read(tmp_path, "stderr.txt")
-    assert read(tmp_path, "stdout.txt").strip() == sys.prefix
+    assert read(tmp_path, "stdout.txt").split() == ["/usr"]
 
 
 def test_limits_are_logged_and_cgroups_cleaned(tmp_path: Path) -> None:
@@ -330,7 +357,7 @@ def test_init_killed_from_outside_is_lost(tmp_path: Path) -> None:
 def test_memory_limit_kills_the_command_not_init(tmp_path: Path) -> None:
     if not os.path.isdir("/sys/fs/cgroup/memory"):
         pytest.skip("no cgroup v1 memory controller")
-    code, c = run(make_spec(tmp_path, [sys.executable, "-c", "x = bytearray(300 << 20)"],
+    code, c = run(make_spec(tmp_path, ["python3", "-c", "x = bytearray(300 << 20)"],
                             ram=64 << 20))
     if "enforcing ram" not in read(tmp_path, "crunch-run.txt"):
         pytest.skip("memory limit not enforceable here")

@@ -39,8 +39,10 @@ from toil.batchSystems.singleMachine import SingleMachineBatchSystem
 from toil.batchSystems.options import OptionSetter
 from toil.common import Config
 from toil.job import JobDescription, Requirer
+from toil.resource import Resource
 
 from . import arvados_client
+from .images.worker import check_worker_image, default_image_name
 from .timestamps import parse_timestamp
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_step_request import PROPERTY_STEP_JOB_STORE_ID, PROPERTY_WORKFLOW_RUN, StepSettings
@@ -54,7 +56,7 @@ from .container_request import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WORKER_IMAGE = "toil-arvados/worker:latest"
+DEFAULT_WORKER_IMAGE = default_image_name()
 DEFAULT_MAX_STEPS = 32
 # Step processes get job IDs from their own counter, started far above the one container and
 # local jobs share, so the leader never sees one ID twice.
@@ -80,7 +82,12 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     @classmethod
     def supportsAutoDeployment(cls) -> bool:
-        return False
+        """True: the user's script reaches the workers through the job store (Toil's resources),
+        as on Toil's Kubernetes batch system; the worker image holds only Toil and this plugin."""
+        return True
+
+    def setUserScript(self, userScript: Resource) -> None:
+        self.user_script = userScript
 
     def __init__(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
         super().__init__(config, maxCores, maxMemory, maxDisk)
@@ -92,14 +99,13 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         project = arvados_client.resolve_project(self.api, getattr(config, "arvados_project", None), user)
         image = getattr(config, "arvados_worker_image", None) or DEFAULT_WORKER_IMAGE
         arvados_client.check_image(self.api, image)
+        check_worker_image(self.api, image)
         cluster = arvados_client.cluster_config(self.api)
         self.largest_instance = _largest_instance(cluster)
-        python = getattr(config, "arvados_worker_python", None)
-        if not python:
-            # On the local cluster's namespace runtime a container sees this machine's filesystem,
-            # so the leader's own interpreter (with toil-arvados installed) is the worker's too.
-            engine = (cluster.get("Containers") or {}).get("RuntimeEngine")
-            python = sys.executable if engine == "namespace" else "python3"
+        # The image's interpreter: a container never sees the leader's files.
+        python = getattr(config, "arvados_worker_python", None) or "python3"
+        self.user_script: Resource | None = None
+        self.file_job_store = _is_file_job_store(config.jobStore)
         self.settings = SubmitSettings(
             project_uuid=project, image=image,
             priority=int(getattr(config, "arvados_priority", None) or 500),
@@ -158,8 +164,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                                  f"(default: {DEFAULT_WORKER_IMAGE})")
         parser.add_argument("--arvadosWorkerPython", dest="arvados_worker_python", default=None,
                             env_var="TOIL_ARVADOS_WORKER_PYTHON",
-                            help="Python interpreter inside the worker image (default: python3; the leader's "
-                                 "own interpreter on the local cluster)")
+                            help="Python interpreter inside the worker image (default: python3, which the "
+                                 "worker image puts first on its PATH)")
         parser.add_argument("--arvadosPriority", dest="arvados_priority", default=500, type=int,
                             env_var="TOIL_ARVADOS_PRIORITY",
                             help="Priority of submitted container requests, 1-1000 (default: %(default)s)")
@@ -232,12 +238,15 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if self.stepBatch is not None and job_desc.jobName == "CWLJob":
             return self._issue_step(command, job_desc, job_environment)
         self.check_resource_request(job_desc)
+        self._check_job_store_reachable(command)
         # From the counter the local (leader-side) jobs use too: Toil's leader keys every issued job
         # by this ID, and a container job sharing a local job's ID corrupts its bookkeeping
         # ("An unexpected job is still running", "Jobs waiting on successors at shutdown").
         batch_id = self.getNextJobID()
         env = dict(self.environment)
         env.update(job_environment or {})
+        if self.user_script is not None:  # what Resource.register() would set in the worker
+            env[self.user_script.resourceEnvNamePrefix + self.user_script.pathHash] = self.user_script.pickle()
         existing = self._reattach.pop(str(job_desc.jobStoreID), None)
         if existing is not None:
             cr = existing
@@ -268,6 +277,15 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if cr.get("state") == "Final":  # e.g. reused a finished container at once
             self._mark_final(batch_id)
         return batch_id
+
+    def _check_job_store_reachable(self, command: str) -> None:
+        """A Toil worker in a container cannot open a job store on the leader's disk."""
+        words = shlex.split(command)
+        if self.file_job_store and words and words[0].endswith("_toil_worker"):
+            raise ArvadosSetupError(
+                f"job store {self.config.jobStore} is on this machine's disk, which Toil workers "
+                "running in Arvados containers cannot see: use --jobStore arvados:<name> (a Keep "
+                "job store in your home project) or arvados:<project-uuid>/<name>")
 
     def _issue_step(self, command: str, job_desc: JobDescription, job_environment: dict[str, str] | None) -> int:
         """Run a CWL tool job on the leader, where it submits the tool as a container request."""
@@ -641,6 +659,13 @@ def _leader_side_command(command: str, mode: str) -> str:
     """A job command run on the leader through our worker entrypoint (``exec``: the process is
     then the leader's own child and dies with it, see worker.py)."""
     return f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker {mode} {shlex.quote(command)}"
+
+
+def _is_file_job_store(locator: str | None) -> bool:
+    """Whether a Toil job store locator names a directory (``file:`` or a bare path)."""
+    from toil.common import Toil
+
+    return bool(locator) and Toil.parseLocator(str(locator))[0] == "file"
 
 
 def _largest_instance(cluster: dict) -> tuple[int, int] | None:

@@ -55,36 +55,43 @@ def _cluster_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_image(args: argparse.Namespace) -> int:
-    from .localcluster import control
-    from .localcluster.images import register_stand_in
+def _build_worker(args: argparse.Namespace) -> int:
+    from .images.debian import DEFAULT_CACHE_DIR
+    from .images.worker import build_worker_image
 
-    cfg = _load(args.state_dir)
-    pdh = register_stand_in(control.client_env(cfg), args.image)
-    print(f"{args.image} registered as a stand-in image: {pdh}")
+    built = build_worker_image(args.cache_dir or DEFAULT_CACHE_DIR)
+    _report(built, args)
     return 0
 
 
-def _build_standins(args: argparse.Namespace) -> int:
-    from .localcluster import control
-    from .localcluster.runtime.selection import resolve_docker_host
-    from .localcluster.standin_images import DEFAULT_CACHE_DIR, build_and_upload
+def _build_images(args: argparse.Namespace) -> int:
+    from .images.build import SUITE_RECIPES, build_image
+    from .images.debian import DEFAULT_CACHE_DIR
 
-    cfg = _load(args.state_dir)
-    if not (control.is_running(args.state_dir) and control.answers(cfg)):
-        raise control.ClusterError(f"the cluster in {cfg.state_dir} is not running: start it with "
-                                   "`toil-arvados cluster up`")
-    import arvados
-
-    env = control.client_env(cfg)
-    api = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
-                      num_retries=3)
-    docker_host = resolve_docker_host(args.docker_host or cfg.docker_host)
-    for image in build_and_upload(api, docker_host, args.only, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR,
-                                  owner_uuid=args.project):
-        print(f"{image.name}: sha256:{image.image_id[:12]} in Keep as {image.pdh} "
-              f"({'built' if image.rebuilt else 'cached'} {image.seconds:.1f}s, upload {image.upload_seconds:.1f}s)")
+    names = args.names or list(SUITE_RECIPES)
+    unknown = sorted(set(names) - set(SUITE_RECIPES))
+    if unknown:
+        raise ValueError(f"no recipe for image {unknown[0]}: choose from {', '.join(SUITE_RECIPES)} "
+                         "(the worker image: toil-arvados images build-worker)")
+    for name in names:
+        _report(build_image(SUITE_RECIPES[name], args.cache_dir or DEFAULT_CACHE_DIR), args)
     return 0
+
+
+def _report(built, args: argparse.Namespace) -> None:
+    """Print what was built and, with --upload, store it in Keep where ARVADOS_API_HOST says."""
+    line = (f"{built.name}: sha256:{built.image_id[:12]} ({'built' if built.rebuilt else 'cached'} "
+            f"in {built.seconds:.1f}s, {built.tarball})")
+    if args.upload:
+        from . import arvados_client
+        from .images.keep import store_image
+
+        api = arvados_client.connect()
+        arvados_client.check_connection(api)
+        pdh = store_image(api, built.tarball, built.image_id, built.names, owner_uuid=args.project,
+                          properties=built.properties)
+        line += f"; in Keep on {arvados_client.api_host()} as {pdh}"
+    print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,22 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     with_state(csub.add_parser("down", help="stop the cluster (its state is kept)")).set_defaults(func=_cluster_down)
     with_state(csub.add_parser("status", help="is the cluster running?")).set_defaults(func=_cluster_status)
     with_state(csub.add_parser("env", help="print the ARVADOS_API_* exports for a shell")).set_defaults(func=_cluster_env)
-    p = with_state(csub.add_parser("register-image", help="register a stand-in Docker image name in Keep"))
-    p.add_argument("image", help="image name, e.g. arvados/jobs:3.2.1")
-    p.set_defaults(func=_register_image)
 
-    images = sub.add_parser("images", help="Docker images for the local cluster")
+    images = sub.add_parser("images", help="container images, built from Debian packages without Docker")
     isub = images.add_subparsers(dest="action", required=True)
-    p = with_state(isub.add_parser(
-        "build-standins", help="build the images the CWL suite names (debian:stable-slim, python:3-slim, "
-        "bash:4.4, alpine:latest) from Debian packages and load them into the cluster's Keep"))
-    p.add_argument("--only", action="append", metavar="IMAGE",
-                   help="build just this image (repeatable; default: all four)")
-    p.add_argument("--docker-host", help="Docker engine to build in (default: the cluster's, else $DOCKER_HOST)")
-    p.add_argument("--cache-dir", type=Path,
-                   help="where the debootstrap base filesystem is cached (default ~/.cache/toil-arvados)")
-    p.add_argument("--project", help="project (or user) UUID to own the image collections (default: you)")
-    p.set_defaults(func=_build_standins)
+
+    def image_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--upload", action="store_true",
+                       help="store the image in Keep as arv-keepdocker does, on the cluster "
+                            "ARVADOS_API_HOST/ARVADOS_API_TOKEN name")
+        p.add_argument("--project", help="project (or user) UUID to own the image collection (default: you)")
+        p.add_argument("--cache-dir", type=Path, help="build cache (default ~/.cache/toil-arvados)")
+        return p
+
+    image_options(isub.add_parser(
+        "build-worker", help="build the Toil worker image for this leader's toil and toil-arvados "
+        "versions")).set_defaults(func=_build_worker)
+    p = image_options(isub.add_parser(
+        "build", help="build the images the CWL suite names (debian:stable-slim, python:3-slim, "
+        "bash:4.4, alpine:latest) from Debian packages"))
+    p.add_argument("names", nargs="*", metavar="IMAGE", help="just these (default: all four)")
+    p.set_defaults(func=_build_images)
 
     demo = sub.add_parser("demo", help="start the local cluster and run the demo workflow on it")
     demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -141,11 +152,14 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from .arvados_client import ArvadosSetupError
+    from .images.archive import ArchiveError
+    from .images.debian import ImageBuildError
     from .localcluster.control import ClusterError
 
     try:
         return args.func(args)
-    except ClusterError as e:
+    except (ClusterError, ArvadosSetupError, ImageBuildError, ArchiveError) as e:
         print(f"toil-arvados: {e}", file=sys.stderr)
         return 1
     except ValueError as e:

@@ -184,9 +184,8 @@ class ArvadosStepJob(JobBase):
         return {"HOME": self.builder.outdir, "TMPDIR": self.builder.tmpdir}
 
     def prepare_environment(self, runtimeContext: Any, envVarReq: Mapping[str, str]) -> None:
-        # As for any container: only what the tool asks for, never the leader's environment --
-        # except that with --no-container, as cwltool does, tools find programs on the leader's
-        # PATH (the default image is then the leader's own machine, e.g. the local cluster's).
+        # As for any container: only what the tool asks for, never the leader's environment.
+        # With --no-container the tool runs in the default image, with that image's own PATH.
         env: dict[str, str] = {}
         # EnvVarRequirements of the input document (cwl:requirements): Toil's CWLJob evaluates
         # them into the environment and names them in preserve_environment.
@@ -195,8 +194,6 @@ class ArvadosStepJob(JobBase):
                 env[key] = os.environ[key]
         env.update(envVarReq)
         env.update(self._required_env())
-        if getattr(runtimeContext, "toil_arvados_no_container", False) and "PATH" in os.environ:
-            env.setdefault("PATH", os.environ["PATH"])
         self.environment = env
 
     def run(self, runtimeContext: Any, tmpdir_lock: Any = None) -> None:

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             install()
         if cwl_local:
             _exit_with_leader()
+        if not (cwl_steps or cwl_local):
+            _prepare_user_script()
         if (cwl_steps or cwl_local) and os.environ.get("TOIL_ARVADOS_INPLACE_UPDATES") == "1":
             from toil_arvados.cwl_images import allow_inplace_updates
 
@@ -53,6 +55,25 @@ def main(argv: list[str] | None = None) -> int:
         return int(result or 0)
     os.execv("/bin/sh", ["/bin/sh", "-c", command])
     return 127  # not reached
+
+
+def _prepare_user_script() -> None:
+    """Let Toil's worker fetch the user's script from the job store (auto-deployment).
+
+    The batch system puts the script's resource description in the environment, as
+    ``Resource.register()`` would; this does the rest of what Toil's contained executor does:
+    a private directory to download into, and ``keep:`` URLs for ``urlopen``.
+    """
+    from toil.resource import Resource
+
+    prefix = Resource.resourceEnvNamePrefix
+    if not any(k.startswith(prefix) and k != prefix + "ROOT" for k in os.environ):
+        return
+    from toil_arvados import keep_urllib
+
+    keep_urllib.install()
+    if prefix + "ROOT" not in os.environ:
+        Resource.prepareSystem()
 
 
 def _exit_with_leader() -> None:

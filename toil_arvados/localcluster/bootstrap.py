@@ -38,33 +38,3 @@ def _user(username: str, first: str, last: str, *, admin: bool, owner: str) -> d
         "identity_url": None, "is_active": True, "is_admin": admin, "is_invited": True,
         "prefs": {"profile": {}}, "writable_by": [owner],
     }
-
-
-# Images every local cluster offers from its first start: the Toil worker image the batch system
-# uses by default, and Arvados' own runner image name. Both are stand-ins (see images.py).
-DEFAULT_IMAGES = ("toil-arvados/worker:latest", "arvados/jobs:latest")
-
-
-def bootstrap_images(store: Store, blockstore: Any, names: tuple[str, ...] = DEFAULT_IMAGES) -> None:
-    """Register stand-in images server-side (no SDK needed), once per name."""
-    from .collections import store_manifest
-    from .images import STAND_IN_PROPERTY, repo_tag, stand_in_tarball
-    from .store import timestamp
-
-    sysuser = store.system_user_uuid
-    for image in names:
-        tag = repo_tag(image)
-        if any(l.get("link_class") == "docker_image_repo+tag" and l.get("name") == tag
-               for l in store.records("links")):
-            continue
-        image_id, tarball = stand_in_tarball(image)
-        md5 = blockstore.put(tarball)
-        manifest = f". {md5}+{len(tarball)} 0:{len(tarball)}:{image_id}.tar\n"
-        coll = store_manifest(store, manifest, name=f"Docker image {tag} sha256:{image_id[:12]}",
-                              owner_uuid=sysuser,
-                              properties={STAND_IN_PROPERTY: "empty image: the namespace runtime runs commands "
-                                                             "on the host filesystem", "docker-image-repo-tag": tag})
-        for link_class, name in (("docker_image_hash", f"sha256:{image_id}"), ("docker_image_repo+tag", tag)):
-            store.create("links", {"link_class": link_class, "name": name, "head_uuid": coll["uuid"],
-                                   "tail_uuid": None, "owner_uuid": sysuser,
-                                   "properties": {"image_timestamp": timestamp()}}, by=sysuser)

@@ -28,6 +28,7 @@ from . import collection_files, output_glob
 from . import manifest as mf
 from .blockstore import BlockStore
 from .collections import store_manifest
+from ..images.archive import find_tarball
 from .containers import STREAM_MOUNTS, Lifecycle
 from .resources import new_token_secret
 from .runtime import Runtime
@@ -285,7 +286,7 @@ class Dispatcher:
             "vcpus": int(rc.get("vcpus") or 1),
             "ram": int(rc.get("ram") or 0),
             "api": bool(rc.get("API")),
-            **self._image_spec(image),
+            **self._image_spec(image, workdir),
         }
         (logdir / "container.json").write_text(json.dumps(_public_container(c), indent=2, sort_keys=True))
         return spec
@@ -360,23 +361,19 @@ class Dispatcher:
             raise RuntimeError(f"collection {pdh} not found")
         return manifest
 
-    def _image_spec(self, pdh: str | None) -> dict:
-        """What the runtime needs of the image: whether it is a stand-in (see images.py), and,
-        for a runtime that loads images (Docker), the host path of its ``docker save`` tarball."""
-        from .images import STAND_IN_PROPERTY
-
-        stand_in = None
-        # A snapshot (list() copies atomically): this runs in a thread while the loop adds records.
-        for c in list(self.store.records("collections")) if pdh else ():
-            props = c.get("properties") or {}
-            if c.get("portable_data_hash") == pdh and STAND_IN_PROPERTY in props:
-                stand_in = str(props[STAND_IN_PROPERTY] or "stand-in")
-                break
-        tarball = None
-        if pdh and stand_in is None and getattr(self.runtime, "loads_images", False):
-            tars = sorted(self._materialized(pdh).glob("*.tar"))
-            tarball = str(tars[0]) if tars else None
-        return {"image_stand_in": stand_in, "image_tarball": tarball}
+    def _image_spec(self, pdh: str | None, workdir: Path) -> dict:
+        """Where the runtime finds the image: the ``docker save`` archive of its collection (as
+        crunch-run loads it from Keep), materialized once per image, and a scratch directory
+        for the container's writable layer."""
+        if not pdh:
+            raise RuntimeError("the container has no container_image")
+        tarball = find_tarball(self._materialized(pdh))
+        if tarball is None:
+            raise RuntimeError(f"image collection {pdh} holds no <image id>.tar (store images "
+                               "with arv-keepdocker or toil-arvados images)")
+        scratch = workdir / "rootfs"
+        scratch.mkdir()
+        return {"image_tarball": str(tarball), "rootfs_scratch": str(scratch)}
 
     # -- output and logs ---------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from .api import ApiServer
 from .auth import Authorizer
 from .blockstore import BlockStore
-from .bootstrap import bootstrap, bootstrap_images
+from .bootstrap import bootstrap
 from .collections import Collections
 from .config import ClusterConfig
 from .containers import ContainerRequests, Containers, Lifecycle
@@ -76,7 +76,6 @@ class Cluster:
         bootstrap(self.store, cfg)
         self.authz = Authorizer(self.store)
         self.blockstore = BlockStore(state / "keep")
-        bootstrap_images(self.store, self.blockstore)
         self.lifecycle = Lifecycle(self.store, cfg)
         self.api = ApiServer(self.store, self.authz, self._discovery)
         self.api.config = cfg
@@ -102,10 +101,10 @@ class Cluster:
 
     async def _config(self, req: Any) -> dict:
         config = exported_config(self.cfg)
-        # RuntimeEngine stays "namespace": it describes where the (stand-in) worker images run.
-        # This extension says where containers with real images run right now.
+        # Where containers run right now: Docker when an engine answers, else namespaces
+        # (crunch-run's "singularity" plays the same part on a real cluster).
         docker = await asyncio.to_thread(self.dispatcher.runtime.docker_available)
-        config["Containers"]["ToilArvadosImageRuntime"] = "docker" if docker else "namespace"
+        config["Containers"]["RuntimeEngine"] = "docker" if docker else "namespace"
         return config
 
     async def _vocabulary(self, req: Any) -> dict:

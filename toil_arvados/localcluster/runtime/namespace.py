@@ -3,9 +3,10 @@
 There is no Docker on this machine, but an Arvados container's command must see its mounts
 at the paths the container record names (``/var/spool/cwl``, ``/keep/<pdh>/...``, ``/tmp``,
 single-file mounts such as ``/var/spool/cwl/cwl.input.json``).  Each container therefore gets
-a private mount namespace whose root is a tmpfs of bind mounts (see :mod:`.nsinit`, which
-does the work inside the namespaces), and a PID namespace so that cancelling it kills every
-process it started.  The image is recorded, not enforced.
+a private mount namespace whose root is its image (an overlay of the image's layers, unpacked
+once per layer by :mod:`.layers`) with its mounts bound on top (see :mod:`.nsinit`, which does
+the work inside the namespaces), and a PID namespace so that cancelling it kills every process
+it started.  Nothing of the host is visible.
 
 Run spec (JSON-serializable dict; host paths are resolved by the dispatcher)::
 
@@ -22,8 +23,11 @@ Run spec (JSON-serializable dict; host paths are resolved by the dispatcher)::
                                   may equal stdout (then both streams share the file)
     stderr_log       str          host file receiving stderr otherwise (appended)
     crunch_log       str          host file for the runtime's own timestamped lines (appended)
-    image            str          recorded in the crunch log only
-    vcpus, ram       int          enforced with cgroup v1 cpu/memory when available
+    image            str          recorded in the crunch log
+    image_layers     list[str]    the image's unpacked layer directories, top first
+    rootfs_upper     str          empty host directory: the container's writable layer
+    rootfs_work      str          empty host directory on the same filesystem (overlayfs)
+    vcpus, ram       int          enforced with cgroup v1 or v2 cpu/memory when available
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
+from ...images.archive import ArchiveError
 from . import ContainerSetupError, RunSpec
+from .layers import LayerCache
 
 logger = logging.getLogger(__name__)
 
@@ -61,24 +68,57 @@ def _crunch_log(path: Optional[str], msg: str) -> None:
         logger.warning("cannot write crunch log %s: %s", path, e)
 
 
-def _own_cgroup(controller: str) -> Optional[tuple[str, str]]:
-    """(hierarchy directory, our cgroup path) for a cgroup v1 *controller*, if mounted."""
+def _cgroup_lines() -> list[str]:
     try:
         with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
+            return f.read().splitlines()
     except OSError:
-        return None
-    for line in lines:
-        _, ctrls, path = line.split(":", 2)
+        return []
+
+
+def _own_cgroup(controller: str) -> Optional[tuple[str, str]]:
+    """(hierarchy directory, our cgroup path) for *controller*: its v1 hierarchy if mounted,
+    else the unified (v2) hierarchy when it offers the controller."""
+    unified = None
+    for line in _cgroup_lines():
+        hid, ctrls, path = line.split(":", 2)
         if controller in ctrls.split(","):
             hierarchy = os.path.join(_CGROUP_V1, ctrls)
             if os.path.isdir(hierarchy):
                 return hierarchy, path
+        if hid == "0" and ctrls == "":
+            unified = path
+    if unified is not None and _v2_offers(unified, controller):
+        return _CGROUP_V1, unified
     return None
 
 
+def _v2_offers(path: str, controller: str) -> bool:
+    """On cgroup v2: make *controller* available to our children (best effort)."""
+    d = os.path.join(_CGROUP_V1, path.lstrip("/"))
+    try:
+        with open(os.path.join(d, "cgroup.controllers")) as f:
+            if controller not in f.read().split():
+                return False
+        with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+            f.write(f"+{controller}")
+        return True
+    except OSError:
+        return False
+
+
+def limit_knobs(controller: str, value: float, v2: bool, period: int = 100_000) -> dict[str, str]:
+    """The cgroup files that enforce *value* (bytes of ram, or CPUs) on cgroup v1 or v2."""
+    if controller == "memory":
+        return {"memory.max" if v2 else "memory.limit_in_bytes": str(int(value))}
+    quota = int(value * period)
+    if v2:
+        return {"cpu.max": f"{quota} {period}"}
+    return {"cpu.cfs_period_us": str(period), "cpu.cfs_quota_us": str(quota)}
+
+
 class _Limits:
-    """Per-container cgroups (v1) enforcing ``ram`` and ``vcpus``, best effort.
+    """Per-container cgroups (v1 or v2) enforcing ``ram`` and ``vcpus``, best effort.
 
     Why nested under *our own* cgroup: the container stays accounted to whatever limits the
     dispatcher itself runs under, and we never touch cgroups we did not create.
@@ -89,11 +129,12 @@ class _Limits:
         self.procs: list[str] = []
         self.log: list[str] = []
         self.memory_dir: Optional[str] = None
+        self.v2 = False
         name = "toil-arvados-" + (uuid or f"pid{os.getpid()}-{time.monotonic_ns()}")
         if ram:
             ram = max(int(ram), MIN_RAM)
             d = self._make("memory", name)
-            if d and self._write(d, "memory.limit_in_bytes", ram):
+            if d and self._apply(d, limit_knobs("memory", ram, self.v2)):
                 self.memory_dir = d
                 self.log.append(f"enforcing ram: memory limit {ram} bytes (cgroup {d})")
             else:
@@ -101,17 +142,8 @@ class _Limits:
                                 "cgroup)")
         if vcpus:
             d = self._make("cpu", name)
-            period = 100_000
-            if d:
-                try:
-                    with open(os.path.join(d, "cpu.cfs_period_us")) as f:
-                        period = int(f.read())
-                except (OSError, ValueError):
-                    pass
-            quota = int(float(vcpus) * period)
-            if d and self._write(d, "cpu.cfs_quota_us", quota):
-                self.log.append(f"enforcing vcpus: cpu quota {vcpus} CPU(s) "
-                                f"({quota}us per {period}us, cgroup {d})")
+            if d and self._apply(d, limit_knobs("cpu", float(vcpus), self.v2)):
+                self.log.append(f"enforcing vcpus: cpu quota {vcpus} CPU(s) (cgroup {d})")
             else:
                 self.log.append(f"vcpus {vcpus} requested: not enforced (no usable cpu cgroup)")
 
@@ -119,24 +151,27 @@ class _Limits:
         own = _own_cgroup(controller)
         if own is None:
             return None
+        self.v2 = own[0] == _CGROUP_V1  # v1 hierarchies are subdirectories of it
         d = os.path.join(own[0], own[1].lstrip("/"), name)
         try:
             os.makedirs(d, exist_ok=True)
         except OSError as e:
             logger.debug("cannot create cgroup %s: %s", d, e)
             return None
-        self.dirs.append(d)
-        self.procs.append(os.path.join(d, "cgroup.procs"))
+        if d not in self.dirs:
+            self.dirs.append(d)
+            self.procs.append(os.path.join(d, "cgroup.procs"))
         return d
 
     @staticmethod
-    def _write(d: str, knob: str, value: int) -> bool:
+    def _apply(d: str, knobs: dict[str, str]) -> bool:
         try:
-            with open(os.path.join(d, knob), "w") as f:
-                f.write(str(value))
+            for knob, value in knobs.items():
+                with open(os.path.join(d, knob), "w") as f:
+                    f.write(value)
             return True
         except OSError as e:
-            logger.debug("cannot set %s/%s: %s", d, knob, e)
+            logger.debug("cannot set limits in %s: %s", d, e)
             return False
 
     def memory_limit_hit(self) -> bool:
@@ -144,6 +179,10 @@ class _Limits:
         if not self.memory_dir:
             return False
         try:
+            if self.v2:
+                with open(os.path.join(self.memory_dir, "memory.events")) as f:
+                    events = dict(line.split() for line in f if line.strip())
+                return int(events.get("oom_kill", 0)) > 0 or int(events.get("max", 0)) > 0
             with open(os.path.join(self.memory_dir, "memory.failcnt")) as f:
                 return int(f.read()) > 0
         except (OSError, ValueError):
@@ -162,7 +201,7 @@ class _Limits:
                     if e.errno != errno.EBUSY:
                         logger.warning("cannot remove cgroup %s: %s", d, e)
                         break
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)  # polling interval while killed processes exit
             else:
                 logger.warning("cgroup %s still busy; left behind", d)
 
@@ -267,18 +306,44 @@ class NamespaceRuntime:
     """Runs each container under ``nsinit`` in fresh mount + PID namespaces (needs root)."""
 
     def __init__(self, python: str = sys.executable, ns_root_dir: Optional[str] = None,
-                 enforce_limits: bool = True, kill_grace: float = 2.0) -> None:
+                 enforce_limits: bool = True, kill_grace: float = 2.0,
+                 layer_cache: Optional[LayerCache] = None) -> None:
         """
-        :param python: interpreter for nsinit (stdlib only, run with ``-I -S`` for speed).
-        :param ns_root_dir: empty host directory each container mounts its tmpfs root over,
+        :param python: interpreter for nsinit (stdlib only, run with ``-I -S`` for speed); it
+            runs on the host, before the container's root exists, and is never visible in it.
+        :param ns_root_dir: empty host directory each container mounts its overlay root over,
             inside its own mount namespace (default ``/run/toil-arvados-nsroot``).
         :param enforce_limits: create per-container cgroups for ``ram``/``vcpus``.
         :param kill_grace: seconds ``kill()`` waits before SIGKILLing nsinit itself.
+        :param layer_cache: where image layers are unpacked (default: the user's cache).
         """
         self.python = python
         self.ns_root_dir = ns_root_dir
         self.enforce_limits = enforce_limits
         self.kill_grace = kill_grace
+        self.layer_cache = layer_cache or LayerCache()
+
+    async def _image_root(self, spec: RunSpec) -> RunSpec:
+        """*spec* with the image applied: its layers as the root, its ENV under the container's
+        environment, its ENTRYPOINT before the command and its WORKDIR when cwd is unset."""
+        tarball, scratch = spec.get("image_tarball"), spec.get("rootfs_scratch")
+        if not tarball or not scratch:
+            raise ContainerSetupError(f"image {spec.get('image')}: no image archive to run in")
+        try:
+            image = await asyncio.to_thread(self.layer_cache.unpack, Path(tarball))
+        except (ArchiveError, OSError) as e:
+            raise ContainerSetupError(f"image {spec.get('image')}: {e}") from None
+        if image.unpack_seconds:
+            _crunch_log(spec.get("crunch_log"), f"unpacked image sha256:{image.image_id} in "
+                                                f"{image.unpack_seconds:.1f}s (once per layer)")
+        upper, work = Path(scratch) / "upper", Path(scratch) / "work"
+        upper.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        cwd = spec.get("cwd") or "."
+        return {**spec, "image_layers": list(image.layers), "rootfs_upper": str(upper),
+                "rootfs_work": str(work), "command": image.settings.argv(list(spec["command"])),
+                "environment": image.settings.environment(dict(spec.get("environment") or {})),
+                "cwd": image.settings.workdir if cwd in ("", ".") and image.settings.workdir else cwd}
 
     async def start(self, spec: RunSpec) -> NamespaceContainer:
         """Start the container; returns as soon as nsinit is running."""
@@ -288,6 +353,7 @@ class NamespaceRuntime:
         for m in spec.get("mounts") or []:
             if not str(m.get("path", "")).startswith("/") or not m.get("source"):
                 raise ContainerSetupError(f"bad mount in run spec: {m!r}")
+        spec = await self._image_root(spec)
         child_spec = dict(spec)
         if self.ns_root_dir:
             child_spec["ns_root_dir"] = self.ns_root_dir

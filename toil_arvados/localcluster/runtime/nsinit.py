@@ -17,11 +17,11 @@ Process layout (why three processes)::
   dies the kernel kills every other process in it, and ``waitpid`` on PID 1 returns only once
   they are all gone -- so "monitor exited" means "nothing of the container is left".
   It prints one JSON status line on stdout when done.
-* The *init* (PID 1) builds the container's view of the filesystem -- a tmpfs root holding
-  bind mounts of the host's top-level directories, with the container's mounts bound at their
-  exact paths, so neither the host's ``/var/spool`` nor ``/keep`` is ever written -- mounts a
-  fresh ``/proc`` for the new PID namespace, pivots into it, forks the command, reaps
-  orphans like a real init, forwards signals, and reports the command's wait status.
+* The *init* (PID 1) builds the container's view of the filesystem -- an overlay of the
+  image's unpacked layers with a private upper directory, the container's mounts bound at
+  their exact paths, a fresh ``/proc`` for the new PID namespace and a minimal ``/dev``; no
+  host directory -- pivots into it, forks the command, reaps orphans like a real init,
+  forwards signals, and reports the command's wait status.
 * The command runs as PID 2 with exactly the given environment (plus PATH/HOME defaults, as
   Docker provides), its cwd, and stdin/stdout/stderr redirected to host files.
 """
@@ -32,10 +32,12 @@ import ctypes
 import errno
 import json
 import os
+import select
 import signal
 import stat
 import sys
 import time
+import warnings  # noqa: F401 - os.execvpe imports it lazily, after the pivot it is not there
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -190,7 +192,6 @@ def _stamp() -> bytes:
 def _pump_logs(pumps: list[tuple[int, int]]) -> None:
     """Copy the command's output pipes into their log files, timestamping each line, until
     every writer is gone (the whole PID namespace has exited, or the command closed them)."""
-    import select
 
     at_start = {r: True for r, _ in pumps}
     dest = dict(pumps)
@@ -229,73 +230,71 @@ def _pump_logs(pumps: list[tuple[int, int]]) -> None:
 # --------------------------------------------------------------------------- the new root
 
 class RootBuilder:
-    """Build the container's filesystem view under a fresh tmpfs.
+    """Build the container's filesystem under *root*: its image, its mounts, nothing else.
 
-    Why a tmpfs skeleton rather than an overlay of '/': every host directory stays a real,
-    writable bind (the Toil worker inside runs the host's venv and may write its caches and
-    job-store files), while the directories *leading to* container mounts (``/var``,
-    ``/var/spool``, ``/keep``) are tmpfs directories whose other children are bound one by one.
-    Creating ``/var/spool/cwl`` or ``/keep/<pdh>`` therefore only ever touches the tmpfs.
+    The root is an overlay of the image's unpacked layers (read-only, shared by every container
+    of the image) with a private upper directory, as a container engine builds it.  The
+    container's mounts are bound at their exact paths on top; ``/proc``, ``/sys`` (read-only),
+    a minimal ``/dev`` and ``/etc/hosts``/``/etc/resolv.conf`` are what Docker adds.  No host
+    directory is visible: not the dispatcher's state, not the leader's files or interpreter.
     """
 
-    def __init__(self, root: str, mounts: list[dict], log: CrunchLog) -> None:
+    def __init__(self, root: str, spec: dict, log: CrunchLog) -> None:
         self.root = root
         self.log = log
+        self.layers = [str(d) for d in spec.get("image_layers") or []]
+        self.upper = spec.get("rootfs_upper") or ""
+        self.work = spec.get("rootfs_work") or ""
+        if not self.layers or not self.upper or not self.work:
+            raise SetupError("no image root filesystem to run in (image_layers/rootfs_upper missing)")
         self.mounts = []
-        for m in mounts:
+        for m in spec.get("mounts") or []:
             self.mounts.append({"path": _norm(m["path"]), "source": m["source"],
                                 "writable": bool(m.get("writable"))})
         self.mounts.sort(key=lambda m: (_depth(m["path"]), m["path"]))
         self.paths = {m["path"] for m in self.mounts}
         if "/" in self.paths:
             raise SetupError("a mount at '/' is not supported")
-        # Directories on the way to a mount that are not themselves inside another mount:
-        # these become tmpfs directories instead of binds of the host's directory.
-        self.shadow: set[str] = set()
-        for p in self.paths:
-            for a in _ancestors(p):
-                if not self._covered(a):
-                    self.shadow.add(a)
         #: Mount points we had to create inside another mount's source (container paths).
         self.placeholders: list[tuple[str, bool]] = []
 
-    def _covered(self, path: str) -> bool:
-        return any(path == q or path.startswith(q + "/") for q in self.paths)
-
     def build(self) -> None:
-        self._populate("/")
-        for s in sorted(self.shadow, key=_depth):
-            os.makedirs(self.root + s, exist_ok=True)
+        options = f"lowerdir={':'.join(self.layers)},upperdir={self.upper},workdir={self.work}"
+        _mount("overlay", self.root, "overlay", MS_NOSUID, options)
+        self._system_mounts()
         self._bind_mounts()
-        _mount("proc", self.root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
-    def _populate(self, rel: str) -> None:
-        """Mirror host directory *rel* into the new root, one bind per entry."""
-        if rel != "/":
-            os.mkdir(self.root + rel, 0o755)
+    def _system_mounts(self) -> None:
+        """``/proc``, ``/sys``, ``/dev`` and the name-resolution files, as Docker provides them."""
+        r = self.root
+        for d in ("/proc", "/sys", "/dev", "/etc", "/tmp"):
+            if not os.path.isdir(r + d):
+                if os.path.lexists(r + d):
+                    os.unlink(r + d)
+                os.makedirs(r + d, 0o755)
+        os.chmod(r + "/tmp", 0o1777)
+        _mount("proc", r + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         try:
-            entries = list(os.scandir(rel))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for e in entries:
-            c = (rel.rstrip("/") + "/" + e.name)
-            if c in self.paths:
-                continue  # created as a mount point later
-            if c in self.shadow:
-                self._populate(c)
-                continue
-            target = self.root + c
-            if c == "/proc":
-                os.mkdir(target, 0o555)
-                continue
-            if e.is_symlink():
-                os.symlink(os.readlink(e.path), target)
-            elif e.is_dir(follow_symlinks=False):
-                os.mkdir(target, 0o755)
-                _mount(e.path, target, None, MS_BIND | MS_REC)
-            else:
-                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-                _mount(e.path, target, None, MS_BIND | MS_REC)
+            _mount("sysfs", r + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+        except SetupError as e:
+            self.log(f"/sys not mounted: {e}")
+        _mount("tmpfs", r + "/dev", "tmpfs", MS_NOSUID, "mode=0755,size=65536k")
+        for name in ("null", "zero", "full", "random", "urandom", "tty"):
+            target = f"{r}/dev/{name}"
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+            _mount(f"/dev/{name}", target, None, MS_BIND)
+        os.mkdir(r + "/dev/shm", 0o1777)
+        _mount("tmpfs", r + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=65536k")
+        os.mkdir(r + "/dev/pts", 0o755)
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, f"{r}/dev/{name}")
+        _write_etc(r, "hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        try:
+            with open("/etc/resolv.conf", "rb") as f:
+                _write_etc(r, "resolv.conf", f.read().decode("utf-8", "replace"))
+        except OSError:
+            pass
 
     def _bind_mounts(self) -> None:
         for m in self.mounts:
@@ -305,7 +304,7 @@ class RootBuilder:
             except OSError as e:
                 raise SetupError(f"mount {path}: source {src}: {e.strerror}") from None
             is_dir = stat.S_ISDIR(st.st_mode)
-            target = self.root + path
+            target = self._mount_point(path)
             inside = self._covered_by_other(path)
             # Missing parents inside another mount's source are created there (like Docker).
             for a in _ancestors(path):
@@ -313,9 +312,7 @@ class RootBuilder:
                     os.mkdir(self.root + a, 0o755)
                     if inside:
                         self.placeholders.append((a, True))
-            if os.path.islink(target):
-                raise SetupError(f"mount {path}: mount point is a symlink in the parent mount")
-            if not os.path.exists(target):
+            if not os.path.lexists(target):
                 if is_dir:
                     os.mkdir(target, 0o755)
                 else:
@@ -331,8 +328,26 @@ class RootBuilder:
             if not m["writable"]:
                 _mount(None, self.root + m["path"], None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
+    def _mount_point(self, path: str) -> str:
+        """*path* under the new root, refusing symlinks on the way (they could lead out)."""
+        current = self.root
+        for part in path.strip("/").split("/"):
+            current = f"{current}/{part}"
+            if os.path.islink(current):
+                raise SetupError(f"mount {path}: {current[len(self.root):]} is a symlink in the "
+                                 "image or a parent mount")
+        return current
+
     def _covered_by_other(self, path: str) -> bool:
         return any(path != q and path.startswith(q + "/") for q in self.paths)
+
+
+def _write_etc(root: str, name: str, text: str) -> None:
+    path = f"{root}/etc/{name}"
+    if os.path.islink(path) or os.path.isdir(path):
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _pivot(root: str) -> None:
@@ -419,12 +434,15 @@ def _init(spec: dict, fds: tuple[int, int, int], status_w: int, go_r: int,
 
     result: dict = {}
     try:
+        # A mount namespace of its own: pivot_root moves the root of every process sharing the
+        # namespace, and the monitor must stay on the host (cgroups, log files, its imports).
+        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
         root = spec.get("ns_root_dir") or DEFAULT_NS_ROOT_DIR
         os.makedirs(root, exist_ok=True)
-        _mount("tmpfs", root, "tmpfs", MS_NOSUID, "mode=0755")
-        _mount(None, root, None, MS_UNBINDABLE)
-        builder = RootBuilder(root, spec.get("mounts") or [], log)
+        builder = RootBuilder(root, spec, log)
         builder.build()
+        _mount(None, root, None, MS_UNBINDABLE)
         _pivot(root)
     except (SetupError, OSError) as e:
         result = {"error": f"container setup failed: {e}"}
@@ -479,8 +497,8 @@ def _init(spec: dict, fds: tuple[int, int, int], status_w: int, go_r: int,
 # --------------------------------------------------------------------------- monitor
 
 def _describe(spec: dict) -> str:
-    return (f"no container engine: image {spec.get('image') or '(none)'} recorded, not "
-            "enforced; command runs on the host's filesystem in its own mount and PID namespace")
+    return (f"runtime: namespace; image {spec.get('image') or '(none)'} ({len(spec.get('image_layers') or [])} "
+            "layer(s)) as the root filesystem, own mount and PID namespaces")
 
 
 def main(argv: list[str]) -> int:

@@ -1,18 +1,12 @@
-"""Choosing the runtime for each container: Docker for real images, namespaces otherwise.
+"""Choosing the runtime for each container: Docker when an engine answers, namespaces otherwise.
 
-Why per container rather than per cluster: the images this cluster registers at its first
-start (the Toil worker image, ``arvados/jobs``) are *stand-ins* -- empty tarballs marked with
-the ``toil_arvados.stand_in`` collection property -- whose commands only make sense on the
-host's filesystem (the Toil worker runs the host's virtualenv).  Those always run in the
-namespace runtime.  Any other image runs in Docker when an engine answers; without one, it
-falls back to the namespace runtime (the image is then recorded, not enforced).  Either way the
-container's crunch log says which runtime ran it and why.
+Both run the container in its image and nothing else: Docker loads the image's ``docker save``
+archive, the namespace runtime unpacks its layers (once per layer) and enters them with its own
+mount and PID namespaces, as crunch-run does with Singularity.  The container's crunch log says
+which runtime ran it and why.  The dispatcher gives both the same run spec, with::
 
-The dispatcher adds two keys to the run spec for this (see :mod:`.docker`)::
-
-    image_stand_in  str | None  the image collection's stand-in property value, if any
-    image_tarball   str | None  host path of the image's ``docker save`` tarball, materialized
-                                only when :attr:`RuntimeSelector.loads_images` is true
+    image_tarball   str   host path of the image collection's ``<image id>.tar``
+    rootfs_scratch  str   empty host directory for the container's writable layer
 """
 
 from __future__ import annotations
@@ -94,24 +88,12 @@ class RuntimeSelector:
                 self._probed_at = now
             return self._answers
 
-    @property
-    def loads_images(self) -> bool:
-        """True when real images would run in Docker: the dispatcher then materializes them."""
-        return self.docker_available()
-
     def choose(self, spec: RunSpec) -> tuple[str, str]:
         """("docker" | "namespace", why) for *spec*."""
-        image = spec.get("image") or "(none)"
-        if spec.get("image_stand_in"):
-            return "namespace", f"image {image} is a stand-in: {spec['image_stand_in']}"
         if self.docker is None:
-            return "namespace", "Docker runtime disabled; image recorded, not enforced"
+            return "namespace", "Docker runtime disabled"
         if not self.docker_available():
-            return "namespace", (f"no Docker engine answers at {self.docker.docker_host}; image "
-                                 f"{image} recorded, not enforced")
-        if not spec.get("image_tarball"):
-            return "namespace", (f"image {image} has no tarball to load; image recorded, not "
-                                 "enforced")
+            return "namespace", f"no Docker engine answers at {self.docker.docker_host}"
         return "docker", ""
 
     async def _remove_leftovers(self) -> None:
@@ -138,7 +120,7 @@ class RuntimeSelector:
 
 
 def make_runtime(docker_host: Optional[str], owner: str) -> RuntimeSelector:
-    """The cluster's runtime: namespaces always, Docker for real images when an engine answers.
+    """The cluster's runtime: Docker when an engine answers, else namespaces.
 
     :param docker_host: the cluster's ``docker_host`` setting (None: ``DOCKER_HOST`` or the
         default socket).
@@ -149,7 +131,7 @@ def make_runtime(docker_host: Optional[str], owner: str) -> RuntimeSelector:
     host = resolve_docker_host(docker_host)
     selector = RuntimeSelector(NamespaceRuntime(), DockerRuntime(host, owner=owner))
     if selector.docker_available():
-        logger.info("Docker engine at %s: real images run in Docker", host)
+        logger.info("Docker engine at %s: containers run in Docker", host)
     else:
         logger.info("no Docker engine at %s: every container runs in the namespace runtime", host)
     return selector
