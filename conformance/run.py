@@ -89,8 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="seconds before cwltest gives up on one test; the two-level nested scatters need over "
                         "10 minutes on 2 busy cores (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=_default_workdir_parent(),
-                   help="parent of the run's temp dir (cluster state, file job stores); must not be under /tmp, "
-                        "which worker containers see privately (default: %(default)s)")
+                   help="parent of the run's temp dir (cluster state, file job stores) (default: %(default)s)")
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: re-render summary.md in --out from its JUnit XML and run.json, with the "
                         "current expected-failures.yaml")
@@ -102,8 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _default_workdir_parent() -> Path:
-    var_tmp = Path("/var/tmp")
-    return var_tmp if var_tmp.is_dir() and os.access(var_tmp, os.W_OK) else Path(tempfile.gettempdir())
+    return Path(tempfile.gettempdir())
 
 
 def docker_engine() -> str | None:
@@ -119,11 +117,6 @@ def docker_engine() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return f"Docker engine {out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else None
-
-
-def _under_tmp(path: Path) -> bool:
-    resolved = path.resolve()
-    return any(resolved == Path(p) or Path(p) in resolved.parents for p in ("/tmp", "/var/spool/cwl"))
 
 
 def _load_expected(known_ids: set[str], containers: str) -> dict[str, str]:
@@ -156,39 +149,46 @@ def _docker_host() -> str:
 
 
 def _prepare_cluster(env: dict[str, str], date: str) -> str:
-    """A project for this run's requests and the worker image name registered: the project uuid."""
-    import arvados
+    """A project for this run's requests, and the worker image in Keep: the project uuid."""
+    from toil_arvados.images.worker import build_worker_image
 
-    from toil_arvados.batch_system import DEFAULT_WORKER_IMAGE
-    from toil_arvados.localcluster.images import register_stand_in
-
-    api = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
-                      num_retries=3)
+    api = _api(env)
     project = api.groups().create(body={"group": {"name": f"CWL conformance {date}", "group_class": "project"}},
                                   ensure_unique_name=True).execute()["uuid"]
-    register_stand_in(env, DEFAULT_WORKER_IMAGE)
+    print("== building (or finding in the cache) the Toil worker image", flush=True)
+    _store(api, build_worker_image())
     return project
 
 
-def _load_suite_images(env: dict[str, str], docker_host: str) -> None:
-    """Docker mode: the images the suite names must be in the engine (no registry is reachable)."""
+def _api(env: dict[str, str]):
     import arvados
 
-    try:
-        from toil_arvados.localcluster.standin_images import StandInError, build_and_upload
-    except ImportError as e:
-        raise SetupError(f"cannot build the suite's Docker images ({e}): use --containers none") from None
-    api = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
-                      num_retries=3)
-    print("== building the suite's Docker images (debian:stable-slim, python:3-slim, bash:4.4, alpine:latest)",
+    return arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
+                       num_retries=3)
+
+
+def _store(api, built) -> None:
+    from toil_arvados.images.keep import store_image
+
+    started = time.monotonic()
+    pdh = store_image(api, built.tarball, built.image_id, built.names, properties=built.properties)
+    print(f"   {built.name}: {pdh} ({'built' if built.rebuilt else 'cached'} in {built.seconds:.0f}s, "
+          f"stored in {time.monotonic() - started:.0f}s)", flush=True)
+
+
+def _load_suite_images(env: dict[str, str]) -> None:
+    """The images the suite names, in Keep (no registry is reachable: built from Debian packages)."""
+    from toil_arvados.images.build import SUITE_RECIPES, build_image
+    from toil_arvados.images.debian import ImageBuildError
+
+    api = _api(env)
+    print("== building the suite's images (debian:stable-slim, python:3-slim, bash:4.4, alpine:latest)",
           flush=True)
     try:
-        images = build_and_upload(api, docker_host)
-    except StandInError as e:
-        raise SetupError(f"building the suite's Docker images failed: {e}") from None
-    for image in images:
-        print(f"   {image.name}: {image.pdh} ({'built' if image.rebuilt else 'already built'} in "
-              f"{image.seconds:.0f}s, stored in {image.upload_seconds:.0f}s)", flush=True)
+        for recipe in SUITE_RECIPES.values():
+            _store(api, build_image(recipe))
+    except ImageBuildError as e:
+        raise SetupError(f"building the suite's images failed: {e}") from None
 
 
 def run_cwltest(variant: Variant, *, suite: Path, selection: list[str], args: argparse.Namespace,
@@ -296,9 +296,6 @@ def _main(args: argparse.Namespace) -> int:
     # --tags alone when it suffices: cwltest then names its JUnit cases right (see summary.assign).
     selection = (["--tags", args.tags] if args.tags and not ids else
                  ["-n", suite_mod.number_ranges(tests, chosen)] if len(chosen) < len(tests) else [])
-    if args.jobstore == "file" and _under_tmp(args.workdir):
-        raise SetupError(f"--workdir {args.workdir} is under /tmp, which worker containers see privately: "
-                         "choose another (e.g. /var/tmp)")
     engine = docker_engine() if args.containers != "none" else None
     if args.containers == "docker" and engine is None:
         raise SetupError("--containers docker, but no Docker engine answers `docker info`: start one "
@@ -324,7 +321,7 @@ def _main(args: argparse.Namespace) -> int:
         env.update(cluster_env)
         project = _prepare_cluster(cluster_env, date)
         if engine:
-            _load_suite_images(cluster_env, _docker_host())
+            _load_suite_images(cluster_env)
         (work / "jobstores").mkdir()
         jobstore_base = f"arvados:{project}" if args.jobstore == "keep" else f"file:{work / 'jobstores'}"
         variants = [Variant("arvados", ["--batchSystem", "arvados", "--arvadosProject", project, *ARVADOS_FLAGS,

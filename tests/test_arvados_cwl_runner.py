@@ -102,11 +102,18 @@ def acr() -> Path:
 
 
 @pytest.fixture(scope="session")
-def acr_images(cluster_env: dict[str, str]) -> dict[str, str]:
-    """Stand-ins for the images a-c-r looks up (no Docker engine or registry here): name -> PDH."""
-    from toil_arvados.localcluster.images import register_stand_in
+def acr_images(api: Any, built_images: dict[str, Any]) -> dict[str, str]:
+    """The images a-c-r looks up, in Keep: name -> PDH.  No registry is reachable here, so
+    ``arvados/jobs`` is the worker image (Debian, Python, arvados-python-client 3.2.1) stored under
+    that name too, as an administrator would mirror an image."""
+    from toil_arvados.images.keep import store_image
 
-    return {name: register_stand_in(cluster_env, name) for name in (RUNNER_IMAGE, TOOL_IMAGE)}
+    from conftest import TEST_IMAGE
+
+    worker, tool = built_images["worker"], built_images[TEST_IMAGE]
+    return {RUNNER_IMAGE: store_image(api, worker.tarball, worker.image_id, (*worker.names, RUNNER_IMAGE),
+                                      properties=worker.properties),
+            TOOL_IMAGE: store_image(api, tool.tarball, tool.image_id, tool.names, properties=tool.properties)}
 
 
 def run_acr(acr: Path, env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -284,7 +291,7 @@ def test_running_container_updates_itself_like_the_acr_runner(api: Any, project:
     (not e.g. its priority), and the dispatcher then keeps that output, as crunch-run does.
     """
     body = {"name": "self-updating", "state": "Committed", "priority": 500, "owner_uuid": project,
-            "command": [sys.executable, "-c", SELF_UPDATING], "container_image": RUNNER_IMAGE,
+            "command": ["python3", "-c", SELF_UPDATING], "container_image": RUNNER_IMAGE,
             "output_path": "/var/spool/cwl", "cwd": "/var/spool/cwl", "environment": {"HOME": "/tmp"},
             "runtime_constraints": {"vcpus": 1, "ram": 256 << 20, "API": True},
             "mounts": {"/var/spool/cwl": {"kind": "tmp", "capacity": 1 << 20},

@@ -7,13 +7,15 @@ existed before the run; a step that ran created one.
 from __future__ import annotations
 
 import json
+import secrets
 import textwrap
 from pathlib import Path
 
 from toil_cli import TOIL_CWL_RUNNER, is_one_line_error, last_line, project_requests, run, upload_text, workflow_id
 
 DEMO = Path(__file__).resolve().parent.parent / "toil_arvados" / "demo"
-WORDS = ["alpha", "beta", "gamma"]
+# Unique to this test session: steps other tests ran with the same inputs would be reused here.
+WORDS = [f"{w}-{secrets.token_hex(3)}" for w in ("alpha", "beta", "gamma")]
 
 
 def _container_uuids(api) -> set[str]:

@@ -13,8 +13,6 @@ import arvados.collection
 import pytest
 
 from toil_arvados.localcluster import control
-from toil_arvados.localcluster.images import register_stand_in
-
 from e2e_util import container, create_request, request_body, wait_final
 
 
@@ -32,12 +30,13 @@ def own_cluster(tmp_path: Path):
         control.down(state)
 
 
-def test_state_survives_down_and_up(own_cluster) -> None:
+def test_state_survives_down_and_up(own_cluster, built_images) -> None:
+    from conftest import TEST_IMAGE, store_images
+
     state, cfg = own_cluster
     api = _client(cfg)
-    env = control.client_env(cfg)
-    image = "toil-arvados-restart-test:latest"
-    register_stand_in(env, image)
+    image = TEST_IMAGE
+    store_images(cfg, [built_images[TEST_IMAGE]])
 
     data = os.urandom(2 << 20)
     coll = arvados.collection.Collection(api_client=api)

@@ -8,16 +8,14 @@ import secrets
 
 import pytest
 
-from toil_arvados.localcluster.images import register_stand_in
-
 from e2e_util import container, create_request, request_body, wait_final
 
 
 @pytest.fixture(scope="module")
-def second_image(cluster_env: dict[str, str], test_image: str) -> str:
-    name = "toil-arvados-reuse-test:other"
-    assert register_stand_in(cluster_env, name) != register_stand_in(cluster_env, test_image)
-    return name
+def second_image(cluster, test_image: str) -> str:
+    from conftest import PYTHON_IMAGE
+
+    return PYTHON_IMAGE  # stored in every test cluster, another image than test_image
 
 
 def _base(image: str, project: str) -> dict:

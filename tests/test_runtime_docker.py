@@ -1,9 +1,8 @@
 """The Docker runtime: containers with real images run in Docker, as crunch-run runs them.
 
 End-to-end tests use their own cluster (not the session's), started with ``--docker-host``, whose
-``debian:stable-slim`` is the real image ``toil-arvados images build-standins`` builds: the
-session cluster registers stand-ins under the same name, which must keep running in the
-namespace runtime. They need a Docker engine (``.ci/start-docker`` provides one in CI, as
+``debian:stable-slim`` is the image ``toil-arvados images build --upload`` builds from Debian
+packages (the same archive the namespace runtime runs). They need a Docker engine (``.ci/start-docker`` provides one in CI, as
 ``TOIL_ARVADOS_DOCKER_HOST``) and are skipped, saying so, when none answers. The mapping tests at the top need nothing.
 """
 from __future__ import annotations
@@ -33,7 +32,6 @@ ENGINE = engine_answers(DOCKER_HOST)
 needs_engine = pytest.mark.skipif(
     not ENGINE, reason=f"no Docker engine reachable at {DOCKER_HOST} (CI starts one with .ci/start-docker)")
 IMAGE = "debian:stable-slim"
-STAND_IN = "arvados/jobs:latest"  # registered as a stand-in at every cluster's first start
 
 
 # --------------------------------------------------------------------------- pure mapping
@@ -104,20 +102,19 @@ class _FakeDocker(_Fake):
         return 0
 
 
-def test_selector_routes_stand_ins_to_namespace_and_real_images_to_docker(tmp_path: Path) -> None:
+def test_selector_uses_docker_when_an_engine_answers(tmp_path: Path) -> None:
     ns, dk = _Fake(), _FakeDocker()
     sel = RuntimeSelector(ns, dk)  # type: ignore[arg-type]
     sel.docker_available = lambda: True  # type: ignore[method-assign]
     log = tmp_path / "crunch-run.txt"
-    base = {"image": "abc+1", "crunch_log": str(log)}
-    asyncio.run(sel.start({**base, "image_stand_in": "empty image", "image_tarball": None}))
-    asyncio.run(sel.start({**base, "image_stand_in": None, "image_tarball": "/x/" + "a" * 64 + ".tar"}))
-    assert len(ns.started) == 1 and len(dk.started) == 1
-    assert "runtime: namespace (image abc+1 is a stand-in: empty image)" in log.read_text()
-    # No engine answering: real images fall back to the namespace runtime, and the log says why.
+    base = {"image": "abc+1", "crunch_log": str(log), "image_tarball": "/x/" + "a" * 64 + ".tar"}
+    asyncio.run(sel.start(base))
+    assert len(ns.started) == 0 and len(dk.started) == 1
+    # No engine answering: the namespace runtime runs the same image, and the log says why.
     sel.docker_available = lambda: False  # type: ignore[method-assign]
-    kind, why = sel.choose({**base, "image_tarball": "/x.tar"})
-    assert kind == "namespace" and "no Docker engine answers at unix:///nonexistent" in why
+    asyncio.run(sel.start(base))
+    assert len(ns.started) == 1
+    assert "runtime: namespace (no Docker engine answers at unix:///nonexistent" in log.read_text()
 
 
 def test_engine_probe_says_no_for_a_missing_socket(tmp_path: Path) -> None:
@@ -154,21 +151,28 @@ def dapi(dcluster: ClusterConfig) -> Any:
                        num_retries=2)
 
 
+def _upload_with_cli(cfg: ClusterConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``toil-arvados images build IMAGE --upload`` against *cfg* (the SDK's environment)."""
+    from toil_arvados import cli
+
+    for key, value in control.client_env(cfg).items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["images", "build", IMAGE, "--upload"]) == 0
+
+
 @pytest.fixture(scope="module")
 def image(dcluster: ClusterConfig, dapi: Any) -> dict[str, str]:
     """debian:stable-slim built by the CLI command and stored in Keep; then removed from the
     engine, so the first container must load it from its Keep collection."""
-    from toil_arvados import cli
-
     started = time.monotonic()
-    assert cli.main(["images", "build-standins", "--state-dir", dcluster.state_dir, "--only", IMAGE]) == 0
-    print(f"build-standins {IMAGE}: {time.monotonic() - started:.1f}s")
+    with pytest.MonkeyPatch.context() as mp:
+        _upload_with_cli(dcluster, mp)
+    print(f"images build {IMAGE} --upload: {time.monotonic() - started:.1f}s")
     links = dapi.links().list(filters=[["link_class", "=", "docker_image_repo+tag"],
                                        ["name", "in", [IMAGE, f"docker.io/{IMAGE}"]]]).execute()["items"]
     assert {link["name"] for link in links} == {IMAGE, f"docker.io/{IMAGE}"}
     coll = dapi.collections().get(uuid=links[0]["head_uuid"]).execute()
     props = coll["properties"]
-    assert "toil_arvados.stand_in" not in props  # a real image: it runs in Docker
     assert props["toil_arvados.stand_in_for"] == f"docker.io/{IMAGE}"
     assert "Debian bookworm packages" in props["toil_arvados.built_from"]
     (tar_name,) = [name for name in _files(dapi, coll["portable_data_hash"])]
@@ -390,34 +394,26 @@ def test_container_is_lost_when_its_docker_container_disappears(dapi: Any, image
 
 
 @needs_engine
-def test_namespace_runtime_still_runs_stand_ins_alongside(dapi: Any, image: dict) -> None:
-    in_docker = create_request(dapi, request_body(["sh", "-c", f"sleep 1; test -e {REPO} || echo isolated"],
-                                                  IMAGE), ensure_unique_name=True)
-    on_host = create_request(dapi, request_body(["sh", "-c", f"test -d {REPO} && echo host-fs"], STAND_IN),
-                             ensure_unique_name=True)
-    d = container(dapi, wait_final(dapi, in_docker["uuid"])["container_uuid"])
-    n = container(dapi, wait_final(dapi, on_host["uuid"])["container_uuid"])
-    assert (d["exit_code"], n["exit_code"]) == (0, 0)
+def test_docker_containers_see_only_their_image(dapi: Any, image: dict) -> None:
+    cr = create_request(dapi, request_body(["sh", "-c", f"test -e {REPO} || echo isolated"], IMAGE),
+                        ensure_unique_name=True)
+    d = container(dapi, wait_final(dapi, cr["uuid"])["container_uuid"])
+    assert d["exit_code"] == 0
     assert "isolated" in _log(dapi, d, "stdout.txt") and "runtime: docker" in _log(dapi, d)
-    assert "host-fs" in _log(dapi, n, "stdout.txt")
-    assert "runtime: namespace (image" in _log(dapi, n) and "is a stand-in" in _log(dapi, n)
 
 
 @needs_engine
-def test_exported_config_reports_where_real_images_run(dapi: Any) -> None:
-    containers = dapi.configs().get().execute()["Containers"]
-    assert containers["RuntimeEngine"] == "namespace"  # the worker (stand-in) images' runtime
-    assert containers["ToilArvadosImageRuntime"] == "docker"
+def test_exported_config_reports_where_containers_run(dapi: Any) -> None:
+    assert dapi.configs().get().execute()["Containers"]["RuntimeEngine"] == "docker"
 
 
 @needs_engine
-def test_build_standins_is_idempotent(dcluster: ClusterConfig, dapi: Any, image: dict,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from toil_arvados import cli
-
+def test_image_upload_is_idempotent(dcluster: ClusterConfig, dapi: Any, image: dict,
+                                    capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     _run(dapi, ["true"])  # the image is in the engine again (loaded from Keep), as built
     before = dapi.collections().list(filters=[["name", "like", "Docker image %"]], count="exact").execute()["items_available"]
-    assert cli.main(["images", "build-standins", "--state-dir", dcluster.state_dir, "--only", IMAGE]) == 0
-    assert f"in Keep as {image['pdh']}" in capsys.readouterr().out
+    _upload_with_cli(dcluster, monkeypatch)
+    assert f"as {image['pdh']}" in capsys.readouterr().out
     after = dapi.collections().list(filters=[["name", "like", "Docker image %"]], count="exact").execute()["items_available"]
     assert after == before

@@ -20,7 +20,6 @@ from toil_cli import (
     TOIL_CWL_RUNNER,
     Background,
     containers_by_uuid,
-    host_tempdir,
     project_requests,
     run,
     upload_text,
@@ -133,14 +132,13 @@ FANOUT = textwrap.dedent('''
 ''')
 
 
-def test_python_workflow_of_52_jobs_passes_files(api, clean_project, env) -> None:
+def test_python_workflow_of_52_jobs_passes_files(api, clean_project, env, tmp_path) -> None:
     project = clean_project
-    # The script must be importable by workers inside containers: not under /tmp.
-    with host_tempdir("toil-arvados-e2e-fanout-") as where:
-        script = where / "fanout.py"
-        script.write_text(FANOUT)
-        done = run([sys.executable, str(script), f"arvados:{project}/e2e-fanout", "--batchSystem", "arvados",
-                    "--arvadosProject", project, "--retryCount", "0", "--logInfo"], env, where, timeout=900)
+    # The script lives only here, on the leader: Toil ships it to the workers (auto-deployment).
+    script = tmp_path / "fanout.py"
+    script.write_text(FANOUT)
+    done = run([sys.executable, str(script), f"arvados:{project}/e2e-fanout", "--batchSystem", "arvados",
+                "--arvadosProject", project, "--retryCount", "0", "--logInfo"], env, tmp_path, timeout=900)
     assert done.returncode == 0, done.describe()
     assert "fanout-result 50" in done.stdout, done.describe()
     assert re.search(r"fanout-check-ok 50 files", done.stderr), done.describe()

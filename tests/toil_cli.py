@@ -2,30 +2,25 @@
 
 Why subprocesses: what the user runs is ``toil-cwl-runner`` (or a Toil script) as its own process,
 which discovers the plugin, parses options, prints errors and reacts to signals. Only a real
-process shows all of that. Why a host directory outside ``/tmp``: containers on the local cluster
-get their own ``/tmp``, so anything a worker container must read from the host (a Toil script)
-has to live elsewhere.
+process shows all of that.  Containers see nothing of this machine (only their image and
+mounts), so a Toil script reaches its workers through the job store, as on any cluster.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
 VENV_BIN = Path(sys.executable).parent
 TOIL_CWL_RUNNER = str(VENV_BIN / "toil-cwl-runner")
-HOST_TMP = Path("/var/tmp")  # visible inside namespace-runtime containers, unlike /tmp
 
 # A whole Toil log record on one line: "[time] [thread] [E] [logger] message".
 _LOG_ERROR = re.compile(r"^\[[^\]]+\] \[[^\]]+\] \[[EC]\] \[[^\]]+\] \S")
@@ -121,16 +116,6 @@ class Background:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text()
-
-
-@contextmanager
-def host_tempdir(prefix: str) -> Iterator[Path]:
-    """A temporary directory that worker containers can see (not under /tmp), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=HOST_TMP))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def upload_text(api: Any, project: str, filename: str, data: bytes, name: str) -> str:

@@ -329,7 +329,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             name = f"Toil workflow run {self.config.workflowID}"
             body = {
                 "name": name, "owner_uuid": self.settings.project_uuid, "state": "Uncommitted", "priority": 0,
-                "command": [scrub(a) for a in sys.argv], "container_image": self.step_image,
+                "command": _portable_argv(sys.argv), "container_image": self.step_image,
                 "output_path": "/var/spool/cwl", "cwd": "/var/spool/cwl",
                 "mounts": {"/var/spool/cwl": {"kind": "tmp", "capacity": 1 << 20}},
                 "runtime_constraints": {"vcpus": 1, "ram": 1 << 28},
@@ -659,6 +659,19 @@ def _leader_side_command(command: str, mode: str) -> str:
     """A job command run on the leader through our worker entrypoint (``exec``: the process is
     then the leader's own child and dies with it, see worker.py)."""
     return f"exec {shlex.quote(sys.executable)} -m toil_arvados.worker {mode} {shlex.quote(command)}"
+
+
+def _portable_argv(argv: list[str]) -> list[str]:
+    """The leader's command line for the run's record, without the leader's paths (its venv,
+    checkout or home are nobody's business on the cluster) or its token: absolute paths are cut
+    to their last component, ``toil-cwl-runner --batchSystem arvados workflow.cwl inputs.yml``."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if value.startswith("/") or value.startswith("file:/"):
+            value = value.rstrip("/").rsplit("/", 1)[-1] or value
+        out.append(scrub(f"{key}{eq}{value}"))
+    return out
 
 
 def _is_file_job_store(locator: str | None) -> bool:

@@ -88,7 +88,7 @@ def _report(built, args: argparse.Namespace) -> None:
 
         api = arvados_client.connect()
         arvados_client.check_connection(api)
-        pdh = store_image(api, built.tarball, built.image_id, built.names, owner_uuid=args.project,
+        pdh = store_image(api, built.tarball, built.image_id, (*built.names, *args.name), owner_uuid=args.project,
                           properties=built.properties)
         line += f"; in Keep on {arvados_client.api_host()} as {pdh}"
     print(line)
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="store the image in Keep as arv-keepdocker does, on the cluster "
                             "ARVADOS_API_HOST/ARVADOS_API_TOKEN name")
         p.add_argument("--project", help="project (or user) UUID to own the image collection (default: you)")
+        p.add_argument("--name", action="append", default=[], metavar="REPO:TAG",
+                       help="with --upload: also register the image under this name (repeatable)")
         p.add_argument("--cache-dir", type=Path, help="build cache (default ~/.cache/toil-arvados)")
         return p
 

@@ -1,6 +1,7 @@
 """``toil-arvados demo``: the README's first command, end to end on the embedded local cluster.
 
-It starts the local cluster (or finds it running), uploads the demo's header file to Keep, runs the
+It starts the local cluster (or finds it running), makes sure the Toil worker image is in its
+Keep (building it from Debian packages the first time), uploads the demo's header file, runs the
 three-step scatter workflow with ``toil-cwl-runner --batchSystem arvados`` and a Keep job store,
 saves the outputs as a collection in a "toil-arvados demo" project, and prints where to look.
 The cluster stays up afterwards so the requests, logs and collections can be inspected with the
@@ -40,6 +41,18 @@ def _upload_header(api, project: str) -> str:
     return f"keep:{coll.portable_data_hash()}/header.txt"
 
 
+def _ensure_worker_image(api) -> None:
+    """The Toil worker image in the cluster's Keep: built from Debian packages the first time
+    (a few minutes, then cached under ~/.cache/toil-arvados), stored as arv-keepdocker would."""
+    from ..images.keep import store_image
+    from ..images.worker import build_worker_image
+
+    print("building (or finding in the cache) the Toil worker image ...", flush=True)
+    built = build_worker_image()
+    pdh = store_image(api, built.tarball, built.image_id, built.names, properties=built.properties)
+    print(f"worker image {built.name} in Keep as {pdh}", flush=True)
+
+
 def _count(resource, filters: list) -> int:
     return int(resource.list(filters=filters, limit=0, count="exact").execute()["items_available"])
 
@@ -55,6 +68,7 @@ def run_demo(state_dir: Path) -> int:
     import arvados
 
     api = arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=3)
+    _ensure_worker_image(api)
     project = _project(api)
     header = _upload_header(api, project)
     stamp = time.strftime("%Y%m%d-%H%M%S")
