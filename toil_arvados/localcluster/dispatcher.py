@@ -32,6 +32,7 @@ from ..images.archive import find_tarball
 from .containers import STREAM_MOUNTS, Lifecycle
 from .resources import new_token_secret
 from .runtime import Runtime
+from .scratch import Scratch, release_leftovers
 from .store import Store, timestamp
 from .uuids import table_of
 
@@ -101,6 +102,7 @@ class Dispatcher:
 
     def _recover(self) -> None:
         """After a restart, containers that were Locked/Running when we stopped cannot continue."""
+        release_leftovers(self.work_root)
         for c in list(self.store.records("containers")):
             if c["state"] == "Locked":
                 self.lifecycle.update_container(c["uuid"], {"state": "Queued", "locked_by_uuid": None})
@@ -167,6 +169,7 @@ class Dispatcher:
         workdir = self.work_root / uuid
         logdir = workdir / "log"
         token = None
+        scratch: Scratch | None = None
         try:
             c = self.store.get(uuid)
             token = self.store.create("api_client_authorizations", {
@@ -177,7 +180,11 @@ class Dispatcher:
                 "state": "Locked", "locked_by_uuid": self.config.root_token_uuid, "auth_uuid": token["uuid"]})
             shutil.rmtree(workdir, ignore_errors=True)
             logdir.mkdir(parents=True)
-            spec = await asyncio.to_thread(self._prepare, c, workdir, logdir, token)
+            scratch = Scratch(workdir, tmp_capacity(c))
+            await asyncio.to_thread(scratch.create)
+            if scratch.note:
+                _append(logdir / "crunch-run.txt", f"{timestamp()} {scratch.note}\n")
+            spec = await asyncio.to_thread(self._prepare, c, workdir, logdir, token, scratch.root)
             mount_points = await asyncio.to_thread(_make_mount_points, spec["mounts"])
             if run.cancelled:
                 raise _Cancelled()
@@ -211,6 +218,8 @@ class Dispatcher:
             self.running.pop(uuid, None)
             if token is not None and self.store.get(token["uuid"]):
                 self.store.update(token["uuid"], {"expires_at": timestamp()}, log=False)
+            if scratch is not None:
+                await asyncio.to_thread(scratch.release)
             shutil.rmtree(workdir, ignore_errors=True)
             self._wake.set()
 
@@ -252,7 +261,7 @@ class Dispatcher:
 
     # -- mounts ------------------------------------------------------------------------------
 
-    def _prepare(self, c: dict, workdir: Path, logdir: Path, token: dict) -> dict:
+    def _prepare(self, c: dict, workdir: Path, logdir: Path, token: dict, scratch: Path) -> dict:
         """Turn the container's mounts into host paths and write the run spec for the runtime."""
         mounts: list[dict] = []
         stdin_path = None
@@ -262,7 +271,7 @@ class Dispatcher:
             if path == "stdin":
                 stdin_path = str(self._stdin_source(m, workdir, n))
             elif path not in STREAM_MOUNTS:
-                src, writable = self._mount_source(path, m, workdir, n)
+                src, writable = self._mount_source(path, m, workdir, n, scratch)
                 mounts.append({"path": path, "source": str(src), "writable": writable})
         env = dict(c.get("environment") or {})
         if (c.get("runtime_constraints") or {}).get("API"):
@@ -291,11 +300,11 @@ class Dispatcher:
         (logdir / "container.json").write_text(json.dumps(_public_container(c), indent=2, sort_keys=True))
         return spec
 
-    def _mount_source(self, path: str, m: dict, workdir: Path, n: int) -> tuple[Path, bool]:
+    def _mount_source(self, path: str, m: dict, workdir: Path, n: int, scratch: Path) -> tuple[Path, bool]:
         """The host file or directory presented at *path*, and whether it is writable there."""
         kind = m.get("kind")
         if kind == "tmp":
-            src = workdir / f"tmp{n}"
+            src = scratch / f"tmp{n}"  # on the container's size-limited scratch filesystem
             src.mkdir()
             return src, True
         if kind == "collection":
@@ -451,6 +460,12 @@ class _Layer:
     pdh: str | None = None        # or a read-only collection, spliced from its manifest
     coll_path: str = ""           # ... the file or directory of it that was mounted
     exclude: bool = False         # covers what is below it, but is not itself output
+
+
+def tmp_capacity(c: dict) -> int:
+    """The scratch space a container asks for: the sum of its ``tmp`` mounts' capacities."""
+    return sum(int(m.get("capacity") or 0) for m in (c.get("mounts") or {}).values()
+               if isinstance(m, dict) and m.get("kind") == "tmp")
 
 
 def _max_run_time(c: dict) -> float:
