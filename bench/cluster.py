@@ -1,8 +1,9 @@
 """Benchmark of the local cluster on this machine: API round trip, dispatch overhead, Keep throughput.
 
-Not a test: it starts its own cluster in a temp dir, measures through the real SDK, prints a compact
-table and writes the figures to ``bench/out/cluster.json``. Targets (reported, not enforced):
-dispatch overhead < 0.5 s, Keep >= 100 MB/s for writes and for reads.
+Not a test: it starts its own cluster in a temp dir (with a fresh image layer cache, so the first
+container shows what unpacking its image costs, once per image), measures through the real SDK,
+prints a compact table and writes the figures to ``bench/out/cluster.json``. Targets (reported,
+not enforced): dispatch overhead < 0.3 s with a cached image, Keep >= 100 MB/s for writes and reads.
 
     /work/main/.venv/bin/python bench/cluster.py [--api-calls 200] [--containers 20] [--keep-mib 256]
 """
@@ -21,13 +22,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toil_arvados.localcluster import control
-from toil_arvados.localcluster.images import register_stand_in
 from toil_arvados.timestamps import parse_timestamp
 
 log = logging.getLogger(__name__)
 
 OUT = Path(__file__).resolve().parent / "out" / "cluster.json"
-DISPATCH_TARGET_S = 0.5
+DISPATCH_TARGET_S = 0.3
 KEEP_TARGET_MBPS = 100.0
 IMAGE = "debian:stable-slim"
 
@@ -97,12 +97,33 @@ class _FinalWatcher:
         self._ws.close()
 
 
+def _store_image(api) -> None:
+    from toil_arvados.images.build import SUITE_RECIPES, build_image
+    from toil_arvados.images.keep import store_image
+
+    built = build_image(SUITE_RECIPES[IMAGE])
+    store_image(api, built.tarball, built.image_id, built.names, properties=built.properties)
+
+
+def _unpack_seconds(api, cr: dict) -> float | None:
+    """What the first container's crunch log says unpacking its image took."""
+    import re
+
+    import arvados.collection
+
+    log = arvados.collection.CollectionReader(cr["log_uuid"], api_client=api).open("crunch-run.txt").read()
+    m = re.search(r"unpacked image sha256:\S+ in ([0-9.]+)s", log)
+    return float(m.group(1)) if m else None
+
+
 def bench_dispatch(api, n: int) -> dict[str, Any]:
-    """Sequential `true` containers, no reuse: client commit -> Final seen, and the server's phases."""
+    """Sequential `true` containers, no reuse: client commit -> Final seen, and the server's phases.
+    The first one unpacks the image (timed apart); the figures are over the n after it."""
     watcher = _FinalWatcher(api)
     client, queued, running, total = [], [], [], []
+    unpack: float | None = None
     try:
-        for i in range(n):
+        for i in range(n + 1):
             body = {"name": f"bench true {i}", "state": "Committed", "priority": 1, "use_existing": False,
                     "command": ["true"], "container_image": IMAGE, "output_path": "/out", "cwd": "/out",
                     "mounts": {"/out": {"kind": "tmp", "capacity": 1 << 20}},
@@ -115,6 +136,9 @@ def bench_dispatch(api, n: int) -> dict[str, Any]:
             if c["state"] != "Complete" or c["exit_code"] != 0:
                 raise RuntimeError(f"container {c['uuid']} ended {c['state']} exit {c['exit_code']}; "
                                    "see the cluster's server.log")
+            if i == 0:
+                unpack = _unpack_seconds(api, cr)
+                continue
             created, started, finished = (parse_timestamp(c[k]) for k in ("created_at", "started_at",
                                                                           "finished_at"))
             client.append(seen - committed)
@@ -123,7 +147,7 @@ def bench_dispatch(api, n: int) -> dict[str, Any]:
             total.append(finished - created)
     finally:
         watcher.close()
-    return {"containers": n,
+    return {"containers": n, "image_unpack_s": unpack,
             "commit_to_final_seen_median_s": statistics.median(client),
             "commit_to_final_seen_p95_s": _percentile(client, 0.95),
             "created_to_started_median_s": statistics.median(queued),
@@ -193,9 +217,10 @@ def _table(fig: dict[str, Any]) -> str:
     for name, r in fig["api"].items():
         rows.append((f"API {name}", f"median {r['median_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms", ""))
     d = fig["dispatch"]
+    rows.append(("image unpack (first container only)", f"{d['image_unpack_s']} s", "once per image"))
     rows.append(("dispatch: commit -> Final seen (client)",
                  f"median {d['commit_to_final_seen_median_s']:.3f} s, p95 {d['commit_to_final_seen_p95_s']:.3f} s",
-                 "ok" if d["commit_to_final_seen_median_s"] < DISPATCH_TARGET_S else "MISSED (< 0.5 s)"))
+                 "ok" if d["commit_to_final_seen_median_s"] < DISPATCH_TARGET_S else "MISSED (< 0.3 s)"))
     rows.append(("dispatch: created -> started (server)", f"median {d['created_to_started_median_s']:.3f} s", ""))
     rows.append(("dispatch: started -> finished (server)", f"median {d['started_to_finished_median_s']:.3f} s", ""))
     rows.append(("dispatch: created -> finished (server)", f"median {d['created_to_finished_median_s']:.3f} s", ""))
@@ -223,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="toil-arvados-bench-") as tmp:
         state = Path(tmp) / "cluster"
+        os.environ["TOIL_ARVADOS_LAYER_CACHE"] = str(Path(tmp) / "layers")  # the cluster inherits it
         cfg = control.up(state, cores=2, ram=4 << 30)
         try:
             env = control.client_env(cfg)
             os.environ.update(env)
-            register_stand_in(env, IMAGE)
             api = _api(env)
+            _store_image(api)
             # Other work on the machine skews every figure: record the load next to them.
             figures = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                    "loadavg_1m_at_start": round(os.getloadavg()[0], 2)},

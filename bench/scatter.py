@@ -98,6 +98,9 @@ def main() -> int:
             import arvados
 
             api = arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True)
+            from toil_arvados.images.worker import store_worker_image
+
+            store_worker_image(api)  # what Toil workers and tools without an image run in
             project = api.groups().create(body={"group": {"name": "bench", "group_class": "project"}},
                                           ensure_unique_name=True).execute()["uuid"]
             for n in args.sizes:

@@ -150,13 +150,15 @@ def _docker_host() -> str:
 
 def _prepare_cluster(env: dict[str, str], date: str) -> str:
     """A project for this run's requests, and the worker image in Keep: the project uuid."""
-    from toil_arvados.images.worker import build_worker_image
+    from toil_arvados.images.worker import store_worker_image
 
     api = _api(env)
     project = api.groups().create(body={"group": {"name": f"CWL conformance {date}", "group_class": "project"}},
                                   ensure_unique_name=True).execute()["uuid"]
     print("== building (or finding in the cache) the Toil worker image", flush=True)
-    _store(api, build_worker_image())
+    started = time.monotonic()
+    built, pdh = store_worker_image(api)
+    print(f"   {built.name}: {pdh} ({time.monotonic() - started:.0f}s)", flush=True)
     return project
 
 

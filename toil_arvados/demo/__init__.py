@@ -44,12 +44,10 @@ def _upload_header(api, project: str) -> str:
 def _ensure_worker_image(api) -> None:
     """The Toil worker image in the cluster's Keep: built from Debian packages the first time
     (a few minutes, then cached under ~/.cache/toil-arvados), stored as arv-keepdocker would."""
-    from ..images.keep import store_image
-    from ..images.worker import build_worker_image
+    from ..images.worker import store_worker_image
 
     print("building (or finding in the cache) the Toil worker image ...", flush=True)
-    built = build_worker_image()
-    pdh = store_image(api, built.tarball, built.image_id, built.names, properties=built.properties)
+    built, pdh = store_worker_image(api)
     print(f"worker image {built.name} in Keep as {pdh}", flush=True)
 
 

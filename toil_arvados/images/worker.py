@@ -129,6 +129,14 @@ def build_worker_image(cache_dir: Path = DEFAULT_CACHE_DIR) -> BuiltImage:
     return build_image(recipe(), cache_dir, extra_layers=(top,))
 
 
+def store_worker_image(api: Any, cache_dir: Path = DEFAULT_CACHE_DIR) -> tuple[BuiltImage, str]:
+    """The worker image built (or found in the cache) and stored in Keep: (image, its PDH)."""
+    from .keep import store_image
+
+    built = build_worker_image(cache_dir)
+    return built, store_image(api, built.tarball, built.image_id, built.names, properties=built.properties)
+
+
 # --------------------------------------------------------------------------- package layer
 
 def _package_files() -> Iterator[tuple[str, Path]]:
