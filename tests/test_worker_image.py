@@ -40,7 +40,7 @@ def write(job, text):
 
 def flaky(job, fid):
     # Fails on its first try (Toil then retries it: --retryCount 1), succeeds on the second.
-    if job.description.remainingTryCount > 0:
+    if job.description.remainingTryCount > 1:  # retryCount + 1 before the first try
         raise RuntimeError("deliberate first failure")
     with open(job.fileStore.readGlobalFile(fid)) as f:
         return f.read().upper()
@@ -193,7 +193,7 @@ def test_worker_image_of_other_versions_is_refused_in_one_line(api, clean_projec
     # An image recorded as built for another toil-arvados (its own collection and links).
     image = "toil-arvados/worker-old:1"
     props = {**dict(worker.versions()), worker.PACKAGE_VERSION: "0.0.1"}
-    source = find_image(api, TEST_IMAGE)
+    source = api.collections().get(uuid=find_image(api, TEST_IMAGE)["uuid"]).execute()
     coll = api.collections().create(body={"collection": {
         "name": "old worker image", "manifest_text": source["manifest_text"], "properties": props}},
         ensure_unique_name=True).execute()
