@@ -193,7 +193,7 @@ def build_layer(below: list[Layer], script: str, target: Path, *, files: dict[st
 
 def _unpacked(layer: Layer, scratch: Path) -> str:
     """An unpacked copy of *layer* for building on (cached beside the build cache)."""
-    from ..localcluster.runtime.layers import LayerCache
+    from .layers import LayerCache
 
     cache = LayerCache(scratch / "build-layers")
     return str(cache.unpack_layer_tar(layer.path, layer.diff_id))

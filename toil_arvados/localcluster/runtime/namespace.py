@@ -45,7 +45,7 @@ from typing import Any, Optional
 
 from ...images.archive import ArchiveError
 from . import ContainerSetupError, RunSpec
-from .layers import LayerCache
+from ...images.layers import LayerCache
 
 logger = logging.getLogger(__name__)
 

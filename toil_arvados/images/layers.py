@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ...images.archive import ArchiveError, RunSettings, layer_stream, read_index, run_settings
+from .archive import ArchiveError, RunSettings, layer_stream, read_index, run_settings
 
 logger = logging.getLogger(__name__)
 
