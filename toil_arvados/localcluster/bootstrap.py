@@ -68,3 +68,52 @@ def bootstrap_images(store: Store, blockstore: Any, names: tuple[str, ...] = DEF
             store.create("links", {"link_class": link_class, "name": name, "head_uuid": coll["uuid"],
                                    "tail_uuid": None, "owner_uuid": sysuser,
                                    "properties": {"image_timestamp": timestamp()}}, by=sysuser)
+
+
+def all_users_group_uuid(cluster_id: str) -> str:
+    """Arvados' "All users" role group: every active user is a member (users.rb)."""
+    return f"{cluster_id}-j7d0g-fffffffffffffff"
+
+
+def ensure_all_users_member(store: Store, user_uuid: str) -> None:
+    """Make *user_uuid* a member of "All users" (a ``can_write`` link to the group, as Arvados'
+    ``add_to_all_users_group`` does), so what is shared with everyone is readable to them."""
+    group = all_users_group_uuid(store.cluster_id)
+    if not any(l.get("link_class") == "permission" and l.get("tail_uuid") == user_uuid
+               and l.get("head_uuid") == group for l in store.records("links")):
+        _grant(store, user_uuid, group, "can_write")
+
+
+def bootstrap_sharing(store: Store) -> None:
+    """Create "All users", enrol the existing users, and share the system's own images with it.
+
+    Image names resolve only among links and collections the requester can read (as on
+    Arvados), so the images the cluster registers itself must be shared with everyone, as an
+    admin shares the images they upload with ``arv-keepdocker``. Idempotent.
+    """
+    sysuser = store.system_user_uuid
+    group = all_users_group_uuid(store.cluster_id)
+    if store.get(group) is None:
+        store.create("groups", {"name": "All users", "group_class": "role", "owner_uuid": sysuser,
+                                "description": None, "properties": {}, "is_trashed": False,
+                                "trash_at": None, "delete_at": None}, by=sysuser, uuid=group)
+    for user in store.records("users"):
+        if user["uuid"] != sysuser and user.get("is_active", True):
+            ensure_all_users_member(store, user["uuid"])
+    granted = {l.get("head_uuid") for l in store.records("links")
+               if l.get("link_class") == "permission" and l.get("tail_uuid") == group}
+    for link in store.records("links"):
+        if link.get("link_class") not in ("docker_image_repo+tag", "docker_image_hash") \
+                or link.get("owner_uuid") != sysuser:
+            continue
+        coll = store.get(link.get("head_uuid") or "")
+        for target in (link, coll):
+            if target is not None and target.get("owner_uuid") == sysuser and target["uuid"] not in granted:
+                _grant(store, group, target["uuid"], "can_read")
+                granted.add(target["uuid"])
+
+
+def _grant(store: Store, tail: str, head: str, level: str) -> None:
+    store.create("links", {"link_class": "permission", "name": level, "tail_uuid": tail, "head_uuid": head,
+                           "owner_uuid": store.system_user_uuid, "properties": {}},
+                 by=store.system_user_uuid)

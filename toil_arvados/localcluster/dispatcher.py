@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import collection_files, output_glob
+from . import collection_files, output_glob, output_links
 from . import manifest as mf
 from .blockstore import BlockStore
 from .collections import store_manifest
@@ -107,6 +107,7 @@ class Dispatcher:
                 self.lifecycle.update_container(c["uuid"], {
                     "state": "Cancelled",
                     "runtime_status": {"error": "container was running when the cluster stopped"}})
+        self.lifecycle.expire_stale_container_tokens()
 
     def _free(self) -> tuple[int, int]:
         used_cpu = sum(r.vcpus for r in self.running.values())
@@ -197,6 +198,7 @@ class Dispatcher:
             if (c.get("runtime_constraints") or {}).get("API") and current.get("output"):
                 output_pdh = current["output"]
             else:
+                await asyncio.to_thread(_contain_output_links, c, spec, logdir)
                 output_pdh = await asyncio.to_thread(self._save_output, c, spec)
             log_pdh = await asyncio.to_thread(self._save_log_dir, c, logdir)
             finish.update({"state": "Complete", "output": output_pdh, "log": log_pdh, "progress": 1.0})
@@ -324,6 +326,8 @@ class Dispatcher:
             return src
         cached = self._materialized(pdh)
         sub = (m.get("path") or "").strip("/")
+        if ".." in sub.split("/"):  # refused at commit too; never leave the collection's copy
+            raise RuntimeError(f"collection mount path {sub!r} leaves the collection")
         src = cached / sub if sub else cached
         if not src.exists():
             raise RuntimeError(f"path {sub!r} not found in collection {pdh}")
@@ -454,6 +458,16 @@ class _Layer:
     pdh: str | None = None        # or a read-only collection, spliced from its manifest
     coll_path: str = ""           # ... the file or directory of it that was mounted
     exclude: bool = False         # covers what is below it, but is not itself output
+
+
+def _contain_output_links(c: dict, spec: dict, logdir: Path) -> None:
+    """Make the symlinks the command left in its writable mounts safe to follow (see
+    :mod:`output_links`): never read a host file through a link that meant a path in the image."""
+    mounts = {m["path"]: m["source"] for m in spec["mounts"]}
+    writable = {m["path"]: m["source"] for m in spec["mounts"] if m["writable"]}
+    secret = {p for p in (c.get("secret_mounts") or {}) if p.startswith("/")}
+    for note in output_links.contain_links(writable, mounts, secret):
+        _append(logdir / "crunch-run.txt", f"{timestamp()} {note}\n")
 
 
 def _max_run_time(c: dict) -> float:

@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .api import ApiServer
+from .api import MAX_REQUEST_SIZE, ApiServer
 from .auth import Authorizer
 from .blockstore import BlockStore
-from .bootstrap import bootstrap, bootstrap_images
+from .bootstrap import bootstrap, bootstrap_images, bootstrap_sharing
 from .collections import Collections
 from .config import ClusterConfig
 from .containers import ContainerRequests, Containers, Lifecycle
@@ -40,7 +40,7 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
     api_url = f"https://{cfg.api_host}/"
     return {
         "ClusterID": cfg.cluster_id,
-        "API": {"MaxItemsPerResponse": 1000, "MaxRequestSize": 134217728,
+        "API": {"MaxItemsPerResponse": 1000, "MaxRequestSize": MAX_REQUEST_SIZE,
                 "AsyncPermissionsUpdateInterval": "20s"},
         "Collections": {"DefaultReplication": 1, "BlobSigningTTL": f"{cfg.blob_signature_ttl}s",
                         "CollectionVersioning": False, "TrashSweepInterval": "60s",
@@ -77,7 +77,8 @@ class Cluster:
         self.authz = Authorizer(self.store)
         self.blockstore = BlockStore(state / "keep")
         bootstrap_images(self.store, self.blockstore)
-        self.lifecycle = Lifecycle(self.store, cfg)
+        bootstrap_sharing(self.store)
+        self.lifecycle = Lifecycle(self.store, cfg, self.authz)
         self.api = ApiServer(self.store, self.authz, self._discovery)
         self.api.config = cfg
         self.api.lifecycle = self.lifecycle
