@@ -246,6 +246,9 @@ def test_mount_paths_that_leave_their_place_refused(alice, image_pdh) -> None:
         body = request_body(["true"], image_pdh, mounts={**out, **mounts})
         err = _raises(a.container_requests().create(body={"container_request": body}), (422,))
         assert name in err, (name, err)
+    secret = {"/var/spool/cwl/../../../root/.ssh/authorized_keys": {"kind": "text", "content": "key"}}
+    body = request_body(["true"], image_pdh, mounts=out, secret_mounts=secret)
+    assert "secret_mounts" in _raises(a.container_requests().create(body={"container_request": body}), (422,))
 
 
 # 10 ------------------------------------------------------------------------------------------
@@ -372,3 +375,31 @@ def test_token_secrets_compared_in_constant_time(tmp_path: Path, monkeypatch) ->
     calls.clear()
     assert authz.authenticate(token.rsplit("/", 1)[1]) is not None and calls  # v1 form: bare secret
     assert authz.authenticate(token[:-1] + ("0" if token[-1] != "0" else "1")) is None
+
+
+def test_output_links_resolved_in_the_containers_view(tmp_path: Path) -> None:
+    """The pure part of rule 10, without a server: what each kind of link becomes."""
+    from toil_arvados.localcluster.output_links import contain_links
+
+    out, coll, secret = tmp_path / "out", tmp_path / "coll", tmp_path / "secret"
+    for d in (out, coll, secret):
+        d.mkdir()
+    (out / "real.txt").write_text("inside\n")
+    (coll / "a.txt").write_text("collection\n")
+    (out / "sub").mkdir()
+    links = {"good": "real.txt", "up": "sub/../real.txt", "abs": "/var/spool/cwl/real.txt",
+             "coll": "/keep/in/a.txt", "host": "/etc/passwd", "escape": "../../../etc/passwd",
+             "chain": "sub/hop", "secret": "/secret/s", "loop": "loop", "root": "../../.."}
+    for name, target in links.items():
+        (out / name).symlink_to(target)
+    (out / "sub" / "hop").symlink_to("/etc")  # a directory link met half-way
+    (out / "via").symlink_to("sub/hop/passwd")
+    notes = contain_links({"/var/spool/cwl": str(out)},
+                          {"/var/spool/cwl": str(out), "/keep/in": str(coll), "/secret": str(secret)},
+                          {"/secret"})
+    kept = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
+    assert kept == {"real.txt": "inside\n", "good": "inside\n", "up": "inside\n", "abs": "inside\n",
+                    "coll": "collection\n"}
+    assert not any((out / n).is_symlink() for n in ("host", "escape", "chain", "secret", "loop", "root", "via"))
+    assert not (out / "sub" / "hop").is_symlink()
+    assert len(notes) == 7 and all(n.startswith("not capturing symlink /var/spool/cwl/") for n in notes)

@@ -268,7 +268,11 @@ def validate_committed(attrs: dict, store: Store, readable: Readable | None = No
             validate_stream_mount(path, mount)
         elif not safe_container_path(path):
             raise unprocessable(f"mounts: {path!r} is not an absolute path without '..' (nor stdin/stdout/stderr)")
-    for path, mount in {**mounts, **(attrs.get("secret_mounts") or {})}.items():
+    secret = attrs.get("secret_mounts") or {}
+    for path in secret:
+        if path not in STREAM_MOUNTS and not safe_container_path(path):
+            raise unprocessable(f"secret_mounts: {path!r} is not an absolute path without '..'")
+    for path, mount in {**mounts, **secret}.items():
         if isinstance(mount, dict) and mount.get("kind") == "collection":
             validate_collection_mount(path, mount, store, readable)
     if attrs["output_path"] not in mounts and not any(
