@@ -292,6 +292,15 @@ def test_reuse_never_hands_out_another_users_output(api, project, alice, image_p
         a.container_requests().update(uuid=theirs["uuid"], body={"container_request": {"priority": 0}}).execute()
 
 
+def test_container_runs_as_the_committing_user_not_the_project(api, project, alice, image_pdh) -> None:
+    """Arvados' runtime_user_uuid: a token acting as the project would have can_manage on it,
+    more than the user's own can_write (enough to grant the project to anyone)."""
+    a_user, a = alice
+    _grant(api, a_user["uuid"], project, "can_write")
+    cr = create_request(a, request_body(["true"], image_pdh, owner_uuid=project, priority=0))
+    assert a.containers().get(uuid=cr["container_uuid"]).execute()["runtime_user_uuid"] == a_user["uuid"]
+
+
 def test_new_users_can_use_the_clusters_own_images(api, cluster_env) -> None:
     _, u = _make_user(api, cluster_env, "newcomer")
     cr = create_request(u, request_body(["true"], "arvados/jobs:latest", priority=0, state="Committed"))

@@ -444,7 +444,9 @@ class Lifecycle:
             "secret_mounts_md5": reuse.secret_mounts_md5(secret),
             "runtime_constraints": rc,
             "scheduling_parameters": reuse.deep_sort(cr.get("scheduling_parameters") or {}),
-            "runtime_user_uuid": cr["owner_uuid"],
+            # Arvados: the user who committed the request, never the project it is in (a token
+            # acting as the project would manage it, more than the user's write permission).
+            "runtime_user_uuid": cr.get(COMMITTED_BY) or cr.get("modified_by_user_uuid") or cr["owner_uuid"],
             "runtime_auth_scopes": ["all"],
             "output_storage_classes": cr.get("output_storage_classes") or ["default"],
             "output_properties": {},
