@@ -7,6 +7,7 @@ a server. docs/security.md lists the rules and the test that shows each.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import socket
@@ -271,6 +272,7 @@ def test_output_symlinks_never_read_host_files(api, project, image_pdh) -> None:
     assert not {"leak", "rel_leak", "loop"} & names, names
     assert out.open("good").read() == "inside\n" and out.open("good_abs").read() == "inside\n"
     assert out.open("from_coll").read() == "from the collection\n"
+    assert hashlib.md5(b"from the collection\n").hexdigest() in out.manifest_text()  # by reference
     for host_file in ("/etc/passwd", "/etc/hostname"):
         text = Path(host_file).read_text()
         assert all(out.open(n).read() != text for n in names)
@@ -403,12 +405,12 @@ def test_output_links_resolved_in_the_containers_view(tmp_path: Path) -> None:
         (out / name).symlink_to(target)
     (out / "sub" / "hop").symlink_to("/etc")  # a directory link met half-way
     (out / "via").symlink_to("sub/hop/passwd")
-    notes = contain_links({"/var/spool/cwl": str(out)},
-                          {"/var/spool/cwl": str(out), "/keep/in": str(coll), "/secret": str(secret)},
-                          {"/secret"})
+    notes, refs = contain_links({"/var/spool/cwl": str(out)},
+                                {"/var/spool/cwl": str(out), "/keep/in": str(coll), "/secret": str(secret)},
+                                {"/secret"}, {"/keep/in"}, "/var/spool/cwl")
     kept = {p.name: p.read_text() for p in out.iterdir() if p.is_file()}
-    assert kept == {"real.txt": "inside\n", "good": "inside\n", "up": "inside\n", "abs": "inside\n",
-                    "coll": "collection\n"}
-    assert not any((out / n).is_symlink() for n in ("host", "escape", "chain", "secret", "loop", "root", "via"))
+    assert kept == {"real.txt": "inside\n", "good": "inside\n", "up": "inside\n", "abs": "inside\n"}
+    assert refs == {"/var/spool/cwl/coll": "/keep/in/a.txt"}  # spliced from the collection
+    assert not any((out / n).is_symlink() for n in ("host", "escape", "chain", "secret", "loop", "root", "via", "coll"))
     assert not (out / "sub" / "hop").is_symlink()
     assert len(notes) == 7 and all(n.startswith("not capturing symlink /var/spool/cwl/") for n in notes)

@@ -4,8 +4,9 @@ The output is read on the host, but a symlink means what it means *inside the co
 ``/var/spool/cwl/leak -> /etc/passwd`` names the image's file, and followed on the host it
 would put the host's ``/etc/passwd`` in a collection. As crunch-run's copier does, a link is
 resolved in the container's view (at most :data:`MAX_LINKS` links, relative targets against the
-link's directory): a target inside one of the container's mounts is kept (the link is pointed at
-that mount's host copy, so the uploader follows it there); a target in a secret mount is left
+link's directory): a target inside one of the container's mounts is kept (by reference for a
+read-only collection, else the link is pointed at that mount's host copy, so the uploader
+follows it there); a target in a secret mount is left
 out silently; any other target (the image, the host) is left out with a line in the log.
 Nothing outside the container's own mount sources is ever read.
 """
@@ -71,13 +72,17 @@ def _inside(path: str, roots: set[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def contain_links(walk_roots: dict[str, str], mounts: dict[str, str], secret: set[str]) -> list[str]:
+def contain_links(walk_roots: dict[str, str], mounts: dict[str, str], secret: set[str],
+                  by_reference: set[str] = frozenset(), output_path: str = "") -> tuple[list[str], dict[str, str]]:
     """Rewrite or remove every symlink under the host directories in *walk_roots* (container
     path -> host directory) so the uploader, which follows links, stays in the mounts.
 
     *mounts* maps every mount point to its host source; *secret* lists secret mount points.
-    Decisions are all made before anything changes (a rewritten link holds a host path, which
-    must not be read as a container path). Returns log lines for the links left out.
+    A link under *output_path* whose target is in one of the *by_reference* mounts (read-only
+    collections) is removed and returned, ``{link path: target path}``, for the caller to
+    splice from the collection's manifest, as crunch-run does. Decisions are all made before
+    anything changes (a rewritten link holds a host path, which must not be read as a container
+    path). Returns log lines for the links left out, and the references.
     """
     host_of = mount_resolver(mounts)
     decisions: list[tuple[Path, str | None, str]] = []
@@ -93,7 +98,8 @@ def contain_links(walk_roots: dict[str, str], mounts: dict[str, str], secret: se
                 ctr = posixpath.join(ctr_root, rel)
                 target = resolve_in_container(ctr, host_of)
                 decisions.append((host, target, ctr))
-    notes = []
+    notes: list[str] = []
+    refs: dict[str, str] = {}
     for host, target, ctr in decisions:
         if target is not None and _inside(target, secret):
             host.unlink()
@@ -105,5 +111,8 @@ def contain_links(walk_roots: dict[str, str], mounts: dict[str, str], secret: se
             host.unlink()
             continue
         host.unlink()
-        host.symlink_to(real)
-    return notes
+        if output_path and _inside(ctr, {output_path}) and _inside(target, set(by_reference)):
+            refs[ctr] = target
+        else:
+            host.symlink_to(real)
+    return notes, refs
