@@ -414,3 +414,14 @@ def test_output_links_resolved_in_the_containers_view(tmp_path: Path) -> None:
     assert not any((out / n).is_symlink() for n in ("host", "escape", "chain", "secret", "loop", "root", "via", "coll"))
     assert not (out / "sub" / "hop").is_symlink()
     assert len(notes) == 7 and all(n.startswith("not capturing symlink /var/spool/cwl/") for n in notes)
+
+
+def test_websocket_stops_delivering_once_its_token_expires(tmp_path: Path) -> None:
+    """Rule 11 for the event bus: a session authenticated once must not outlive its token."""
+    store, authz, dispatcher, tokens = _offline_cluster(tmp_path)
+    caller = authz.authenticate(tokens["Running"])
+    own = store.create("groups", {"group_class": "project", "owner_uuid": caller.uuid})
+    event = store.logs_after(0)[-1]
+    assert event["object_uuid"] == own["uuid"] and authz.can_read_event(caller, event)
+    dispatcher._recover()  # the container is gone: its token expires
+    assert not authz.can_read_event(caller, event)

@@ -70,6 +70,20 @@ class Authorizer:
                 found = rec
         return found
 
+    def still_valid(self, caller: Caller) -> bool:
+        """Whether the token *caller* authenticated with still works (not expired, not deleted,
+        user still active): a websocket authenticates once, but must stop receiving events when
+        its token ends, as Arvados' ws re-checks permission with the token for each event."""
+        rec = self.store.get(caller.token.get("uuid") or "")
+        if rec is None or rec.get("owner_uuid") != caller.uuid:
+            return False
+        expires = rec.get("expires_at")
+        user = self.store.get(caller.uuid)
+        return not (expires and expires <= timestamp()) and user is not None and user.get("is_active", True)
+
+    def can_read_event(self, caller: Caller, log: dict) -> bool:
+        return self.still_valid(caller) and self.can_read(caller, log)
+
     def user_for_token(self, token: str) -> str | None:
         caller = self.authenticate(token)
         return caller.uuid if caller else None

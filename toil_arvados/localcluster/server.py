@@ -88,7 +88,7 @@ class Cluster:
         self.api.route("GET", "config", self._config, auth=False)
         self.api.route("GET", "vocabulary", self._vocabulary, auth=False)
         self.api.route("POST", "sys/trash_sweep", self._trash_sweep)
-        self.eventbus = EventBus(self.store, self.authz.authenticate, self.authz.can_read)
+        self.eventbus = EventBus(self.store, self.authz.authenticate, self.authz.can_read_event)
         env = {"ARVADOS_API_HOST": cfg.api_host, "ARVADOS_API_HOST_INSECURE": "1"}
         self.dispatcher = Dispatcher(self.store, self.lifecycle, cfg, self.blockstore,
                                      make_runtime(cfg.docker_host, owner=cfg.state_dir),
