@@ -94,23 +94,27 @@ def _own_project(client) -> str:
 
 # 1 -------------------------------------------------------------------------------------------
 
-def test_link_update_cannot_create_or_widen_permission(api, project, alice, mallory) -> None:
+def test_link_update_cannot_create_or_widen_permission(api, cluster_env, project, alice, mallory) -> None:
     m_user, m = mallory
     a_user, _ = alice
-    # A tag link on the admin's project is harmless (anyone may tag what they can name) ...
+    _grant(api, m_user["uuid"], project)  # Mallory may read the admin's project
+    # A tag link on it is harmless (anyone may tag what they can read) ...
     tag = m.links().create(body={"link": {"link_class": "tag", "name": "x", "head_uuid": project,
                                           "tail_uuid": m_user["uuid"]}}).execute()
     # ... but turning it into a grant is checked as a grant would be on create.
     _raises(m.links().update(uuid=tag["uuid"], body={"link": {"link_class": "permission", "name": "can_manage"}}),
             (403, 422))
-    # A grant on her own project cannot be moved onto the admin's project.
+    # A grant on her own project cannot be moved onto the admin's project, nor to herself.
     own = _own_project(m)
     grant = _grant(m, a_user["uuid"], own)
     _raises(m.links().update(uuid=grant["uuid"], body={"link": {"head_uuid": project}}), (403, 422))
     _raises(m.links().update(uuid=grant["uuid"], body={"link": {"tail_uuid": m_user["uuid"]}}), (403, 422))
     # Changing the level of her own grant stays possible.
     assert m.links().update(uuid=grant["uuid"], body={"link": {"name": "can_write"}}).execute()["name"] == "can_write"
-    _raises(m.groups().get(uuid=project), (404,))
+    _raises(m.groups().update(uuid=project, body={"group": {"name": "taken"}}), (403,))
+    # Nor can a link name what she cannot read (Arvados' check_readable_uuid): 422 "not found".
+    hidden = _own_project(_make_user(api, cluster_env, "victim")[1])
+    _raises(m.links().create(body={"link": {"link_class": "tag", "name": "x", "head_uuid": hidden}}), (422,))
 
 
 # 2 -------------------------------------------------------------------------------------------

@@ -157,8 +157,21 @@ class Links(Resource):
     def prepare_create(self, req: Request, attrs: dict) -> dict:
         if not attrs.get("link_class"):
             raise unprocessable("link_class can't be blank")
+        self._check_readable_ends(req, attrs, attrs)
         self._check_permission_link(req, attrs)
         return attrs
+
+    def _check_readable_ends(self, req: Request, link: dict, changed: dict) -> None:
+        """Arvados' check_readable_uuid: a link may only name objects the caller can read (a
+        user may not tag, or learn the existence of, what is hidden from them). Users are
+        visible to every user, as with Arvados' default ActivatedUsersAreVisibleToOthers."""
+        for attr in ("head_uuid", "tail_uuid"):
+            value = link.get(attr)
+            if attr not in changed or not value or not table_of(value) or value == self.store.system_user_uuid:
+                continue
+            target = self.store.get(value)
+            if target is None or (table_of(value) != "users" and not self.authz.can_read(req.user, target)):
+                raise unprocessable(f"{attr} '{value}' not found")
 
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
         """An update is checked as the link it makes would be on create, so a harmless link
@@ -168,6 +181,7 @@ class Links(Resource):
         merged = dict(old, **changes)
         if not merged.get("link_class"):
             raise unprocessable("link_class can't be blank")
+        self._check_readable_ends(req, merged, {k for k in changes if changes[k] != old.get(k)})
         if "permission" in (old.get("link_class"), merged.get("link_class")) and not req.user.is_admin:
             moved = [k for k in ("link_class", "head_uuid", "tail_uuid") if merged.get(k) != old.get(k)]
             if moved:
