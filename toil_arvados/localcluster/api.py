@@ -23,6 +23,9 @@ from .uuids import RESOURCE_KINDS, table_of
 
 logger = logging.getLogger(__name__)
 
+#: Arvados' ``API.MaxRequestSize`` default (lib/config/config.default.yml): larger bodies get 413.
+MAX_REQUEST_SIZE = 128 << 20
+
 _LIST_PARAMS = ("filters", "where", "order", "select", "limit", "offset", "count", "distinct")
 
 
@@ -162,6 +165,9 @@ class Resource:
             raise unprocessable(f"owner_uuid {owner_uuid} is not a user or project that exists")
         if not self.authz.can_write(req.user, owner):
             raise ApiError(403, f"Forbidden: cannot write to owner_uuid {owner_uuid}")
+        if table_of(owner_uuid) == "groups" and owner.get("group_class") != "project":
+            # Arvados: only projects own things; a role owning objects would give them to every member.
+            raise ApiError(403, f"Forbidden: owner_uuid {owner_uuid} must be a project")
 
     # Attributes a list leaves out unless asked for with ``select`` (Arvados: collections' manifests).
     list_omits: frozenset[str] = frozenset()
@@ -378,7 +384,7 @@ class ApiServer:
         self.extra_routes.append((method, path, handler, auth))
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 30)
+        app = web.Application(client_max_size=MAX_REQUEST_SIZE)
         app.router.add_get("/discovery/v1/apis/arvados/v1/rest", self._discovery)
         app.router.add_get("/_health/ping", self._ping)
         app.router.add_get("/_health/stats", self._wrap(self._stats, True, counted=False))
@@ -419,6 +425,7 @@ class ApiServer:
 
         async def serve(http: web.Request) -> web.StreamResponse:
             try:
+                _check_size(http)
                 params, json_body = await self._params(http)
                 token = _token_of(http, params)
                 caller = self.authz.authenticate(token) if token else None
@@ -435,6 +442,8 @@ class ApiServer:
                 result = await handler(Request(http, caller, params, json_body))
             except ApiError as e:
                 return error_response(e.status, [e.message])
+            except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
+                return error_response(413, [_too_large()])
             except web.HTTPException:
                 raise
             except Exception as e:  # a bug here must not kill the server; the client gets a 500
@@ -469,6 +478,16 @@ class ApiServer:
         return params, json_body
 
 
+def _too_large() -> str:
+    return f"Request body too large: the limit is {MAX_REQUEST_SIZE} bytes (API.MaxRequestSize)"
+
+
+def _check_size(http: web.Request) -> None:
+    """Refuse a declared body over the limit before reading any of it (Arvados: 413)."""
+    if (http.content_length or 0) > MAX_REQUEST_SIZE:
+        raise ApiError(413, _too_large())
+
+
 def _method_override(post: Callable[[web.Request], Awaitable[web.StreamResponse]],
                      others: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]],
                      ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -480,6 +499,8 @@ def _method_override(post: Callable[[web.Request], Awaitable[web.StreamResponse]
     Without this such a list would run as a create.
     """
     async def serve(http: web.Request) -> web.StreamResponse:
+        if (http.content_length or 0) > MAX_REQUEST_SIZE:
+            return error_response(413, [_too_large()])
         method = http.headers.get("X-Http-Method-Override") or http.query.get("_method")
         if not method and http.content_type == "application/x-www-form-urlencoded":
             method = (await http.post()).get("_method")

@@ -6,10 +6,11 @@ sees what they own, what is owned by projects they own (transitively), and what 
 """
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from .signing import token_secret  # noqa: F401  (callers import it from here too)
-from .store import Store
+from .store import Store, timestamp
 from .uuids import table_of
 
 _LEVELS = {"can_read": 1, "can_write": 2, "can_manage": 3}
@@ -36,24 +37,52 @@ class Authorizer:
         self.store = store
 
     def authenticate(self, token: str | None) -> Caller | None:
+        """The caller behind *token*, or None (unknown, expired, or its user is inactive).
+
+        A v2 token names its record, so the record is found by uuid and only then its secret is
+        compared, in constant time (``hmac.compare_digest``): how long a wrong guess takes must
+        not tell how much of it was right. A bare (v1) secret is compared against every token,
+        each in constant time, without stopping early on a match.
+        """
         if not token:
             return None
-        secret = token_secret(token)
-        for rec in self.store.records("api_client_authorizations"):
-            if rec.get("api_token") == secret:
-                if token.startswith("v2/") and token.split("/")[1] != rec["uuid"]:
-                    return None
-                expires = rec.get("expires_at")
-                if expires:
-                    from .store import timestamp
+        rec = self._token_record(token)
+        if rec is None:
+            return None
+        expires = rec.get("expires_at")
+        if expires and expires <= timestamp():
+            return None
+        user = self.store.get(rec["owner_uuid"])
+        if user is None or not user.get("is_active", True):
+            return None
+        return Caller(user=user, token=rec)
 
-                    if expires <= timestamp():
-                        return None
-                user = self.store.get(rec["owner_uuid"])
-                if user is None or not user.get("is_active", True):
-                    return None
-                return Caller(user=user, token=rec)
-        return None
+    def _token_record(self, token: str) -> dict | None:
+        secret = token_secret(token).encode()
+        if token.startswith("v2/"):
+            rec = self.store.get(token.split("/")[1])
+            if rec is None or table_of(rec["uuid"]) != "api_client_authorizations":
+                return None
+            return rec if hmac.compare_digest(str(rec.get("api_token") or "").encode(), secret) else None
+        found = None
+        for rec in self.store.records("api_client_authorizations"):
+            if hmac.compare_digest(str(rec.get("api_token") or "").encode(), secret) and found is None:
+                found = rec
+        return found
+
+    def still_valid(self, caller: Caller) -> bool:
+        """Whether the token *caller* authenticated with still works (not expired, not deleted,
+        user still active): a websocket authenticates once, but must stop receiving events when
+        its token ends, as Arvados' ws re-checks permission with the token for each event."""
+        rec = self.store.get(caller.token.get("uuid") or "")
+        if rec is None or rec.get("owner_uuid") != caller.uuid:
+            return False
+        expires = rec.get("expires_at")
+        user = self.store.get(caller.uuid)
+        return not (expires and expires <= timestamp()) and user is not None and user.get("is_active", True)
+
+    def can_read_event(self, caller: Caller, log: dict) -> bool:
+        return self.still_valid(caller) and self.can_read(caller, log)
 
     def user_for_token(self, token: str) -> str | None:
         caller = self.authenticate(token)
@@ -74,6 +103,10 @@ class Authorizer:
             return min(self.level(caller, target), 1) if target else 0
         if table == "keep_services":
             return 1
+        if table == "api_client_authorizations":
+            # A token is its owner's alone: a permission on the owning user (e.g. a share of the
+            # user record) never extends to their tokens, nor to the events about them.
+            return 3 if record.get("owner_uuid") == caller.uuid else 0
         best = 0
         principals = self._principals(caller.uuid)
         seen: set[str] = set()

@@ -15,7 +15,7 @@ the Arvados API server does:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from . import reuse
 from .api import ApiError, Request, Resource, not_found, unprocessable
@@ -23,6 +23,12 @@ from .store import Store, timestamp
 from .uuids import is_pdh, table_of
 
 logger = logging.getLogger(__name__)
+
+#: Who can read a record, for the user a check is made for.
+Readable = Callable[[dict], bool]
+#: Private request attribute: the user who committed it, whose permissions resolve its mounts,
+#: image and reuse, and who the container's token belongs to (Arvados' runtime_user_uuid).
+COMMITTED_BY = "_committed_by"
 
 FINAL_CONTAINER_STATES = ("Complete", "Cancelled")
 MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep", "git_tree")
@@ -65,8 +71,13 @@ class ContainerRequests(Resource):
         if attrs.get("requesting_container_uuid") is None and req.user.token.get("_container_uuid"):
             attrs["requesting_container_uuid"] = req.user.token["_container_uuid"]
         if attrs["state"] == "Committed":
-            validate_committed(attrs, self.store)
+            validate_committed(attrs, self.store, self._reader(req))
+            attrs[COMMITTED_BY] = req.user.uuid
         return attrs
+
+    def _reader(self, req: Request) -> Readable:
+        """What the requester may read: mounts and images are resolved among those only."""
+        return lambda record: self.authz.can_read(req.user, record)
 
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
         changed = {k for k, v in changes.items() if old.get(k) != v}
@@ -93,7 +104,8 @@ class ContainerRequests(Resource):
                 changes["scheduling_parameters"] = merged["scheduling_parameters"]
                 changes["runtime_constraints"] = merged["runtime_constraints"]
             if merged.get("state") == "Committed":
-                validate_committed(merged, self.store)
+                validate_committed(merged, self.store, self._reader(req))
+                changes[COMMITTED_BY] = req.user.uuid
             elif merged.get("state") not in ("Uncommitted",):
                 raise unprocessable(f"Invalid state transition from Uncommitted to {merged.get('state')}")
         return changes
@@ -153,10 +165,13 @@ class Containers(Resource):
     async def update(self, req: Request) -> dict:
         old = self.fetch(req, req.params["uuid"])
         changes = req.body("container", "containers")
-        if not req.user.is_admin:
-            if old["state"] != "Running" or req.user.token.get("uuid") != old.get("auth_uuid"):
-                raise ApiError(403, "Forbidden: only the dispatcher, an admin or the running container "
-                                    "itself updates a container")
+        # As Arvados (container.rb validate_change), the container's own token is held to what the
+        # contained process may change even when its user is an admin: it runs as that user.
+        own = old["state"] == "Running" and req.user.token.get("uuid") == old.get("auth_uuid")
+        if not own and not req.user.is_admin:
+            raise ApiError(403, "Forbidden: only the dispatcher, an admin or the running container "
+                                "itself updates a container")
+        if own:
             bad = {k for k, v in changes.items() if k not in self._SELF_UPDATABLE and old.get(k) != v}
             if bad:
                 raise unprocessable(f"Cannot modify {', '.join(sorted(bad))} of a container from inside it; "
@@ -186,13 +201,21 @@ class Containers(Resource):
             raise not_found("Container has no token (it is not Locked or Running)")
         return self.api.resources["api_client_authorizations"].present(req, dict(tok))
 
+    def _dispatcher_only(self, req: Request, what: str) -> None:
+        """Locking is the dispatcher's: on Arvados only an admin (the dispatcher's token) may, so a
+        user cannot take their container out of the queue or hand it back mid-run."""
+        if not req.user.is_admin:
+            raise ApiError(403, f"Forbidden: only the dispatcher (an admin) can {what} a container")
+
     async def lock(self, req: Request) -> dict:
+        self._dispatcher_only(req, "lock")
         c = self.fetch(req, req.params["uuid"])
         if c["state"] != "Queued":
             raise unprocessable(f"Cannot lock container in state {c['state']}")
         return self._shape(req, self.api.lifecycle.update_container(c["uuid"], {"state": "Locked"}, by=req.user.uuid))
 
     async def unlock(self, req: Request) -> dict:
+        self._dispatcher_only(req, "unlock")
         c = self.fetch(req, req.params["uuid"])
         if c["state"] != "Locked":
             raise unprocessable(f"Cannot unlock container in state {c['state']}")
@@ -215,8 +238,13 @@ def fill_saved_defaults(attrs: dict) -> None:
     attrs["runtime_constraints"] = reuse.fill_runtime_constraint_defaults(attrs.get("runtime_constraints") or {})
 
 
-def validate_committed(attrs: dict, store: Store) -> None:
-    """The checks Arvados makes when a request becomes Committed (422 with the attribute named)."""
+def validate_committed(attrs: dict, store: Store, readable: Readable | None = None) -> None:
+    """The checks Arvados makes when a request becomes Committed (422 with the attribute named).
+
+    ``readable`` is the requester's read permission: collections they cannot read may not be
+    mounted (by uuid or by content hash) nor used as the image, as on Arvados, where mounts and
+    images are resolved among ``Collection.readable_by(current_user)``.
+    """
     if not attrs.get("command") or not isinstance(attrs["command"], list) \
             or not all(isinstance(a, str) for a in attrs["command"]):
         raise unprocessable("command must be a non-empty array of strings")
@@ -224,6 +252,8 @@ def validate_committed(attrs: dict, store: Store) -> None:
         raise unprocessable("container_image can't be blank")
     if not attrs.get("output_path"):
         raise unprocessable("output_path can't be blank")
+    if not isinstance(attrs["output_path"], str) or not safe_container_path(attrs["output_path"]):
+        raise unprocessable(f"output_path {attrs['output_path']!r} must be an absolute path without '..'")
     rc = attrs.get("runtime_constraints") or {}
     for key in ("vcpus", "ram"):
         value = rc.get(key)
@@ -239,12 +269,54 @@ def validate_committed(attrs: dict, store: Store) -> None:
             raise unprocessable(f"mounts[{path!r}]: unsupported mount kind {kind!r}; use one of {', '.join(MOUNT_KINDS)}")
         if path in STREAM_MOUNTS:
             validate_stream_mount(path, mount)
-        elif not path.startswith("/"):
-            raise unprocessable(f"mounts: {path!r} is not an absolute path (nor stdin/stdout/stderr)")
+        elif not safe_container_path(path):
+            raise unprocessable(f"mounts: {path!r} is not an absolute path without '..' (nor stdin/stdout/stderr)")
+    secret = attrs.get("secret_mounts") or {}
+    for path in secret:
+        if path not in STREAM_MOUNTS and not safe_container_path(path):
+            raise unprocessable(f"secret_mounts: {path!r} is not an absolute path without '..'")
+    for path, mount in {**mounts, **secret}.items():
+        if isinstance(mount, dict) and mount.get("kind") == "collection":
+            validate_collection_mount(path, mount, store, readable)
     if attrs["output_path"] not in mounts and not any(
             attrs["output_path"].startswith(p.rstrip("/") + "/") for p in mounts if p.startswith("/")):
         raise unprocessable(f"output_path {attrs['output_path']!r} must be one of the mount targets")
-    resolve_image(attrs["container_image"], store)
+    resolve_image(attrs["container_image"], store, readable)
+
+
+def safe_container_path(path: str) -> bool:
+    """An absolute path in the container that no ``..`` component can move out of its place."""
+    return isinstance(path, str) and path.startswith("/") and ".." not in path.split("/")
+
+
+def safe_relative_path(path: str) -> bool:
+    """A path inside a collection (leading ``/`` allowed) that cannot climb out of it."""
+    return isinstance(path, str) and ".." not in path.split("/")
+
+
+#: The empty collection: every cluster has it, and it holds nothing to protect.
+EMPTY_PDH = "d41d8cd98f00b204e9800998ecf8427e+0"
+
+
+def validate_collection_mount(path: str, mount: dict, store: Store, readable: Readable | None) -> None:
+    """A collection mount names a real hash or collection uuid the requester can read, and a
+    ``path`` inside it; anything else is a 422 naming the mount (crunch-run would otherwise
+    join ``..`` or a foreign collection into what the container sees)."""
+    pdh, uuid, sub = mount.get("portable_data_hash"), mount.get("uuid"), mount.get("path")
+    if pdh is not None and not (isinstance(pdh, str) and is_pdh(pdh)):
+        raise unprocessable(f"mounts[{path!r}]: portable_data_hash {pdh!r} is not a portable data hash")
+    if uuid is not None and not (isinstance(uuid, str) and table_of(uuid) == "collections"):
+        raise unprocessable(f"mounts[{path!r}]: uuid {uuid!r} is not a collection uuid")
+    if sub is not None and not safe_relative_path(sub):
+        raise unprocessable(f"mounts[{path!r}]: path {sub!r} must stay inside the collection (no '..')")
+    if uuid is not None:
+        record = store.get(uuid)
+        if record is None or (readable is not None and not readable(record)):
+            raise unprocessable(f"mounts[{path!r}]: cannot mount collection {uuid}: not found")
+    if pdh is not None and pdh != EMPTY_PDH and not any(
+            c.get("portable_data_hash") == pdh and not c.get("is_trashed") and (readable is None or readable(c))
+            for c in store.records("collections")):
+        raise unprocessable(f"mounts[{path!r}]: cannot mount collection {pdh}: not found")
 
 
 def validate_stream_mount(name: str, mount: dict) -> None:
@@ -260,22 +332,30 @@ def validate_stream_mount(name: str, mount: dict) -> None:
     if kind != "file":
         raise unprocessable(f"mounts[{name!r}]: kind must be 'file', got {kind!r}")
     target = mount.get("path")
-    if not isinstance(target, str) or not target.startswith("/"):
-        raise unprocessable(f"mounts[{name!r}]: path must be an absolute path in the container, got {target!r}")
+    if not safe_container_path(target):
+        raise unprocessable(f"mounts[{name!r}]: path must be an absolute path in the container without '..', "
+                            f"got {target!r}")
 
 
-def resolve_image(image: str, store: Store) -> str:
+def resolve_image(image: str, store: Store, readable: Readable | None = None) -> str:
     """An image reference -> the portable data hash of its image collection, as Arvados does.
 
     Accepts a PDH, an image collection UUID, ``repo:tag`` or ``repo`` (``latest``) found through
-    ``docker_image_repo+tag`` links, or an image hash through ``docker_image_hash`` links.
+    ``docker_image_repo+tag`` links, or an image hash through ``docker_image_hash`` links. Only
+    collections (and, for names, links) that ``readable`` accepts count: as on Arvados, another
+    user's link naming their own collection ``debian:stable-slim`` must not change what the name
+    means to you.
     """
+    def ok(record: dict | None) -> bool:
+        return record is not None and not record.get("is_trashed") and (readable is None or readable(record))
+
     if is_pdh(image):
-        if any(c.get("portable_data_hash") == image for c in store.records("collections")):
+        if image == EMPTY_PDH or any(c.get("portable_data_hash") == image and ok(c)
+                                     for c in store.records("collections")):
             return image
     elif table_of(image) == "collections":
         c = store.get(image)
-        if c is not None:
+        if ok(c):
             return c["portable_data_hash"]
     else:
         name = image if ":" in image.rsplit("/", 1)[-1] else image + ":latest"
@@ -284,7 +364,7 @@ def resolve_image(image: str, store: Store) -> str:
             if (link.get("link_class") == "docker_image_repo+tag" and link.get("name") == name) or (
                     link.get("link_class") == "docker_image_hash" and link.get("name") in (image, "sha256:" + image)):
                 c = store.get(link.get("head_uuid") or "")
-                if c is not None and not c.get("is_trashed"):
+                if ok(c) and ok(link):
                     candidates.append((link["created_at"], c["portable_data_hash"]))
         if candidates:
             return max(candidates)[1]
@@ -296,9 +376,22 @@ def resolve_image(image: str, store: Store) -> str:
 class Lifecycle:
     """Keeps container requests and containers consistent as either side changes."""
 
-    def __init__(self, store: Store, config: Any, readable: Any = None) -> None:
+    def __init__(self, store: Store, config: Any, authz: Any = None) -> None:
         self.store = store
         self.config = config
+        #: The cluster's Authorizer: a request's mounts, image and reuse are resolved among what
+        #: the user who committed it can read. None (unit tests): everything is readable.
+        self.authz = authz
+
+    def _reader(self, cr: dict) -> Readable | None:
+        """Read permission of the user who committed *cr* (None: no restriction known)."""
+        user = self.store.get(cr.get(COMMITTED_BY) or "")
+        if user is None or self.authz is None:
+            return None
+        from .auth import Caller
+
+        caller = Caller(user=user, token={})
+        return lambda record: self.authz.can_read(caller, record)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -312,8 +405,9 @@ class Lifecycle:
         attrs = self._container_attrs(cr)
         container = None
         if cr.get("use_existing", True):
+            reader = self._reader(cr)
             chosen = reuse.choose_reusable(self.store.records("containers"), attrs,
-                                           readable=self._collection_readable)
+                                           readable=lambda pdh: self._collection_readable(pdh, reader))
             container = self.store.get(chosen["uuid"]) if chosen else None
         if container is None:
             container = self.store.create("containers", attrs, by=self.store.system_user_uuid)
@@ -324,13 +418,16 @@ class Lifecycle:
         else:
             self._update_priority(container["uuid"])
 
-    def _pdh_for_uuid(self, uuid: str) -> str | None:
+    def _pdh_for_uuid(self, uuid: str, reader: Readable | None) -> str | None:
         c = self.store.get(uuid)
-        return c["portable_data_hash"] if c and table_of(uuid) == "collections" else None
+        if c is None or table_of(uuid) != "collections" or (reader is not None and not reader(c)):
+            return None
+        return c["portable_data_hash"]
 
     def _container_attrs(self, cr: dict) -> dict:
+        reader = self._reader(cr)
         try:
-            mounts = reuse.resolve_mounts(cr.get("mounts") or {}, self._pdh_for_uuid)
+            mounts = reuse.resolve_mounts(cr.get("mounts") or {}, lambda uuid: self._pdh_for_uuid(uuid, reader))
         except reuse.UnresolvableError as e:
             raise unprocessable(f"mounts: {e}") from None
         rc = reuse.resolve_runtime_constraints(
@@ -344,13 +441,15 @@ class Lifecycle:
             "environment": reuse.deep_sort(cr.get("environment") or {}),
             "output_path": cr["output_path"],
             "output_glob": cr.get("output_glob") or [],
-            "container_image": resolve_image(cr["container_image"], self.store),
+            "container_image": resolve_image(cr["container_image"], self.store, reader),
             "mounts": reuse.deep_sort(mounts),
             "secret_mounts": secret,
             "secret_mounts_md5": reuse.secret_mounts_md5(secret),
             "runtime_constraints": rc,
             "scheduling_parameters": reuse.deep_sort(cr.get("scheduling_parameters") or {}),
-            "runtime_user_uuid": cr["owner_uuid"],
+            # Arvados: the user who committed the request, never the project it is in (a token
+            # acting as the project would manage it, more than the user's write permission).
+            "runtime_user_uuid": cr.get(COMMITTED_BY) or cr.get("modified_by_user_uuid") or cr["owner_uuid"],
             "runtime_auth_scopes": ["all"],
             "output_storage_classes": cr.get("output_storage_classes") or ["default"],
             "output_properties": {},
@@ -375,10 +474,13 @@ class Lifecycle:
             self.update_container(container_uuid, {"state": "Cancelled"})
         # Locked/Running containers with priority 0 are stopped by the dispatcher.
 
-    def _collection_readable(self, pdh: str | None) -> bool:
+    def _collection_readable(self, pdh: str | None, reader: Readable | None = None) -> bool:
+        """Arvados reuses a finished container only if its output and log are readable by the
+        requester: otherwise reuse would hand another user's results to them."""
         if not pdh:
             return False
         return any(c.get("portable_data_hash") == pdh and not c.get("is_trashed")
+                   and (reader is None or reader(c))
                    for c in self.store.records("collections"))
 
     # -- containers --------------------------------------------------------------------------
@@ -402,9 +504,30 @@ class Lifecycle:
                 changes.setdefault("finished_at", now)
                 changes["secret_mounts"] = {}
         c = self.store.update(uuid, changes, by=by)
+        if new_state != old["state"] and new_state in FINAL_CONTAINER_STATES + ("Queued",):
+            self._expire_token(c.get("auth_uuid"))
         if new_state != old["state"] and new_state in FINAL_CONTAINER_STATES:
             self._container_finished(c)
         return c
+
+    def _expire_token(self, token_uuid: str | None) -> None:
+        """A container's runtime token works only while the container is Locked/Running: once it
+        ends (or goes back to the queue) the token expires, as Arvados expires ``auth_uuid``."""
+        tok = self.store.get(token_uuid or "")
+        if tok is not None and table_of(tok["uuid"]) == "api_client_authorizations":
+            now = timestamp()
+            if not tok.get("expires_at") or tok["expires_at"] > now:
+                self.store.update(tok["uuid"], {"expires_at": now}, log=False)
+
+    def expire_stale_container_tokens(self) -> None:
+        """After a crash: expire every container token whose container is not Locked/Running."""
+        for tok in self.store.records("api_client_authorizations"):
+            cuuid = tok.get("_container_uuid")
+            if not cuuid:
+                continue
+            c = self.store.get(cuuid)
+            if c is None or c["state"] not in ("Locked", "Running") or c.get("auth_uuid") != tok["uuid"]:
+                self._expire_token(tok["uuid"])
 
     def _container_finished(self, c: dict) -> None:
         for cr in list(self.store.records("container_requests")):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import collection_files, output_glob
+from . import collection_files, output_glob, output_links
 from . import manifest as mf
 from .blockstore import BlockStore
 from .collections import store_manifest
@@ -110,6 +110,7 @@ class Dispatcher:
                 self.lifecycle.update_container(c["uuid"], {
                     "state": "Cancelled",
                     "runtime_status": {"error": "container was running when the cluster stopped"}})
+        self.lifecycle.expire_stale_container_tokens()
 
     def _free(self) -> tuple[int, int]:
         used_cpu = sum(r.vcpus for r in self.running.values())
@@ -205,7 +206,8 @@ class Dispatcher:
             if (c.get("runtime_constraints") or {}).get("API") and current.get("output"):
                 output_pdh = current["output"]
             else:
-                output_pdh = await asyncio.to_thread(self._save_output, c, spec)
+                linked = await asyncio.to_thread(_contain_output_links, c, spec, logdir)
+                output_pdh = await asyncio.to_thread(self._save_output, c, spec, linked)
             log_pdh = await asyncio.to_thread(self._save_log_dir, c, logdir)
             finish.update({"state": "Complete", "output": output_pdh, "log": log_pdh, "progress": 1.0})
             self.lifecycle.update_container(uuid, finish)
@@ -334,6 +336,8 @@ class Dispatcher:
             return src
         cached = self._materialized(pdh)
         sub = (m.get("path") or "").strip("/")
+        if ".." in sub.split("/"):  # refused at commit too; never leave the collection's copy
+            raise RuntimeError(f"collection mount path {sub!r} leaves the collection")
         src = cached / sub if sub else cached
         if not src.exists():
             raise RuntimeError(f"path {sub!r} not found in collection {pdh}")
@@ -386,18 +390,19 @@ class Dispatcher:
 
     # -- output and logs ---------------------------------------------------------------------
 
-    def _save_output(self, c: dict, spec: dict) -> str:
+    def _save_output(self, c: dict, spec: dict, linked: list[_Layer] = ()) -> str:
         """The output collection: what the command sees at output_path when it ends.
 
         That is the output directory as the command left it, overlaid by every mount below it
         (Arvados' "pre-populated output"), deeper mounts over shallower ones, exactly as they
         covered each other in the container. Read-only collections are spliced in from their
         manifests (no data is copied or re-hashed); writable copies, literal files and tmp
-        directories are uploaded as the command left them. ``output_glob`` filters the result.
+        directories are uploaded as the command left them; so are files a symlink in the output
+        leads to in such a collection (*linked*). ``output_glob`` filters the result.
         """
         keep = output_glob.matcher(c.get("output_glob"))
         tree = mf.ManifestTree()
-        for layer in _output_layers(c, spec["mounts"]):
+        for layer in [*_output_layers(c, spec["mounts"]), *linked]:
             _drop(tree, layer.rel)
             if not layer.exclude:
                 _graft(tree, self._layer_tree(layer, keep))
@@ -466,6 +471,29 @@ def tmp_capacity(c: dict) -> int:
     """The scratch space a container asks for: the sum of its ``tmp`` mounts' capacities."""
     return sum(int(m.get("capacity") or 0) for m in (c.get("mounts") or {}).values()
                if isinstance(m, dict) and m.get("kind") == "tmp")
+
+
+def _contain_output_links(c: dict, spec: dict, logdir: Path) -> list[_Layer]:
+    """Make the symlinks the command left in its writable mounts safe to follow (see
+    :mod:`output_links`): never read a host file through a link that meant a path in the image.
+    Returns the layers for links into read-only collections, spliced by reference."""
+    mounts = {m["path"]: m["source"] for m in spec["mounts"]}
+    writable = {m["path"]: m["source"] for m in spec["mounts"] if m["writable"]}
+    secret = {p for p in (c.get("secret_mounts") or {}) if p.startswith("/")}
+    collections = {_norm(p): m for p, m in (c.get("mounts") or {}).items()
+                   if p.startswith("/") and m.get("kind") == "collection" and not m.get("writable")
+                   and m.get("portable_data_hash")}
+    out = _norm(c["output_path"])
+    notes, refs = output_links.contain_links(writable, mounts, secret, set(collections), out)
+    for note in notes:
+        _append(logdir / "crunch-run.txt", f"{timestamp()} {note}\n")
+    layers = []
+    for link, target in sorted(refs.items()):
+        root = max((p for p in collections if target == p or target.startswith(p.rstrip("/") + "/")), key=len)
+        m = collections[root]
+        coll_path = _join((m.get("path") or "").strip("/"), target[len(root):].strip("/"))
+        layers.append(_Layer(link[len(out):].strip("/"), pdh=m["portable_data_hash"], coll_path=coll_path))
+    return layers
 
 
 def _max_run_time(c: dict) -> float:

@@ -41,6 +41,12 @@ class Users(Resource):
         attrs["full_name"] = f"{first} {last}".strip()
         return attrs
 
+    def after_write(self, req: Request, record: dict, old: dict | None) -> None:
+        if record.get("is_active", True):  # Arvados enrols activated users in "All users"
+            from .bootstrap import ensure_all_users_member
+
+            ensure_all_users_member(self.store, record["uuid"])
+
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
         if not req.user.is_admin and {"is_admin", "is_active", "owner_uuid"} & set(changes):
             raise ApiError(403, "Forbidden: only an admin can change is_admin or is_active")
@@ -57,7 +63,14 @@ class ApiClientAuthorizations(Resource):
         return self.present(req, dict(req.user.token))
 
     def visible(self, req: Request, record: dict) -> bool:
+        """A token is its owner's alone (and admins'): see :meth:`Authorizer.level`."""
         return req.user.is_admin or record.get("owner_uuid") == req.user.uuid
+
+    def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
+        """Arvados: only an admin may give a token to another user (permission_to_update)."""
+        if "owner_uuid" in changes and changes["owner_uuid"] != old.get("owner_uuid") and not req.user.is_admin:
+            raise ApiError(403, "Forbidden: only an admin can change the owner_uuid of a token")
+        return changes
 
     def present(self, req: Request, record: dict) -> dict:
         # v2 form, as Arvados returns it to the token's owner.
@@ -144,22 +157,77 @@ class Links(Resource):
     def prepare_create(self, req: Request, attrs: dict) -> dict:
         if not attrs.get("link_class"):
             raise unprocessable("link_class can't be blank")
-        if attrs["link_class"] == "permission":
-            if attrs.get("name") not in ("can_read", "can_write", "can_manage", "can_login"):
-                raise unprocessable(f"Invalid permission name {attrs.get('name')!r}")
-            head = self.store.get(attrs.get("head_uuid") or "")
-            if head is None:
-                raise unprocessable(f"head_uuid {attrs.get('head_uuid')} does not exist")
-            if not (req.user.is_admin or self.authz.level(req.user, head) >= 3):
-                raise ApiError(403, f"Forbidden: need can_manage on {head['uuid']} to grant permission")
+        self._check_readable_ends(req, attrs, attrs)
+        self._check_permission_link(req, attrs)
         return attrs
+
+    def _check_readable_ends(self, req: Request, link: dict, changed: dict) -> None:
+        """Arvados' check_readable_uuid: a link may only name objects the caller can read (a
+        user may not tag, or learn the existence of, what is hidden from them). Users are
+        visible to every user, as with Arvados' default ActivatedUsersAreVisibleToOthers."""
+        for attr in ("head_uuid", "tail_uuid"):
+            value = link.get(attr)
+            if attr not in changed or not value or not table_of(value) or value == self.store.system_user_uuid:
+                continue
+            target = self.store.get(value)
+            if target is None or (table_of(value) != "users" and not self.authz.can_read(req.user, target)):
+                raise unprocessable(f"{attr} '{value}' not found")
+
+    def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
+        """An update is checked as the link it makes would be on create, so a harmless link
+        cannot be edited into a grant (Arvados: links.rb validates on every save). As Arvados'
+        restrict_alter_permissions, only the level of a permission link may change, and no
+        link can be turned into or out of a permission link, except by an admin."""
+        merged = dict(old, **changes)
+        if not merged.get("link_class"):
+            raise unprocessable("link_class can't be blank")
+        self._check_readable_ends(req, merged, {k for k in changes if changes[k] != old.get(k)})
+        if "permission" in (old.get("link_class"), merged.get("link_class")) and not req.user.is_admin:
+            moved = [k for k in ("link_class", "head_uuid", "tail_uuid") if merged.get(k) != old.get(k)]
+            if moved:
+                raise unprocessable(f"Can only alter permission link level: cannot change {', '.join(moved)}")
+        self._check_permission_link(req, merged)
+        return changes
+
+    def _check_permission_link(self, req: Request, link: dict) -> None:
+        """Arvados' permission_to_attach_to_objects: a valid level, a user or role as the
+        principal (tail), and can_manage on the object (head) unless an admin grants it."""
+        if link.get("link_class") != "permission":
+            return
+        if link.get("name") not in ("can_read", "can_write", "can_manage", "can_login"):
+            raise unprocessable(f"Invalid permission name {link.get('name')!r}: must be one of "
+                                "can_read, can_write, can_manage, can_login")
+        tail_uuid = link.get("tail_uuid") or ""
+        tail = self.store.get(tail_uuid)
+        if table_of(tail_uuid) == "groups":
+            if tail is None:
+                raise unprocessable(f"tail_uuid {tail_uuid} does not exist")
+            if tail.get("group_class") != "role":
+                raise unprocessable(f"tail_uuid {tail_uuid} must be a user or role, "
+                                    f"was group with group_class {tail.get('group_class')}")
+        elif table_of(tail_uuid) != "users" or tail is None:
+            raise unprocessable(f"tail_uuid {tail_uuid or None} must be a user or role that exists")
+        head = self.store.get(link.get("head_uuid") or "")
+        if head is None:
+            raise unprocessable(f"head_uuid {link.get('head_uuid')} does not exist")
+        if not (req.user.is_admin or self.authz.level(req.user, head) >= 3):
+            raise ApiError(403, f"Forbidden: need can_manage on {head['uuid']} to grant permission")
 
 
 class Logs(Resource):
     table = "logs"
 
     def prepare_create(self, req: Request, attrs: dict) -> dict:
+        """A log about an object is an event subscribers of that object receive, so writing one
+        needs write permission on the object; its owner is taken from the object, not the body."""
         attrs.pop("id", None)  # the store numbers events
+        object_uuid = attrs.get("object_uuid")
+        if object_uuid:
+            target = self.store.get(object_uuid)
+            own_container = req.user.token.get("_container_uuid") == object_uuid  # crunch-run's logs
+            if target is None or not (own_container or self.authz.can_write(req.user, target)):
+                raise ApiError(403, f"Forbidden: cannot write a log about {object_uuid} (write permission needed)")
+            attrs["object_owner_uuid"] = target.get("owner_uuid")
         return attrs
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .api import ApiServer
+from .api import MAX_REQUEST_SIZE, ApiServer
 from .auth import Authorizer
 from .blockstore import BlockStore
-from .bootstrap import bootstrap
+from .bootstrap import bootstrap, bootstrap_sharing
 from .collections import Collections
 from .config import ClusterConfig
 from .containers import ContainerRequests, Containers, Lifecycle
@@ -40,7 +40,7 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
     api_url = f"https://{cfg.api_host}/"
     return {
         "ClusterID": cfg.cluster_id,
-        "API": {"MaxItemsPerResponse": 1000, "MaxRequestSize": 134217728,
+        "API": {"MaxItemsPerResponse": 1000, "MaxRequestSize": MAX_REQUEST_SIZE,
                 "AsyncPermissionsUpdateInterval": "20s"},
         "Collections": {"DefaultReplication": 1, "BlobSigningTTL": f"{cfg.blob_signature_ttl}s",
                         "CollectionVersioning": False, "TrashSweepInterval": "60s",
@@ -76,7 +76,8 @@ class Cluster:
         bootstrap(self.store, cfg)
         self.authz = Authorizer(self.store)
         self.blockstore = BlockStore(state / "keep")
-        self.lifecycle = Lifecycle(self.store, cfg)
+        bootstrap_sharing(self.store)
+        self.lifecycle = Lifecycle(self.store, cfg, self.authz)
         self.api = ApiServer(self.store, self.authz, self._discovery)
         self.api.config = cfg
         self.api.lifecycle = self.lifecycle
@@ -86,7 +87,7 @@ class Cluster:
         self.api.route("GET", "config", self._config, auth=False)
         self.api.route("GET", "vocabulary", self._vocabulary, auth=False)
         self.api.route("POST", "sys/trash_sweep", self._trash_sweep)
-        self.eventbus = EventBus(self.store, self.authz.authenticate, self.authz.can_read)
+        self.eventbus = EventBus(self.store, self.authz.authenticate, self.authz.can_read_event)
         env = {"ARVADOS_API_HOST": cfg.api_host, "ARVADOS_API_HOST_INSECURE": "1"}
         self.dispatcher = Dispatcher(self.store, self.lifecycle, cfg, self.blockstore,
                                      make_runtime(cfg.docker_host, owner=cfg.state_dir),
