@@ -25,6 +25,8 @@ from .uuids import is_pdh, table_of
 logger = logging.getLogger(__name__)
 
 FINAL_CONTAINER_STATES = ("Complete", "Cancelled")
+#: Arvados' Containers.MaxDispatchAttempts default: unlocks before a container is cancelled.
+MAX_DISPATCH_ATTEMPTS = 10
 MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep", "git_tree")
 #: The command's standard streams, mounted by name rather than at a path.
 STREAM_MOUNTS = ("stdin", "stdout", "stderr")
@@ -396,15 +398,62 @@ class Lifecycle:
             now = timestamp()
             if new_state == "Locked":
                 changes["lock_count"] = (old.get("lock_count") or 0) + 1
+            if old["state"] == "Locked" and new_state == "Queued" \
+                    and (old.get("lock_count") or 0) >= MAX_DISPATCH_ATTEMPTS:
+                new_state = changes["state"] = "Cancelled"  # Arvados' check_unlock
+                changes["runtime_status"] = {
+                    "error": "Failed to start container.  Cancelled after exceeding "
+                             f"'Containers.MaxDispatchAttempts' (lock_count={old.get('lock_count')})"}
             if new_state == "Running":
                 changes.setdefault("started_at", now)
             if new_state in FINAL_CONTAINER_STATES:
                 changes.setdefault("finished_at", now)
                 changes["secret_mounts"] = {}
+            if new_state not in ("Locked", "Running") and old.get("auth_uuid"):
+                # Arvados (Container#assign_auth): only a Locked or Running container has a
+                # token; leaving those states expires it in the same save.
+                self._expire_token(old["auth_uuid"])
+                changes["auth_uuid"] = None
         c = self.store.update(uuid, changes, by=by)
         if new_state != old["state"] and new_state in FINAL_CONTAINER_STATES:
             self._container_finished(c)
         return c
+
+    def _expire_token(self, token_uuid: str) -> None:
+        token = self.store.get(token_uuid)
+        if token is not None and not token.get("expires_at"):
+            self.store.update(token_uuid, {"expires_at": timestamp()}, log=False)
+
+    def repair(self) -> list[str]:
+        """Bring requests and containers back in step after a crash; what was done, one line each.
+
+        Each step of the life cycle (a container finishing, its requests being finalized or
+        retried, a request getting its container) is its own committed change, so a crash can
+        fall between two of them. This finishes the work the crash interrupted, as the API server
+        would have: requests whose container is final are finalized (or retried), committed
+        requests without a container get one, and a container's priority follows its requests
+        again (a queued container no request wants is cancelled).
+        """
+        done = []
+        for snapshot in self.store.records("container_requests"):
+            cr = self.store.get(snapshot["uuid"])  # an earlier step may have finalized it
+            if cr is None or cr["state"] != "Committed":
+                continue
+            c = self.store.get(cr.get("container_uuid") or "")
+            if c is None:
+                done.append(f"request {cr['uuid']}: assigning a container")
+                self.store.update(cr["uuid"], {"container_uuid": None})
+                self._assign_container(self.store.get(cr["uuid"]))
+            elif c["state"] in FINAL_CONTAINER_STATES:
+                done.append(f"request {cr['uuid']}: container {c['uuid']} is {c['state']}")
+                self._container_finished(c)
+        for c in self.store.records("containers"):
+            if c["state"] not in FINAL_CONTAINER_STATES:
+                self._update_priority(c["uuid"])
+            elif c.get("auth_uuid"):
+                self._expire_token(c["auth_uuid"])
+                self.store.update(c["uuid"], {"auth_uuid": None})
+        return done
 
     def _container_finished(self, c: dict) -> None:
         for cr in list(self.store.records("container_requests")):

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import statelock
 from .api import ApiServer
 from .auth import Authorizer
 from .blockstore import BlockStore
@@ -93,6 +94,14 @@ class Cluster:
                                      api_env=env)
         self._runners: list[web.AppRunner] = []
         self._dispatch_task: asyncio.Task | None = None
+        self.recover()
+
+    def recover(self) -> None:
+        """Settle what a crash of the last cluster process left half done, before serving: no
+        client ever sees a container Running that nothing runs, or a live token for it."""
+        self.dispatcher.recover()
+        for line in self.lifecycle.repair():
+            logger.info("recovery: %s", line)
 
     def _discovery(self, http: web.Request) -> dict:
         return discovery_document(
@@ -147,11 +156,9 @@ async def serve(cfg: ClusterConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    (cfg.state_path / "server.pid").write_text(str(os.getpid()))
     await stop.wait()
     logger.info("stopping cluster")
     await cluster.stop()
-    (cfg.state_path / "server.pid").unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,8 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    cfg = ClusterConfig.load(args.state_dir.resolve())
-    asyncio.run(serve(cfg))
+    state_dir = args.state_dir.resolve()
+    try:
+        lock = statelock.acquire(state_dir)  # held until this process ends, however it ends
+    except statelock.StateDirLocked as e:
+        print(f"toil-arvados cluster server: {e}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(ClusterConfig.load(state_dir)))
+    finally:
+        (state_dir / statelock.PID_FILE).unlink(missing_ok=True)
+        os.close(lock)
     return 0
 
 

@@ -1,0 +1,163 @@
+"""A cluster killed with ``kill -9`` comes back consistent at the next ``up``.
+
+What Arvados guarantees and a crash must not break: every committed object is still there (no
+lost collection), log ids stay unique and increasing across the crash (clients resume event
+streams from ``last_log_id``), containers that were running when the process died are settled
+the way Arvados' dispatcher settles containers whose crunch-run vanished (cancelled, their
+requests retried up to ``container_count_max`` or finalized) and no token of theirs still works.
+
+The test runs its own cluster on a fresh state directory: the session cluster must not be killed
+under the other tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import arvados
+import arvados.collection
+import arvados.errors
+import pytest
+
+from toil_arvados.localcluster import control
+
+from conftest import TEST_IMAGE as IMAGE, store_images
+from e2e_util import container, create_request, get_request, request_body, wait_container_state, wait_for, \
+    wait_final
+
+def _client(cfg, token=None):
+    return arvados.api("v1", host=cfg.api_host, token=token or cfg.root_token, insecure=True, num_retries=0)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built_images):
+    monkeypatch.setenv("TOIL_ARVADOS_CLUSTER_REGISTRY", str(tmp_path / "clusters.json"))
+    state = tmp_path / "crash-cluster"
+    cfg = control.up(state, cores=2, ram=1 << 30)
+    store_images(cfg, [built_images[IMAGE]])  # the session cluster's plain Debian image
+    try:
+        yield state, cfg
+    finally:
+        control.down(state)
+
+
+def _children(pid: int) -> set[int]:
+    """The pids whose parent is ``pid`` (the runtime processes of running containers)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.add(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill9(state: Path) -> list[int]:
+    """``kill -9`` the cluster process; returns the container processes it had started."""
+    pid = int((state / "server.pid").read_text())
+    children = sorted(_children(pid))
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _alive(pid) or any(_alive(c) for c in children), lambda alive: not alive, 15,
+             "the cluster process and its containers to die")
+    try:
+        os.waitpid(pid, 0)  # up() started it from this process: reap it
+    except ChildProcessError:
+        pass
+    return children
+
+
+def _all_logs(api) -> list[dict]:
+    page = api.logs().list(order=["id asc"], limit=1000, select=["id", "uuid", "object_uuid", "event_type"],
+                           count="exact").execute()
+    assert page["items_available"] == len(page["items"]), "more logs than one page: raise the limit"
+    return page["items"]
+
+
+def test_kill_9_then_up_recovers(own_cluster) -> None:
+    state, cfg = own_cluster
+    api = _client(cfg)
+    coll = arvados.collection.Collection(api_client=api)
+    with coll.open("before/crash.txt", "w") as f:
+        f.write("committed before the crash\n")
+    coll.save_new(name="saved before the crash")
+
+    sleep = ["sh", "-c", "sleep 30"]
+    retried = create_request(api, request_body(sleep, IMAGE, name="retried", container_count_max=2,
+                                               use_existing=False))
+    final = create_request(api, request_body(sleep, IMAGE, name="final", container_count_max=1,
+                                             use_existing=False))
+    running = [wait_container_state(api, cr["container_uuid"], "Running") for cr in (retried, final)]
+    tokens = [api.containers().auth(uuid=c["uuid"]).execute()["api_token"] for c in running]
+    assert all(_client(cfg, t).users().current().execute()["uuid"] for t in tokens)  # live now
+    logs_before = _all_logs(api)
+
+    children = _kill9(state)
+    assert children, "the running containers had no process under the cluster process"
+
+    cfg2 = control.up(state)
+    assert cfg2.api_host == cfg.api_host  # same address: the old client keeps working
+    reader = arvados.collection.CollectionReader(coll.manifest_locator(), api_client=api)
+    assert reader.open("before/crash.txt").read() == "committed before the crash\n"
+
+    for c in running:  # settled before the cluster answered: nothing runs them any more
+        after = container(api, c["uuid"])
+        assert after["state"] == "Cancelled" and after["auth_uuid"] is None
+        assert "cluster stopped" in after["runtime_status"]["error"]
+    for token in tokens:
+        with pytest.raises(arvados.errors.ApiError) as e:
+            _client(cfg, token).users().current().execute()
+        assert e.value.resp.status == 401
+
+    again = get_request(api, retried["uuid"])
+    assert again["state"] == "Committed" and again["container_count"] == 2
+    assert again["container_uuid"] not in (c["uuid"] for c in running)
+    gave_up = wait_final(api, final["uuid"])
+    assert gave_up["container_uuid"] == running[1]["uuid"] and gave_up["container_count"] == 1
+    assert gave_up["log_uuid"]  # what the container logged before the crash is kept
+
+    logs_after = _all_logs(api)
+    ids = [entry["id"] for entry in logs_after]
+    assert ids == sorted(set(ids)), "log ids must be unique and increasing"
+    assert logs_after[:len(logs_before)] == logs_before  # history before the crash unchanged
+    assert any(entry["object_uuid"] == running[0]["uuid"] for entry in logs_after[len(logs_before):])
+
+    api.container_requests().update(uuid=retried["uuid"], body={"container_request": {"priority": 0}}).execute()
+    wait_final(api, retried["uuid"])
+    for c in api.containers().list(limit=1000).execute()["items"]:
+        assert c["state"] in ("Complete", "Cancelled") and c["auth_uuid"] is None
+
+
+def test_up_finishes_what_a_crash_interrupted(own_cluster) -> None:
+    """A crash between a container finishing and its request being finalized (two commits):
+    the next ``up`` finalizes the request, as the API server would have."""
+    state, cfg = own_cluster
+    api = _client(cfg)
+    cr = wait_final(api, create_request(api, request_body(["sh", "-c", "echo done > out.txt"], IMAGE))["uuid"])
+    assert control.down(state)
+    # The database as a crash right after the container's completion would leave it.
+    db = sqlite3.connect(state / "arvados.sqlite3")
+    data = json.loads(db.execute("SELECT data FROM objects WHERE uuid=?", (cr["uuid"],)).fetchone()[0])
+    data.update({"state": "Committed", "output_uuid": None, "log_uuid": None})
+    db.execute("UPDATE objects SET data=? WHERE uuid=?", (json.dumps(data), cr["uuid"]))
+    db.commit()
+    db.close()
+
+    cfg2 = control.up(state)
+    again = get_request(_client(cfg2), cr["uuid"])
+    assert again["state"] == "Final" and again["output_uuid"] and again["log_uuid"]
+    out = arvados.collection.CollectionReader(again["output_uuid"], api_client=_client(cfg2))
+    assert out.open("out.txt").read() == "done\n"
