@@ -20,6 +20,7 @@ from pathlib import Path
 import arvados
 import arvados.collection
 import arvados.errors
+import arvados.events
 import pytest
 
 from toil_arvados.localcluster import control
@@ -27,6 +28,18 @@ from toil_arvados.localcluster import control
 from conftest import TEST_IMAGE as IMAGE, store_images
 from e2e_util import container, create_request, get_request, request_body, wait_container_state, wait_for, \
     wait_final
+
+@pytest.fixture
+def insecure_sdk(monkeypatch: pytest.MonkeyPatch):
+    """The SDK's websocket client reads ARVADOS_API_HOST_INSECURE from its settings."""
+    import arvados.config
+
+    monkeypatch.setenv("ARVADOS_API_HOST_INSECURE", "1")
+    arvados.config.initialize()
+    yield
+    monkeypatch.undo()
+    arvados.config.initialize()
+
 
 def _client(cfg, token=None):
     return arvados.api("v1", host=cfg.api_host, token=token or cfg.root_token, insecure=True, num_retries=0)
@@ -87,7 +100,7 @@ def _all_logs(api) -> list[dict]:
     return page["items"]
 
 
-def test_kill_9_then_up_recovers(own_cluster) -> None:
+def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     state, cfg = own_cluster
     api = _client(cfg)
     coll = arvados.collection.Collection(api_client=api)
@@ -104,6 +117,9 @@ def test_kill_9_then_up_recovers(own_cluster) -> None:
     tokens = [api.containers().auth(uuid=c["uuid"]).execute()["api_token"] for c in running]
     assert all(_client(cfg, t).users().current().execute()["uuid"] for t in tokens)  # live now
     logs_before = _all_logs(api)
+    events: list[dict] = []
+    listener = arvados.events.subscribe(api, [["object_uuid", "in", [c["uuid"] for c in running]]],
+                                        events.append, last_log_id=logs_before[-1]["id"])
 
     children = _kill9(state)
     assert children, "the running containers had no process under the cluster process"
@@ -134,6 +150,15 @@ def test_kill_9_then_up_recovers(own_cluster) -> None:
     assert ids == sorted(set(ids)), "log ids must be unique and increasing"
     assert logs_after[:len(logs_before)] == logs_before  # history before the crash unchanged
     assert any(entry["object_uuid"] == running[0]["uuid"] for entry in logs_after[len(logs_before):])
+    # A client subscribed before the crash reconnects to the same address and, resuming from
+    # the last id it saw, gets what happened meanwhile: the recovery's cancellations.
+    try:
+        wait_for(lambda: {e["object_uuid"] for e in list(events)
+                          if (e.get("properties", {}).get("new_attributes") or {}).get("state") == "Cancelled"},
+                 lambda cancelled: cancelled == {c["uuid"] for c in running}, 45,
+                 "the subscribed client to see the recovery's cancellations")
+    finally:
+        listener.close()
 
     api.container_requests().update(uuid=retried["uuid"], body={"container_request": {"priority": 0}}).execute()
     wait_final(api, retried["uuid"])
