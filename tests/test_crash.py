@@ -71,6 +71,16 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``: the runtime's processes and the containers' commands."""
+    found, todo = set(), [pid]
+    while todo:
+        for child in _children(todo.pop()) - found:
+            found.add(child)
+            todo.append(child)
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -80,9 +90,10 @@ def _alive(pid: int) -> bool:
 
 
 def _kill9(state: Path) -> list[int]:
-    """``kill -9`` the cluster process; returns the container processes it had started."""
+    """``kill -9`` the cluster process; returns the container processes it had started (all of
+    them must die with it: nothing may keep running a container the next process cancels)."""
     pid = int((state / "server.pid").read_text())
-    children = sorted(_children(pid))
+    children = sorted(_descendants(pid))
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: _alive(pid) or any(_alive(c) for c in children), lambda alive: not alive, 15,
              "the cluster process and its containers to die")
@@ -121,8 +132,8 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     listener = arvados.events.subscribe(api, [["object_uuid", "in", [c["uuid"] for c in running]]],
                                         events.append, last_log_id=logs_before[-1]["id"])
 
-    children = _kill9(state)
-    assert children, "the running containers had no process under the cluster process"
+    processes = _kill9(state)
+    assert len(processes) >= 4, f"two containers, each a runtime and a command: only {processes}"
 
     cfg2 = control.up(state)
     assert cfg2.api_host == cfg.api_host  # same address: the old client keeps working

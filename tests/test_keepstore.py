@@ -240,3 +240,13 @@ def test_put_is_durable_before_it_answers(tmp_path, monkeypatch):
     path = store.path(md5)
     assert any(p.startswith(str(path.parent / f".{md5}.")) for p in synced)  # the temp file
     assert str(path.parent) in synced  # the directory holding the renamed block
+
+
+def test_partial_writes_are_removed_blocks_kept(tmp_path):
+    """The temp file a crash left mid-PUT is removed at start; stored blocks stay."""
+    store = BlockStore(tmp_path / "keep")
+    md5 = store.put(b"kept block")
+    partial = store.path(md5).parent / f".{hashlib.md5(b'other').hexdigest()}.abc123"
+    partial.write_bytes(b"half a bl")
+    assert store.remove_partial_writes() == 1
+    assert not partial.exists() and store.get(md5) == b"kept block"

@@ -51,6 +51,19 @@ class BlockStore:
         # (inode, size, mtime): segment reads of a block then hash it once, not per segment.
         self._verified: dict[str, tuple[int, int, int]] = {}
 
+    def remove_partial_writes(self) -> int:
+        """Delete the temp files of PUTs a crash interrupted (``<dir>/.<md5>.*``); none of them
+        was ever a block, since a block appears only by rename. Call it while no PUT runs (at
+        start, under the state directory's lock). Returns how many were removed."""
+        removed = 0
+        for tmp in self.root.glob("*/.*"):
+            try:
+                tmp.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
     def path(self, md5: str) -> Path:
         _check_md5(md5)
         return self.root / md5[:3] / md5

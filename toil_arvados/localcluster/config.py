@@ -111,6 +111,8 @@ class ClusterConfig:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())  # the secrets and ports must survive a crash, as the data does
         os.replace(tmp, self.config_file)
 
     @classmethod

@@ -100,6 +100,8 @@ class Cluster:
         """Settle what a crash of the last cluster process left half done, before serving: no
         client ever sees a container Running that nothing runs, or a live token for it."""
         self.dispatcher.recover()
+        if self.blockstore.remove_partial_writes():
+            logger.info("recovery: removed the partial blocks of interrupted Keep PUTs")
         for line in self.lifecycle.repair():
             logger.info("recovery: %s", line)
 
