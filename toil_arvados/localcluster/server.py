@@ -130,13 +130,15 @@ class Cluster:
         self.eventbus.route(api_app, "/websocket")
         api_runner = web.AppRunner(api_app, access_log=None)
         await api_runner.setup()
-        await web.TCPSite(api_runner, self.cfg.host, self.cfg.api_port,
+        # reuse_address: a restart binds the recorded ports at once, though connections of the
+        # previous process linger in TIME_WAIT (the address clients hold stays valid).
+        await web.TCPSite(api_runner, self.cfg.host, self.cfg.api_port, reuse_address=True,
                           ssl_context=server_context(cert, key)).start()
         keep_app = make_keep_app(self.blockstore, authenticate=self.authz.user_for_token,
                                  signing_key=self.cfg.blob_signing_key, ttl_seconds=self.cfg.blob_signature_ttl)
         keep_runner = web.AppRunner(keep_app, access_log=None)
         await keep_runner.setup()
-        await web.TCPSite(keep_runner, self.cfg.host, self.cfg.keep_port).start()
+        await web.TCPSite(keep_runner, self.cfg.host, self.cfg.keep_port, reuse_address=True).start()
         self._runners = [api_runner, keep_runner]
         self._dispatch_task = asyncio.get_running_loop().create_task(self.dispatcher.run())
         logger.info("cluster %s serving https://%s (Keep on port %d)", self.cfg.cluster_id, self.cfg.api_host,
