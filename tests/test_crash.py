@@ -11,10 +11,8 @@ under the other tests.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sqlite3
 from pathlib import Path
 
 import arvados
@@ -24,6 +22,8 @@ import arvados.events
 import pytest
 
 from toil_arvados.localcluster import control
+from toil_arvados.localcluster.resources import new_token_secret
+from toil_arvados.localcluster.store import Store
 
 from conftest import TEST_IMAGE as IMAGE, store_images
 from e2e_util import container, create_request, get_request, request_body, wait_container_state, wait_for, \
@@ -178,22 +178,26 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
 
 
 def test_up_finishes_what_a_crash_interrupted(own_cluster) -> None:
-    """A crash between a container finishing and its request being finalized (two commits):
-    the next ``up`` finalizes the request, as the API server would have."""
+    """Crashes between two commits of one step: a container finished but its request not yet
+    finalized; a container token made but not yet given to its container. The next ``up``
+    finalizes the request, as the API server would have, and expires the stray token."""
     state, cfg = own_cluster
     api = _client(cfg)
     cr = wait_final(api, create_request(api, request_body(["sh", "-c", "echo done > out.txt"], IMAGE))["uuid"])
     assert control.down(state)
-    # The database as a crash right after the container's completion would leave it.
-    db = sqlite3.connect(state / "arvados.sqlite3")
-    data = json.loads(db.execute("SELECT data FROM objects WHERE uuid=?", (cr["uuid"],)).fetchone()[0])
-    data.update({"state": "Committed", "output_uuid": None, "log_uuid": None})
-    db.execute("UPDATE objects SET data=? WHERE uuid=?", (json.dumps(data), cr["uuid"]))
-    db.commit()
-    db.close()
+    # The database as crashes at those points would leave it.
+    store = Store(state / "arvados.sqlite3", cfg.cluster_id, cfg.system_user_uuid)
+    store.update(cr["uuid"], {"state": "Committed", "output_uuid": None, "log_uuid": None})
+    stray = store.create("api_client_authorizations", {
+        "owner_uuid": cfg.admin_user_uuid, "api_token": new_token_secret(), "scopes": ["all"],
+        "expires_at": None, "_container_uuid": cr["container_uuid"]})
+    store.close()
 
     cfg2 = control.up(state)
     again = get_request(_client(cfg2), cr["uuid"])
     assert again["state"] == "Final" and again["output_uuid"] and again["log_uuid"]
     out = arvados.collection.CollectionReader(again["output_uuid"], api_client=_client(cfg2))
     assert out.open("out.txt").read() == "done\n"
+    with pytest.raises(arvados.errors.ApiError) as e:
+        _client(cfg2, f"v2/{stray['uuid']}/{stray['api_token']}").users().current().execute()
+    assert e.value.resp.status == 401

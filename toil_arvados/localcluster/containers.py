@@ -453,6 +453,13 @@ class Lifecycle:
             elif c.get("auth_uuid"):
                 self._expire_token(c["auth_uuid"])
                 self.store.update(c["uuid"], {"auth_uuid": None})
+        for token in self.store.records("api_client_authorizations"):
+            # A container token made just before a crash, never given to its container (or
+            # given to one that no longer holds it), must not stay usable.
+            owner = self.store.get(token.get("_container_uuid") or "")
+            if owner is not None and not token.get("expires_at") and owner.get("auth_uuid") != token["uuid"]:
+                done.append(f"token {token['uuid']} of container {owner['uuid']}: expired")
+                self._expire_token(token["uuid"])
         return done
 
     def _container_finished(self, c: dict) -> None:
