@@ -49,7 +49,7 @@ def _client(cfg, token=None):
 def own_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built_images):
     monkeypatch.setenv("TOIL_ARVADOS_CLUSTER_REGISTRY", str(tmp_path / "clusters.json"))
     state = tmp_path / "crash-cluster"
-    cfg = control.up(state, cores=2, ram=1 << 30)
+    cfg = control.up(state, cores=3, ram=1 << 30)
     store_images(cfg, [built_images[IMAGE]])  # the session cluster's plain Debian image
     try:
         yield state, cfg
@@ -127,6 +127,12 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     running = [wait_container_state(api, cr["container_uuid"], "Running") for cr in (retried, final)]
     tokens = [api.containers().auth(uuid=c["uuid"]).execute()["api_token"] for c in running]
     assert all(_client(cfg, t).users().current().execute()["uuid"] for t in tokens)  # live now
+    # A request made from inside the first container (as a workflow runner makes its steps').
+    child = create_request(_client(cfg, tokens[0]), request_body(sleep, IMAGE, name="child", container_count_max=3,
+                                                                 use_existing=False))
+    assert child["requesting_container_uuid"] == running[0]["uuid"]
+    running.append(wait_container_state(api, child["container_uuid"], "Running"))
+    tokens.append(api.containers().auth(uuid=running[2]["uuid"]).execute()["api_token"])
     logs_before = _all_logs(api)
     events: list[dict] = []
     listener = arvados.events.subscribe(api, [["object_uuid", "in", [c["uuid"] for c in running]]],
@@ -155,6 +161,10 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     gave_up = wait_final(api, final["uuid"])
     assert gave_up["container_uuid"] == running[1]["uuid"] and gave_up["container_count"] == 1
     assert gave_up["log_uuid"]  # what the container logged before the crash is kept
+    # The request made by a container that was cancelled is not retried but finalized (Arvados'
+    # handle_completed), though it had attempts left.
+    orphan = wait_final(api, child["uuid"])
+    assert (orphan["container_uuid"], orphan["container_count"], orphan["priority"]) == (running[2]["uuid"], 1, 0)
 
     logs_after = _all_logs(api)
     ids = [entry["id"] for entry in logs_after]

@@ -467,7 +467,8 @@ class Lifecycle:
             if cr.get("container_uuid") != c["uuid"] or cr["state"] != "Committed":
                 continue
             retry = (c["state"] == "Cancelled" and (cr.get("priority") or 0) > 0
-                     and (cr.get("container_count") or 0) < (cr.get("container_count_max") or 1))
+                     and (cr.get("container_count") or 0) < (cr.get("container_count_max") or 1)
+                     and self._parent_wants(cr))
             if retry:
                 logger.info("retrying %s: container %s was cancelled (attempt %d of %d)", cr["uuid"], c["uuid"],
                             cr["container_count"] + 1, cr["container_count_max"])
@@ -475,6 +476,27 @@ class Lifecycle:
                 self._assign_container_new(cr)
             else:
                 self._finalize(cr, c)
+        self._cancel_children(c)
+
+    def _parent_wants(self, cr: dict) -> bool:
+        """Arvados retries a request only while the container that made it (if any) still runs
+        with priority > 0: the work of a cancelled workflow runner is not restarted."""
+        parent = self.store.get(cr.get("requesting_container_uuid") or "")
+        return parent is None or (parent["state"] == "Running" and (parent.get("priority") or 0) > 0)
+
+    def _cancel_children(self, c: dict) -> None:
+        """As Arvados when a container ends: the requests it made that are still Committed get
+        priority 0, and those whose container has not started yet are finalized now."""
+        for cr in list(self.store.records("container_requests")):
+            if cr.get("requesting_container_uuid") != c["uuid"] or cr["state"] != "Committed":
+                continue
+            old = cr
+            cr = self.store.update(cr["uuid"], {"priority": 0})
+            self.request_changed(cr, old)
+            cr = self.store.get(cr["uuid"])
+            child = self.store.get(cr.get("container_uuid") or "")
+            if cr["state"] == "Committed" and child is not None and child["state"] in ("Queued", "Locked"):
+                self._finalize(cr, child)
 
     def _assign_container_new(self, cr: dict) -> None:
         """A retry: a fresh container (a cancelled one is never reused), counted against the max."""
