@@ -119,3 +119,21 @@ def test_commands_target_the_cluster_arvados_api_host_names(cli_env, state: Path
     line = one_line(cli(elsewhere, "status"))
     assert "ARVADOS_API_HOST=127.0.0.1:1" in line and "--state-dir" in line
     assert not (tmp_path / "default").exists()  # never fell back to the default cluster
+
+
+def test_a_held_state_dir_that_does_not_answer(cli_env, state: Path) -> None:
+    """A process holds the state directory (a cluster starting, or hung) but nothing answers:
+    `status` says so, and `up` refuses in one line rather than start a second server on it."""
+    from toil_arvados.localcluster import statelock
+    from toil_arvados.localcluster.config import ClusterConfig
+
+    ClusterConfig.load_or_create(state).save()
+    lock = statelock.acquire(state)  # this test process plays the hung cluster
+    try:
+        status = cli(cli_env, "status", "--state-dir", str(state))
+        assert status.returncode == 4 and "does not answer" in status.stdout
+        line = one_line(cli(cli_env, "up", "--state-dir", str(state)))
+        assert f"held by process {os.getpid()}" in line and "does not answer" in line
+    finally:
+        os.close(lock)
+    assert cli(cli_env, "status", "--state-dir", str(state)).returncode == 3  # the lock went with it

@@ -59,9 +59,14 @@ def _cluster_status(args: argparse.Namespace) -> int:
 
     state_dir = _state_dir(args)
     cfg = _load(state_dir)
-    if control.is_running(state_dir) and control.answers(cfg):
-        print(f"running: https://{cfg.api_host} ({cfg.cores} cores, {cfg.ram >> 20} MiB RAM, state in {cfg.state_dir})")
-        return 0
+    if control.is_running(state_dir):
+        if control.answers(cfg):
+            print(f"running: https://{cfg.api_host} ({cfg.cores} cores, {cfg.ram >> 20} MiB RAM, "
+                  f"state in {cfg.state_dir})")
+            return 0
+        print(f"not answering: a cluster process holds {cfg.state_dir} but https://{cfg.api_host} does not "
+              "answer (starting, or hung: `toil-arvados cluster down` stops it)")
+        return 4
     print(f"stopped (state in {cfg.state_dir}); start it with `toil-arvados cluster up`")
     return 3
 
