@@ -180,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="IMAGE", help="just these (default: all four)")
     p.set_defaults(func=_build_images)
 
-    demo = sub.add_parser("demo", help="start the local cluster and run the demo workflow on it")
-    demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    demo = with_state(sub.add_parser("demo", help="start the local cluster and run the demo workflow on it"))
     demo.set_defaults(func=_demo)
     return parser
 
@@ -189,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.state_dir)
+    return run_demo(_state_dir(args))
 
 
 def main(argv: list[str] | None = None) -> int:
