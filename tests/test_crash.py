@@ -22,6 +22,7 @@ import arvados.events
 import pytest
 
 from toil_arvados.localcluster import control
+from toil_arvados.localcluster.containers import merge_scheduling_parameters
 from toil_arvados.localcluster.resources import new_token_secret
 from toil_arvados.localcluster.store import Store
 
@@ -122,6 +123,10 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     sleep = ["sh", "-c", "sleep 30"]
     retried = create_request(api, request_body(sleep, IMAGE, name="retried", container_count_max=2,
                                                use_existing=False))
+    # A second request satisfied by the same container (reuse of a Running one).
+    twin = create_request(api, request_body(sleep, IMAGE, name="twin", container_count_max=3,
+                                            scheduling_parameters={"max_run_time": 600}))
+    assert twin["container_uuid"] == retried["container_uuid"]
     final = create_request(api, request_body(sleep, IMAGE, name="final", container_count_max=1,
                                              use_existing=False))
     running = [wait_container_state(api, cr["container_uuid"], "Running") for cr in (retried, final)]
@@ -158,6 +163,11 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     again = get_request(api, retried["uuid"])
     assert again["state"] == "Committed" and again["container_count"] == 2
     assert again["container_uuid"] not in (c["uuid"] for c in running)
+    # Both requests of the cancelled container are retried together, on one new container
+    # whose scheduling allows what both allow (Arvados' handle_completed).
+    twin_again = get_request(api, twin["uuid"])
+    assert (twin_again["container_uuid"], twin_again["container_count"]) == (again["container_uuid"], 2)
+    assert container(api, again["container_uuid"])["scheduling_parameters"]["max_run_time"] == 0
     gave_up = wait_final(api, final["uuid"])
     assert gave_up["container_uuid"] == running[1]["uuid"] and gave_up["container_count"] == 1
     assert gave_up["log_uuid"]  # what the container logged before the crash is kept
@@ -181,8 +191,10 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     finally:
         listener.close()
 
-    api.container_requests().update(uuid=retried["uuid"], body={"container_request": {"priority": 0}}).execute()
+    for cr in (retried, twin):
+        api.container_requests().update(uuid=cr["uuid"], body={"container_request": {"priority": 0}}).execute()
     wait_final(api, retried["uuid"])
+    wait_final(api, twin["uuid"])
     for c in api.containers().list(limit=1000).execute()["items"]:
         assert c["state"] in ("Complete", "Cancelled") and c["auth_uuid"] is None
 
@@ -211,3 +223,17 @@ def test_up_finishes_what_a_crash_interrupted(own_cluster) -> None:
     with pytest.raises(arvados.errors.ApiError) as e:
         _client(cfg2, f"v2/{stray['uuid']}/{stray['api_token']}").users().current().execute()
     assert e.value.resp.status == 401
+
+
+def test_scheduling_of_a_container_retried_for_several_requests() -> None:
+    """Arvados' merge: any partition if one request allows any, else the union; preemptible only
+    if all are; supervisor if any is; no run-time limit if one has none, else the longest."""
+    merged = merge_scheduling_parameters([
+        {"partitions": ["a"], "preemptible": True, "supervisor": False, "max_run_time": 60},
+        {"partitions": ["b", "a"], "preemptible": True, "supervisor": True, "max_run_time": 600}])
+    assert merged == {"partitions": ["a", "b"], "preemptible": True, "supervisor": True, "max_run_time": 600}
+    merged = merge_scheduling_parameters([
+        {"partitions": [], "preemptible": True, "max_run_time": 0},
+        {"partitions": ["b"], "preemptible": False, "max_run_time": 600}])
+    assert merged == {"partitions": [], "preemptible": False, "supervisor": False, "max_run_time": 0}
+    assert merge_scheduling_parameters([{"partitions": ["x"], "max_run_time": 5}])["partitions"] == ["x"]

@@ -207,6 +207,27 @@ class Containers(Resource):
         return {"secret_mounts": c.get("secret_mounts") or {}}
 
 
+def merge_scheduling_parameters(params: list[dict]) -> dict:
+    """The scheduling of a container retried for several requests, as Arvados merges them:
+    ``partitions`` any if one request allows any (empty), else the union; ``preemptible`` only
+    if all allow it; ``supervisor`` if any is one; ``max_run_time`` none (0) if one has none,
+    else the longest."""
+    partitions: list[str] = []
+    for i, p in enumerate(params):
+        mine = list(p.get("partitions") or [])
+        if i == 0:
+            partitions = mine
+        elif not partitions or not mine:
+            partitions = []
+        else:
+            partitions += [x for x in mine if x not in partitions]
+    times = [p.get("max_run_time") or 0 for p in params]
+    return {"partitions": partitions,
+            "preemptible": all(bool(p.get("preemptible")) for p in params),
+            "supervisor": any(bool(p.get("supervisor")) for p in params),
+            "max_run_time": 0 if 0 in times else max(times, default=0)}
+
+
 def fill_saved_defaults(attrs: dict) -> None:
     """Arvados' implied values for scheduling_parameters and runtime_constraints, on every save."""
     sp = {"max_run_time": 0, "partitions": [], "preemptible": False, "supervisor": False}
@@ -463,20 +484,34 @@ class Lifecycle:
         return done
 
     def _container_finished(self, c: dict) -> None:
-        for cr in list(self.store.records("container_requests")):
-            if cr.get("container_uuid") != c["uuid"] or cr["state"] != "Committed":
-                continue
-            retry = (c["state"] == "Cancelled" and (cr.get("priority") or 0) > 0
+        """Arvados' handle_completed: the committed requests on a cancelled container that still
+        want it are retried together on one new container; the others are finalized."""
+        committed = sorted((cr for cr in self.store.records("container_requests")
+                            if cr.get("container_uuid") == c["uuid"] and cr["state"] == "Committed"),
+                           key=lambda cr: cr["uuid"])
+        retryable = [cr for cr in committed if c["state"] == "Cancelled" and (cr.get("priority") or 0) > 0
                      and (cr.get("container_count") or 0) < (cr.get("container_count_max") or 1)
-                     and self._parent_wants(cr))
-            if retry:
-                logger.info("retrying %s: container %s was cancelled (attempt %d of %d)", cr["uuid"], c["uuid"],
-                            cr["container_count"] + 1, cr["container_count_max"])
-                cr = self.store.update(cr["uuid"], {"container_uuid": None})
-                self._assign_container_new(cr)
-            else:
+                     and self._parent_wants(cr)]
+        if retryable:
+            self._retry(c, retryable)
+        for cr in committed:
+            if cr not in retryable:
                 self._finalize(cr, c)
         self._cancel_children(c)
+
+    def _retry(self, c: dict, requests: list[dict]) -> None:
+        """One fresh container (a cancelled one is never reused) for all of ``requests``, each
+        counting it as an attempt, scheduled as all of them together allow."""
+        attrs = self._container_attrs(requests[0])
+        attrs["scheduling_parameters"] = reuse.deep_sort(
+            merge_scheduling_parameters([cr.get("scheduling_parameters") or {} for cr in requests]))
+        container = self.store.create("containers", attrs, by=self.store.system_user_uuid)
+        for cr in requests:
+            logger.info("retrying %s: container %s was cancelled (attempt %d of %d)", cr["uuid"], c["uuid"],
+                        (cr.get("container_count") or 0) + 1, cr.get("container_count_max") or 1)
+            self.store.update(cr["uuid"], {"container_uuid": container["uuid"],
+                                           "container_count": (cr.get("container_count") or 0) + 1})
+        self._update_priority(container["uuid"])
 
     def _parent_wants(self, cr: dict) -> bool:
         """Arvados retries a request only while the container that made it (if any) still runs
@@ -497,14 +532,6 @@ class Lifecycle:
             child = self.store.get(cr.get("container_uuid") or "")
             if cr["state"] == "Committed" and child is not None and child["state"] in ("Queued", "Locked"):
                 self._finalize(cr, child)
-
-    def _assign_container_new(self, cr: dict) -> None:
-        """A retry: a fresh container (a cancelled one is never reused), counted against the max."""
-        attrs = self._container_attrs(cr)
-        container = self.store.create("containers", attrs, by=self.store.system_user_uuid)
-        self.store.update(cr["uuid"], {"container_uuid": container["uuid"],
-                                       "container_count": (cr.get("container_count") or 0) + 1})
-        self._update_priority(container["uuid"])
 
     def _finalize(self, cr: dict, c: dict) -> None:
         changes: dict[str, Any] = {"state": "Final", "priority": 0 if c["state"] == "Cancelled" else cr["priority"]}
