@@ -197,3 +197,56 @@ def test_full_blocks_round_trip(server):
     blocks = [os.urandom(64 * 1024 * 1024) for _ in range(2)]
     locs = [kc.put(b, copies=1) for b in blocks]
     assert [kc.get(loc) for loc in locs] == blocks
+
+
+def _damage(store: BlockStore, md5: str) -> None:
+    """Flip one byte of a stored block file in place (a disk error, a stray write)."""
+    path = store.path(md5)
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_block_is_an_error_never_wrong_bytes(server):
+    """As keepstore: a block whose file no longer hashes to its md5 answers 502 (GET and HEAD),
+    the SDK raises rather than returning the damaged data, and a new PUT of it repairs it."""
+    data = os.urandom(10_000)
+    kc = client(server)
+    loc = kc.put(data, copies=1)
+    assert kc.get(loc) == data  # read (and verified) once while intact
+    md5 = loc[:32]
+    _damage(server.store, md5)
+    resp, body = raw(server, "GET", f"/{loc}")
+    assert resp.status == 502 and b"checksum mismatch" in body
+    assert raw(server, "HEAD", f"/{loc}")[0].status == 502
+    with pytest.raises(arvados.errors.KeepReadError):
+        client(server).get(loc)  # a fresh client: kc has the intact bytes in its cache
+    with pytest.raises(OSError, match="checksum mismatch"):
+        server.store.read_segment(md5, 0, 10)
+    assert kc.put(data, copies=1).startswith(md5)  # rewritten, not taken as already stored
+    assert client(server).get(loc) == data
+
+
+def test_put_is_durable_before_it_answers(tmp_path, monkeypatch):
+    """A block is fsynced (its file and its directory) before put() returns: a confirmed PUT
+    survives a crash of the machine, not just of the process."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd))[1])
+    store = BlockStore(tmp_path / "keep")
+    md5 = store.put(b"durable")
+    path = store.path(md5)
+    assert any(p.startswith(str(path.parent / f".{md5}.")) for p in synced)  # the temp file
+    assert str(path.parent) in synced  # the directory holding the renamed block
+
+
+def test_partial_writes_are_removed_blocks_kept(tmp_path):
+    """The temp file a crash left mid-PUT is removed at start; stored blocks stay."""
+    store = BlockStore(tmp_path / "keep")
+    md5 = store.put(b"kept block")
+    partial = store.path(md5).parent / f".{hashlib.md5(b'other').hexdigest()}.abc123"
+    partial.write_bytes(b"half a bl")
+    assert store.remove_partial_writes() == 1
+    assert not partial.exists() and store.get(md5) == b"kept block"

@@ -6,17 +6,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-from .localcluster.config import DEFAULT_STATE_DIR, ClusterConfig, parse_size
+from .localcluster.config import DEFAULT_STATE_DIR, ClusterConfig, find_state_dir, parse_size
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    """The cluster a command is about: ``--state-dir``; else the local cluster whose recorded
+    address ``ARVADOS_API_HOST`` names (what `cluster env` exported); else the default."""
+    from .localcluster.control import ClusterError
+
+    if args.state_dir is not None:
+        return Path(args.state_dir).resolve()
+    host = os.environ.get("ARVADOS_API_HOST")
+    if host:
+        found = find_state_dir(host)
+        if found is None:
+            raise ClusterError(f"ARVADOS_API_HOST={host} is no local cluster known here: pass --state-dir, "
+                               "or unset ARVADOS_API_HOST for the default cluster")
+        return found
+    return DEFAULT_STATE_DIR
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
     from .localcluster import control
 
-    cfg = control.up(args.state_dir, cores=args.cores, ram=parse_size(args.ram) if args.ram else None,
-                     port=args.port, docker_host=args.docker_host)
+    cfg = control.up(_state_dir(args), cores=args.cores, ram=parse_size(args.ram) if args.ram else None,
+                     port=args.port, docker_host=args.docker_host, if_running="refuse")
     print(f"cluster {cfg.cluster_id} is up at https://{cfg.api_host} "
           f"({cfg.cores} cores, {cfg.ram >> 20} MiB RAM, state in {cfg.state_dir})")
     print(f"use it with: eval \"$(toil-arvados cluster env --state-dir {cfg.state_dir})\"")
@@ -26,7 +44,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
 def _cluster_down(args: argparse.Namespace) -> int:
     from .localcluster import control
 
-    print("cluster stopped" if control.down(args.state_dir) else "cluster was not running")
+    print("cluster stopped" if control.down(_state_dir(args)) else "cluster was not running")
     return 0
 
 
@@ -39,10 +57,16 @@ def _load(state_dir: Path) -> ClusterConfig:
 def _cluster_status(args: argparse.Namespace) -> int:
     from .localcluster import control
 
-    cfg = _load(args.state_dir)
-    if control.is_running(args.state_dir) and control.answers(cfg):
-        print(f"running: https://{cfg.api_host} ({cfg.cores} cores, {cfg.ram >> 20} MiB RAM, state in {cfg.state_dir})")
-        return 0
+    state_dir = _state_dir(args)
+    cfg = _load(state_dir)
+    if control.is_running(state_dir):
+        if control.answers(cfg):
+            print(f"running: https://{cfg.api_host} ({cfg.cores} cores, {cfg.ram >> 20} MiB RAM, "
+                  f"state in {cfg.state_dir})")
+            return 0
+        print(f"not answering: a cluster process holds {cfg.state_dir} but https://{cfg.api_host} does not "
+              "answer (starting, or hung: `toil-arvados cluster down` stops it)")
+        return 4
     print(f"stopped (state in {cfg.state_dir}); start it with `toil-arvados cluster up`")
     return 3
 
@@ -50,7 +74,7 @@ def _cluster_status(args: argparse.Namespace) -> int:
 def _cluster_env(args: argparse.Namespace) -> int:
     from .localcluster import control
 
-    cfg = _load(args.state_dir)
+    cfg = _load(_state_dir(args))
     print("\n".join(control.env_lines(cfg)))
     return 0
 
@@ -59,6 +83,7 @@ def _build_worker(args: argparse.Namespace) -> int:
     from .images.debian import DEFAULT_CACHE_DIR
     from .images.worker import build_worker_image
 
+    _check_upload_target(args)
     built = build_worker_image(args.cache_dir or DEFAULT_CACHE_DIR)
     _report(built, args)
     return 0
@@ -73,9 +98,24 @@ def _build_images(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"no recipe for image {unknown[0]}: choose from {', '.join(SUITE_RECIPES)} "
                          "(the worker image: toil-arvados images build-worker)")
+    _check_upload_target(args)
     for name in names:
         _report(build_image(SUITE_RECIPES[name], args.cache_dir or DEFAULT_CACHE_DIR), args)
     return 0
+
+
+def _check_upload_target(args: argparse.Namespace) -> None:
+    """With --upload, fail in one line within seconds, before building anything, if the API
+    does not answer (the SDK would retry for a minute or more before saying so)."""
+    if not args.upload:
+        return
+    from . import arvados_client
+    from .localcluster.control import ClusterError, host_answers
+
+    host = arvados_client.api_host()
+    if host and not host_answers(host):
+        raise ClusterError(f"the Arvados API at {host} does not answer: check ARVADOS_API_HOST and that "
+                           "the cluster is up (`toil-arvados cluster status`)")
 
 
 def _report(built, args: argparse.Namespace) -> None:
@@ -101,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = cluster.add_subparsers(dest="action", required=True)
 
     def with_state(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                       help=f"where the cluster keeps its database and Keep blocks (default {DEFAULT_STATE_DIR})")
+        p.add_argument("--state-dir", type=Path, default=None,
+                       help="where the cluster keeps its database and Keep blocks (default: the local "
+                            f"cluster ARVADOS_API_HOST names, if set, else {DEFAULT_STATE_DIR})")
         return p
 
     p = with_state(csub.add_parser("up", help="start the cluster and wait until it answers"))
@@ -139,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="IMAGE", help="just these (default: all four)")
     p.set_defaults(func=_build_images)
 
-    demo = sub.add_parser("demo", help="start the local cluster and run the demo workflow on it")
-    demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    demo = with_state(sub.add_parser("demo", help="start the local cluster and run the demo workflow on it"))
     demo.set_defaults(func=_demo)
     return parser
 
@@ -148,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.state_dir)
+    return run_demo(_state_dir(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,15 @@ from pathlib import Path
 
 DEFAULT_STATE_DIR = Path(os.environ.get("TOIL_ARVADOS_CLUSTER_DIR", "~/.local/share/toil-arvados/cluster")).expanduser()
 
+
+
+def registry_path() -> Path:
+    """The list of this user's cluster state directories (``TOIL_ARVADOS_CLUSTER_REGISTRY``
+    overrides it): how a command finds the cluster ``ARVADOS_API_HOST`` names."""
+    default = Path("~/.local/share/toil-arvados/clusters.json").expanduser()
+    return Path(os.environ.get("TOIL_ARVADOS_CLUSTER_REGISTRY") or default)
+
+
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -102,6 +111,8 @@ class ClusterConfig:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(asdict(self), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())  # the secrets and ports must survive a crash, as the data does
         os.replace(tmp, self.config_file)
 
     @classmethod
@@ -126,3 +137,43 @@ class ClusterConfig:
         if not cfg.keep_port:
             cfg.keep_port = free_port(cfg.host)
         return cfg
+
+
+def _registered() -> list[str]:
+    try:
+        dirs = json.loads(registry_path().read_text())
+    except (OSError, ValueError):
+        return []
+    return [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
+
+
+def register(cfg: ClusterConfig) -> None:
+    """Remember ``cfg``'s state directory (and forget ones that are gone), under a lock so
+    concurrent ``up``s do not lose each other's entries."""
+    import fcntl
+
+    path = registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        dirs = [d for d in _registered() if d != cfg.state_dir and (Path(d) / "cluster.json").exists()]
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(dirs + [cfg.state_dir], indent=1))
+        os.replace(tmp, path)
+
+
+def find_state_dir(api_host: str) -> Path | None:
+    """The state directory of the cluster whose recorded address is ``api_host`` (host:port);
+    the default state directory is looked at too, registered or not. Two stopped clusters may
+    have recorded the same port: a running one wins, then the one started last."""
+    from .statelock import holder
+
+    matches = []
+    for d in [*reversed(_registered()), str(DEFAULT_STATE_DIR)]:
+        try:
+            if ClusterConfig.load(Path(d)).api_host == api_host:
+                matches.append(Path(d))
+        except (OSError, ValueError, TypeError):
+            continue
+    running = [d for d in matches if holder(d) is not None]
+    return (running or matches or [None])[0]

@@ -31,6 +31,8 @@ Readable = Callable[[dict], bool]
 COMMITTED_BY = "_committed_by"
 
 FINAL_CONTAINER_STATES = ("Complete", "Cancelled")
+#: Arvados' Containers.MaxDispatchAttempts default: unlocks before a container is cancelled.
+MAX_DISPATCH_ATTEMPTS = 10
 MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep", "git_tree")
 #: The command's standard streams, mounted by name rather than at a path.
 STREAM_MOUNTS = ("stdin", "stdout", "stderr")
@@ -226,6 +228,27 @@ class Containers(Resource):
             raise ApiError(403, "Forbidden")
         c = self.fetch(req, req.params["uuid"])
         return {"secret_mounts": c.get("secret_mounts") or {}}
+
+
+def merge_scheduling_parameters(params: list[dict]) -> dict:
+    """The scheduling of a container retried for several requests, as Arvados merges them:
+    ``partitions`` any if one request allows any (empty), else the union; ``preemptible`` only
+    if all allow it; ``supervisor`` if any is one; ``max_run_time`` none (0) if one has none,
+    else the longest."""
+    partitions: list[str] = []
+    for i, p in enumerate(params):
+        mine = list(p.get("partitions") or [])
+        if i == 0:
+            partitions = mine
+        elif not partitions or not mine:
+            partitions = []
+        else:
+            partitions += [x for x in mine if x not in partitions]
+    times = [p.get("max_run_time") or 0 for p in params]
+    return {"partitions": partitions,
+            "preemptible": all(bool(p.get("preemptible")) for p in params),
+            "supervisor": any(bool(p.get("supervisor")) for p in params),
+            "max_run_time": 0 if 0 in times else max(times, default=0)}
 
 
 def fill_saved_defaults(attrs: dict) -> None:
@@ -498,11 +521,22 @@ class Lifecycle:
             now = timestamp()
             if new_state == "Locked":
                 changes["lock_count"] = (old.get("lock_count") or 0) + 1
+            if old["state"] == "Locked" and new_state == "Queued" \
+                    and (old.get("lock_count") or 0) >= MAX_DISPATCH_ATTEMPTS:
+                new_state = changes["state"] = "Cancelled"  # Arvados' check_unlock
+                changes["runtime_status"] = {
+                    "error": "Failed to start container.  Cancelled after exceeding "
+                             f"'Containers.MaxDispatchAttempts' (lock_count={old.get('lock_count')})"}
             if new_state == "Running":
                 changes.setdefault("started_at", now)
             if new_state in FINAL_CONTAINER_STATES:
                 changes.setdefault("finished_at", now)
                 changes["secret_mounts"] = {}
+            if new_state not in ("Locked", "Running") and old.get("auth_uuid"):
+                # Arvados (Container#assign_auth): only a Locked or Running container has a
+                # token; leaving those states expires it in the same save.
+                self._expire_token(old["auth_uuid"])
+                changes["auth_uuid"] = None
         c = self.store.update(uuid, changes, by=by)
         if new_state != old["state"] and new_state in FINAL_CONTAINER_STATES + ("Queued",):
             self._expire_token(c.get("auth_uuid"))
@@ -529,27 +563,93 @@ class Lifecycle:
             if c is None or c["state"] not in ("Locked", "Running") or c.get("auth_uuid") != tok["uuid"]:
                 self._expire_token(tok["uuid"])
 
-    def _container_finished(self, c: dict) -> None:
-        for cr in list(self.store.records("container_requests")):
-            if cr.get("container_uuid") != c["uuid"] or cr["state"] != "Committed":
-                continue
-            retry = (c["state"] == "Cancelled" and (cr.get("priority") or 0) > 0
-                     and (cr.get("container_count") or 0) < (cr.get("container_count_max") or 1))
-            if retry:
-                logger.info("retrying %s: container %s was cancelled (attempt %d of %d)", cr["uuid"], c["uuid"],
-                            cr["container_count"] + 1, cr["container_count_max"])
-                cr = self.store.update(cr["uuid"], {"container_uuid": None})
-                self._assign_container_new(cr)
-            else:
-                self._finalize(cr, c)
+    def repair(self) -> list[str]:
+        """Bring requests and containers back in step after a crash; what was done, one line each.
 
-    def _assign_container_new(self, cr: dict) -> None:
-        """A retry: a fresh container (a cancelled one is never reused), counted against the max."""
-        attrs = self._container_attrs(cr)
+        Each step of the life cycle (a container finishing, its requests being finalized or
+        retried, a request getting its container) is its own committed change, so a crash can
+        fall between two of them. This finishes the work the crash interrupted, as the API server
+        would have: requests whose container is final are finalized (or retried), committed
+        requests without a container get one, and a container's priority follows its requests
+        again (a queued container no request wants is cancelled).
+        """
+        done = []
+        for snapshot in self.store.records("container_requests"):
+            cr = self.store.get(snapshot["uuid"])  # an earlier step may have finalized it
+            if cr is None or cr["state"] != "Committed":
+                continue
+            c = self.store.get(cr.get("container_uuid") or "")
+            if c is None:
+                done.append(f"request {cr['uuid']}: assigning a container")
+                self.store.update(cr["uuid"], {"container_uuid": None})
+                self._assign_container(self.store.get(cr["uuid"]))
+            elif c["state"] in FINAL_CONTAINER_STATES:
+                done.append(f"request {cr['uuid']}: container {c['uuid']} is {c['state']}")
+                self._container_finished(c)
+        for c in self.store.records("containers"):
+            if c["state"] not in FINAL_CONTAINER_STATES:
+                self._update_priority(c["uuid"])
+            elif c.get("auth_uuid"):
+                self._expire_token(c["auth_uuid"])
+                self.store.update(c["uuid"], {"auth_uuid": None})
+        for token in self.store.records("api_client_authorizations"):
+            # A container token made just before a crash, never given to its container (or
+            # given to one that no longer holds it), must not stay usable.
+            owner = self.store.get(token.get("_container_uuid") or "")
+            if owner is not None and not token.get("expires_at") and owner.get("auth_uuid") != token["uuid"]:
+                done.append(f"token {token['uuid']} of container {owner['uuid']}: expired")
+                self._expire_token(token["uuid"])
+        return done
+
+    def _container_finished(self, c: dict) -> None:
+        """Arvados' handle_completed: the committed requests on a cancelled container that still
+        want it are retried together on one new container; the others are finalized."""
+        committed = sorted((cr for cr in self.store.records("container_requests")
+                            if cr.get("container_uuid") == c["uuid"] and cr["state"] == "Committed"),
+                           key=lambda cr: cr["uuid"])
+        retryable = [cr for cr in committed if c["state"] == "Cancelled" and (cr.get("priority") or 0) > 0
+                     and (cr.get("container_count") or 0) < (cr.get("container_count_max") or 1)
+                     and self._parent_wants(cr)]
+        if retryable:
+            self._retry(c, retryable)
+        for cr in committed:
+            if cr not in retryable:
+                self._finalize(cr, c)
+        self._cancel_children(c)
+
+    def _retry(self, c: dict, requests: list[dict]) -> None:
+        """One fresh container (a cancelled one is never reused) for all of ``requests``, each
+        counting it as an attempt, scheduled as all of them together allow."""
+        attrs = self._container_attrs(requests[0])
+        attrs["scheduling_parameters"] = reuse.deep_sort(
+            merge_scheduling_parameters([cr.get("scheduling_parameters") or {} for cr in requests]))
         container = self.store.create("containers", attrs, by=self.store.system_user_uuid)
-        self.store.update(cr["uuid"], {"container_uuid": container["uuid"],
-                                       "container_count": (cr.get("container_count") or 0) + 1})
+        for cr in requests:
+            logger.info("retrying %s: container %s was cancelled (attempt %d of %d)", cr["uuid"], c["uuid"],
+                        (cr.get("container_count") or 0) + 1, cr.get("container_count_max") or 1)
+            self.store.update(cr["uuid"], {"container_uuid": container["uuid"],
+                                           "container_count": (cr.get("container_count") or 0) + 1})
         self._update_priority(container["uuid"])
+
+    def _parent_wants(self, cr: dict) -> bool:
+        """Arvados retries a request only while the container that made it (if any) still runs
+        with priority > 0: the work of a cancelled workflow runner is not restarted."""
+        parent = self.store.get(cr.get("requesting_container_uuid") or "")
+        return parent is None or (parent["state"] == "Running" and (parent.get("priority") or 0) > 0)
+
+    def _cancel_children(self, c: dict) -> None:
+        """As Arvados when a container ends: the requests it made that are still Committed get
+        priority 0, and those whose container has not started yet are finalized now."""
+        for cr in list(self.store.records("container_requests")):
+            if cr.get("requesting_container_uuid") != c["uuid"] or cr["state"] != "Committed":
+                continue
+            old = cr
+            cr = self.store.update(cr["uuid"], {"priority": 0})
+            self.request_changed(cr, old)
+            cr = self.store.get(cr["uuid"])
+            child = self.store.get(cr.get("container_uuid") or "")
+            if cr["state"] == "Committed" and child is not None and child["state"] in ("Queued", "Locked"):
+                self._finalize(cr, child)
 
     def _finalize(self, cr: dict, c: dict) -> None:
         changes: dict[str, Any] = {"state": "Final", "priority": 0 if c["state"] == "Cancelled" else cr["priority"]}

@@ -12,12 +12,14 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .config import ClusterConfig, free_port
+from . import statelock
+from .config import ClusterConfig, free_port, register
 
 
 class ClusterError(Exception):
@@ -25,21 +27,16 @@ class ClusterError(Exception):
 
 
 def _pid(state_dir: Path) -> int | None:
-    try:
-        pid = int((state_dir / "server.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
+    """The pid of the cluster process serving ``state_dir`` (0 if unknown), None if none does:
+    whoever holds the state directory's lock (a pid file alone survives a ``kill -9``)."""
+    return statelock.holder(state_dir)
 
 
 def _port_busy(host: str, port: int) -> bool:
+    """True if something listens on ``port``. With SO_REUSEADDR, as the servers bind: a port
+    whose last connections linger in TIME_WAIT after ``down`` is free for them, right away."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -48,14 +45,22 @@ def _port_busy(host: str, port: int) -> bool:
 
 
 def answers(cfg: ClusterConfig, timeout: float = 2.0) -> bool:
-    """True when the API server serves its health check."""
+    """True when the cluster's API server serves its health check."""
+    return host_answers(cfg.api_host, timeout)
+
+
+def host_answers(api_host: str, timeout: float = 5.0) -> bool:
+    """True when an API server answers at ``api_host`` (host:port) within ``timeout`` seconds;
+    any HTTP answer counts (a real Arvados may want a token for its health check)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(f"https://{cfg.api_host}/_health/ping", timeout=timeout, context=ctx) as r:
+        with urllib.request.urlopen(f"https://{api_host}/_health/ping", timeout=timeout, context=ctx) as r:
             return r.status == 200
-    except OSError:
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
         return False
 
 
@@ -64,21 +69,39 @@ def is_running(state_dir: Path) -> bool:
 
 
 def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, port: int | None = None,
-       timeout: float = 120.0, docker_host: str | None = None) -> ClusterConfig:
-    """Start the cluster in the background (or find it running) and wait until it answers."""
+       timeout: float = 120.0, docker_host: str | None = None, if_running: str = "reuse") -> ClusterConfig:
+    """Start the cluster in the background and wait until it answers.
+
+    A cluster already serving ``state_dir`` is returned as it is (``if_running="reuse"``: the
+    demo, benchmarks) or refused (``"refuse"``: ``cluster up``). A restarted cluster comes back
+    at the address it had (the ports recorded in its state directory), so clients keep working;
+    only a port another program took meanwhile is a one-line error.
+    """
     state_dir = Path(state_dir).resolve()
-    if is_running(state_dir):
+    holder = _pid(state_dir)
+    if holder is not None:
         cfg = ClusterConfig.load(state_dir)
-        if answers(cfg):
+        if if_running == "reuse" and answers(cfg):
             return cfg
+        who = f"process {holder}" if holder else "another process"
+        state = "is already running at https://" + cfg.api_host if answers(cfg) else \
+            "is held by " + who + ", which does not answer"
+        raise ClusterError(f"the cluster in {state_dir} {state}: stop it with "
+                           f"`toil-arvados cluster down --state-dir {state_dir}` first")
+    fresh = not (state_dir / "cluster.json").exists()
     cfg = ClusterConfig.load_or_create(state_dir, cores=cores, ram=ram, api_port=port, docker_host=docker_host)
-    if port is None and _port_busy(cfg.host, cfg.api_port):
+    if _port_busy(cfg.host, cfg.api_port):
+        if port is not None:
+            raise ClusterError(f"port {port} on {cfg.host} is in use: choose another with --port, or omit it")
+        if not fresh:
+            raise ClusterError(f"port {cfg.api_port} on {cfg.host}, this cluster's address, is in use by "
+                               "another program: stop it, or move the cluster with --port")
         cfg.api_port = free_port(cfg.host)
-    elif port is not None and _port_busy(cfg.host, port):
-        raise ClusterError(f"port {port} on {cfg.host} is in use: choose another with --port, or omit it")
     if _port_busy(cfg.host, cfg.keep_port):
+        # Clients find Keep through the API (keep_services), so Keep may move.
         cfg.keep_port = free_port(cfg.host)
     cfg.save()
+    register(cfg)
     log = open(state_dir / "server.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "toil_arvados.localcluster.server", "--state-dir", str(state_dir)],
@@ -90,7 +113,7 @@ def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, por
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ClusterError(f"the cluster exited at start (code {proc.returncode}); "
-                               f"see {state_dir / 'server.log'}: {_tail(state_dir / 'server.log')}")
+                               f"see {state_dir / 'server.log'}: {_tail(state_dir / 'server.log', 1)}")
         if answers(cfg, timeout=1.0):
             return cfg
         time.sleep(delay)  # polling interval between readiness checks, not a readiness guess
@@ -100,22 +123,26 @@ def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, por
 
 
 def down(state_dir: Path, timeout: float = 60.0) -> bool:
-    """Stop the cluster; True if it was running. State stays on disk for the next ``up``."""
+    """Stop the cluster; True if it was running. State stays on disk for the next ``up``, which
+    may follow at once: this returns only once the process has exited (its lock is free)."""
     state_dir = Path(state_dir).resolve()
     pid = _pid(state_dir)
     if pid is None:
         return False
+    if not pid:
+        raise ClusterError(f"the cluster in {state_dir} is held by a process whose pid is not recorded; "
+                           f"stop it yourself (see `fuser {state_dir / statelock.LOCK_FILE}`)")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     delay = 0.02
     while time.monotonic() < deadline:
         if not _alive(pid):
-            (state_dir / "server.pid").unlink(missing_ok=True)
             return True
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
     os.kill(pid, signal.SIGKILL)
-    (state_dir / "server.pid").unlink(missing_ok=True)
+    while _alive(pid):
+        time.sleep(delay)
     return True
 
 

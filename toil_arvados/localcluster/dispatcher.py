@@ -75,8 +75,7 @@ class Dispatcher:
             self._wake.set()
 
     async def run(self) -> None:
-        """The scheduling loop; ends when :meth:`stop` is called."""
-        self._recover()
+        """The scheduling loop; ends when :meth:`stop` is called. Call :meth:`recover` first."""
         while not self._stopping:
             self._wake.clear()
             try:
@@ -100,16 +99,26 @@ class Dispatcher:
         if tasks:
             await asyncio.wait(tasks, timeout=30)
 
-    def _recover(self) -> None:
-        """After a restart, containers that were Locked/Running when we stopped cannot continue."""
-        release_leftovers(self.work_root)
-        for c in list(self.store.records("containers")):
+    def recover(self) -> None:
+        """At start, before anyone is served: no process of ours runs any container now (they die
+        with the cluster process), so settle those the last run left Locked or Running, as
+        Arvados' dispatcher does when it finds no crunch-run for them (scheduler/sync.go): a
+        Locked one is requeued, a Running one cancelled ("not running on any worker"), which
+        retries its requests up to ``container_count_max``. Leaving either state expires the
+        container's token. A Running container's logs so far become its log collection."""
+        release_leftovers(self.work_root)  # scratch filesystems still mounted in work directories
+        for c in self.store.records("containers"):
             if c["state"] == "Locked":
+                logger.info("requeueing %s: it was Locked when the cluster stopped", c["uuid"])
                 self.lifecycle.update_container(c["uuid"], {"state": "Queued", "locked_by_uuid": None})
             elif c["state"] == "Running":
-                self.lifecycle.update_container(c["uuid"], {
-                    "state": "Cancelled",
-                    "runtime_status": {"error": "container was running when the cluster stopped"}})
+                logger.info("cancelling %s: it was Running when the cluster stopped", c["uuid"])
+                self._finish_cancelled(c["uuid"], self.work_root / c["uuid"] / "log",
+                                       "container was running when the cluster stopped "
+                                       "(not running on any worker)")
+        if self.work_root.is_dir():  # work directories of runs that ended with the last process
+            for leftover in self.work_root.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
         self.lifecycle.expire_stale_container_tokens()
 
     def _free(self) -> tuple[int, int]:

@@ -3,7 +3,8 @@
 Speaks the subset of the keepstore protocol the Python SDK uses:
 ``PUT /<md5>`` answers with a signed locator, ``GET``/``HEAD /<locator>``
 require a permission signature made for the requesting token.  Block bodies
-are buffered once (PUT) or sent with sendfile (GET), and hashing/disk work
+are buffered once (PUT, answered only once the block is on disk) or read and
+checked against their md5 (GET/HEAD) before sending, and hashing/disk work
 runs in the default thread pool so concurrent transfers overlap.
 """
 
@@ -16,7 +17,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from .blockstore import BLOCK_SIZE, BlockHashMismatch, BlockStore
+from .blockstore import BLOCK_SIZE, BlockCorrupt, BlockHashMismatch, BlockStore
 from .signing import sign_locator, verify_locator
 
 logger = logging.getLogger(__name__)
@@ -129,10 +130,18 @@ def make_keep_app(blockstore: BlockStore, *, authenticate: Callable[[str], str |
         headers = {**_CORS, "Content-Type": "application/octet-stream", "Vary": "X-Keep-Signature"}
         if request.headers.get("X-Keep-Signature", "").split(",")[0].strip() == "local":
             headers["X-Keep-Locator"] = sign(f"{md5}+{size}", token)
-        if request.method == "HEAD" or size == 0:
+        # As keepstore, the bytes are checked against the md5 before they count as the block
+        # (for HEAD too): a damaged file answers 502, never wrong data.
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(None, blockstore.get, md5)
+        except BlockCorrupt as e:
+            return _error(502, str(e))
+        except FileNotFoundError:
+            return _error(404, "Not Found")
+        if request.method == "HEAD":
             headers["Content-Length"] = str(size)
             return web.Response(status=200, headers=headers)
-        return web.FileResponse(blockstore.path(md5), headers=headers)
+        return web.Response(body=data, headers=headers)
 
     async def handle_options(request: web.Request) -> web.Response:
         return web.Response(status=200, headers=_CORS)

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import statelock
 from .api import MAX_REQUEST_SIZE, ApiServer
 from .auth import Authorizer
 from .blockstore import BlockStore
@@ -94,6 +95,16 @@ class Cluster:
                                      api_env=env)
         self._runners: list[web.AppRunner] = []
         self._dispatch_task: asyncio.Task | None = None
+        self.recover()
+
+    def recover(self) -> None:
+        """Settle what a crash of the last cluster process left half done, before serving: no
+        client ever sees a container Running that nothing runs, or a live token for it."""
+        self.dispatcher.recover()
+        if self.blockstore.remove_partial_writes():
+            logger.info("recovery: removed the partial blocks of interrupted Keep PUTs")
+        for line in self.lifecycle.repair():
+            logger.info("recovery: %s", line)
 
     def _discovery(self, http: web.Request) -> dict:
         return discovery_document(
@@ -120,13 +131,15 @@ class Cluster:
         self.eventbus.route(api_app, "/websocket")
         api_runner = web.AppRunner(api_app, access_log=None)
         await api_runner.setup()
-        await web.TCPSite(api_runner, self.cfg.host, self.cfg.api_port,
+        # reuse_address: a restart binds the recorded ports at once, though connections of the
+        # previous process linger in TIME_WAIT (the address clients hold stays valid).
+        await web.TCPSite(api_runner, self.cfg.host, self.cfg.api_port, reuse_address=True,
                           ssl_context=server_context(cert, key)).start()
         keep_app = make_keep_app(self.blockstore, authenticate=self.authz.user_for_token,
                                  signing_key=self.cfg.blob_signing_key, ttl_seconds=self.cfg.blob_signature_ttl)
         keep_runner = web.AppRunner(keep_app, access_log=None)
         await keep_runner.setup()
-        await web.TCPSite(keep_runner, self.cfg.host, self.cfg.keep_port).start()
+        await web.TCPSite(keep_runner, self.cfg.host, self.cfg.keep_port, reuse_address=True).start()
         self._runners = [api_runner, keep_runner]
         self._dispatch_task = asyncio.get_running_loop().create_task(self.dispatcher.run())
         logger.info("cluster %s serving https://%s (Keep on port %d)", self.cfg.cluster_id, self.cfg.api_host,
@@ -148,11 +161,9 @@ async def serve(cfg: ClusterConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    (cfg.state_path / "server.pid").write_text(str(os.getpid()))
     await stop.wait()
     logger.info("stopping cluster")
     await cluster.stop()
-    (cfg.state_path / "server.pid").unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,8 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    cfg = ClusterConfig.load(args.state_dir.resolve())
-    asyncio.run(serve(cfg))
+    state_dir = args.state_dir.resolve()
+    try:
+        lock = statelock.acquire(state_dir)  # held until this process ends, however it ends
+    except statelock.StateDirLocked as e:
+        print(f"toil-arvados cluster server: {e}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(ClusterConfig.load(state_dir)))
+    finally:
+        (state_dir / statelock.PID_FILE).unlink(missing_ok=True)
+        os.close(lock)
     return 0
 
 

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -33,9 +34,13 @@ class Store:
     def __init__(self, db_path: Path, cluster_id: str, system_user_uuid: str) -> None:
         self.cluster_id = cluster_id
         self.system_user_uuid = system_user_uuid
+        # One writer at a time: the event loop and the dispatcher's worker threads both write,
+        # and a log id must be taken and committed by the same writer.
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before the API answers (Arvados' PostgreSQL fsyncs commits).
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS objects (uuid TEXT PRIMARY KEY, tbl TEXT NOT NULL, data TEXT NOT NULL)"
         )
@@ -99,52 +104,83 @@ class Store:
         record["created_at"] = record.get("created_at") or now
         record["modified_at"] = now
         record["modified_by_user_uuid"] = by or self.system_user_uuid
-        if table == "logs":  # a client-written log (e.g. live stderr) is an event of its own
-            record["id"] = self._next_log_id
-            self._next_log_id += 1
-            record.setdefault("event_at", now)
-            self._log_list.append(record)
-        record["etag"] = _etag(record)
-        self.tables[table][record["uuid"]] = record
-        with self._db:
-            self._write(table, record)
-            entry = self._log("create", None, record, by) if log and table != "logs" else None
-        self._notify(record if table == "logs" else entry)
+        with self._lock:
+            if table == "logs":  # a client-written log (e.g. live stderr) is an event of its own
+                record["id"] = self._next_log_id
+                record.setdefault("event_at", now)
+            record["etag"] = _etag(record)
+            entry = self._log_entry("create", None, record, by) if log and table != "logs" else None
+            self._commit(table, record, None, record if table == "logs" else entry)
+            self._notify(record if table == "logs" else entry)
         return record
 
     def update(self, uuid: str, changes: dict, *, by: str | None = None, log: bool = True,
                touch: bool = True) -> dict:
         """Apply ``changes`` to a stored object and record the change in the event log."""
         table = table_of(uuid)
-        old = self.tables[table][uuid]
-        new = dict(old)
-        new.update(copy.deepcopy(changes))
-        if new == old:
-            return old
-        if touch:
-            new["modified_at"] = timestamp()
-            new["modified_by_user_uuid"] = by or self.system_user_uuid
-        new["etag"] = _etag(new)
-        self.tables[table][uuid] = new
-        with self._db:
-            self._write(table, new)
-            entry = self._log("update", old, new, by) if log else None
-        self._notify(entry)
+        with self._lock:
+            old = self.tables[table][uuid]
+            new = dict(old)
+            new.update(copy.deepcopy(changes))
+            if new == old:
+                return old
+            if touch:
+                new["modified_at"] = timestamp()
+                new["modified_by_user_uuid"] = by or self.system_user_uuid
+            new["etag"] = _etag(new)
+            entry = self._log_entry("update", old, new, by) if log else None
+            self._commit(table, new, None, entry)
+            self._notify(entry)
         return new
 
     def delete(self, uuid: str, *, by: str | None = None) -> dict:
         table = table_of(uuid)
-        old = self.tables[table].pop(uuid)
-        with self._db:
-            self._db.execute("DELETE FROM objects WHERE uuid=?", (uuid,))
-            entry = self._log("delete", old, None, by)
-        self._notify(entry)
+        with self._lock:
+            old = self.tables[table][uuid]
+            entry = self._log_entry("delete", old, None, by)
+            self._commit(table, None, old, entry)
+            self._notify(entry)
         return old
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _commit(self, table: str, record: dict | None, deleted: dict | None, entry: dict | None) -> None:
+        """Make one change durable, then visible: the object row and its ``logs`` row go to SQLite
+        in one transaction, and memory changes only once that committed. (``entry`` is
+        ``record`` itself for a client-created log: that row is the event.)
+
+        Why this order: a crash (or a failed write) must never leave an object that readers saw,
+        or an event a client received, missing from the database, nor an object change without
+        its event; and log ids must stay unique and increasing across a restart, so an id is
+        only consumed by a committed row. The caller holds ``self._lock``.
+        """
+        # Explicit BEGIN: the connection is in autocommit mode (isolation_level=None), where
+        # ``with connection:`` alone would commit each statement on its own.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if record is not None:
+                self._write(table, record)
+            else:
+                assert deleted is not None
+                self._db.execute("DELETE FROM objects WHERE uuid=?", (deleted["uuid"],))
+            if entry is not None and entry is not record:
+                self._write("logs", entry)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")  # memory is untouched: nothing of the change is seen
+            raise
+        if record is not None:
+            self.tables[table][record["uuid"]] = record
+        else:
+            self.tables[table].pop(deleted["uuid"], None)  # type: ignore[index]
+        if entry is not None:
+            self.tables["logs"][entry["uuid"]] = entry
+            self._log_list.append(entry)
+            self._next_log_id = entry["id"] + 1
 
     def _write(self, table: str, record: dict) -> None:
         self._db.execute(
@@ -152,14 +188,13 @@ class Store:
             (record["uuid"], table, json.dumps(record, separators=(",", ":"))),
         )
 
-    def _log(self, event_type: str, old: dict | None, new: dict | None, by: str | None) -> dict:
+    def _log_entry(self, event_type: str, old: dict | None, new: dict | None, by: str | None) -> dict:
+        """The ``logs`` record of a change, with the next id (consumed only when committed)."""
         subject = new or old
         assert subject is not None
         now = timestamp()
-        log_id = self._next_log_id
-        self._next_log_id += 1
         entry = {
-            "id": log_id,
+            "id": self._next_log_id,
             "uuid": new_uuid(self.cluster_id, "logs"),
             "kind": "arvados#log",
             "etag": "",
@@ -178,9 +213,6 @@ class Store:
             "modified_by_user_uuid": by or self.system_user_uuid,
         }
         entry["etag"] = _etag(entry)
-        self.tables["logs"][entry["uuid"]] = entry
-        self._log_list.append(entry)
-        self._write("logs", entry)
         return entry
 
     def _notify(self, entry: dict | None) -> None:
