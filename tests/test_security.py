@@ -307,21 +307,39 @@ def test_container_runs_as_the_committing_user_not_the_project(api, project, ali
     assert a.containers().get(uuid=cr["container_uuid"]).execute()["runtime_user_uuid"] == a_user["uuid"]
 
 
-def test_new_users_can_use_the_clusters_own_images(api, cluster_env) -> None:
+def test_new_users_can_use_images_shared_with_all_users(api, cluster_env, project, built_images) -> None:
+    """As an administrator does: store an image in a project shared with "All users"."""
+    from toil_arvados.images.keep import store_image
+    from toil_arvados.localcluster.bootstrap import all_users_group_uuid
+
+    from conftest import PYTHON_IMAGE
+
     _, u = _make_user(api, cluster_env, "newcomer")
-    cr = create_request(u, request_body(["true"], "arvados/jobs:latest", priority=0, state="Committed"))
+    body = request_body(["true"], PYTHON_IMAGE, priority=0, state="Committed")
+    _raises(u.container_requests().create(body={"container_request": body}), (422,))  # not shared yet
+    built = built_images[PYTHON_IMAGE]
+    shared = api.groups().create(body={"group": {"name": f"images {secrets.token_hex(3)}",
+                                                 "group_class": "project"}}).execute()["uuid"]
+    store_image(api, built.tarball, built.image_id, (f"shared-{secrets.token_hex(3)}:1",), owner_uuid=shared)
+    name = api.links().list(filters=[["owner_uuid", "=", shared],
+                                     ["link_class", "=", "docker_image_repo+tag"]]).execute()["items"][0]["name"]
+    cluster_id = api.users().current().execute()["uuid"].split("-")[0]
+    _grant(api, all_users_group_uuid(cluster_id), shared)
+    cr = create_request(u, request_body(["true"], name, priority=0, state="Committed"))
     assert cr["container_uuid"]
 
 
 # 11 ------------------------------------------------------------------------------------------
 
 def test_container_token_expires_when_it_ends(api, cluster_env, image_pdh) -> None:
-    body = request_body(["true"], image_pdh, use_existing=False,
+    body = request_body(["sh", "-c", "echo $ARVADOS_API_TOKEN > token"], image_pdh, use_existing=False,
                         runtime_constraints={"vcpus": 1, "ram": 128 << 20, "API": True})
     cr = wait_final(api, create_request(api, body)["uuid"])
     c = api.containers().get(uuid=cr["container_uuid"]).execute()
-    token = api.api_client_authorizations().get(uuid=c["auth_uuid"]).execute()
-    _raises(_client(cluster_env, token["api_token"]).users().current(), (401,))
+    assert c["state"] == "Complete" and not c.get("auth_uuid")
+    token = arvados.collection.CollectionReader(cr["output_uuid"], api_client=api).open("token").read().strip()
+    assert token.startswith("v2/")
+    _raises(_client(cluster_env, token).users().current(), (401,))
 
 
 def _offline_cluster(tmp_path: Path):
@@ -352,7 +370,7 @@ def _offline_cluster(tmp_path: Path):
 def test_container_tokens_expire_after_a_crash(tmp_path: Path) -> None:
     store, authz, dispatcher, tokens = _offline_cluster(tmp_path)
     assert all(authz.authenticate(t) for t in tokens.values())
-    dispatcher._recover()
+    dispatcher.recover()
     assert {s: authz.authenticate(t) for s, t in tokens.items()} == {s: None for s in tokens}
 
 
@@ -432,5 +450,5 @@ def test_websocket_stops_delivering_once_its_token_expires(tmp_path: Path) -> No
     own = store.create("groups", {"group_class": "project", "owner_uuid": caller.uuid})
     event = store.logs_after(0)[-1]
     assert event["object_uuid"] == own["uuid"] and authz.can_read_event(caller, event)
-    dispatcher._recover()  # the container is gone: its token expires
+    dispatcher.recover()  # the container is gone: its token expires
     assert not authz.can_read_event(caller, event)
