@@ -176,3 +176,12 @@ def test_in_place_updates_are_accepted_only_for_native_steps_on_a_keep_job_store
     assert not native_steps_on_keep(["--batchSystem", "arvados", "--jobStore", "arvados:n",
                                      "--noArvadosNativeSteps"], {})
     assert not native_steps_on_keep(["--batchSystem", "single_machine", "--jobStore", "arvados:n"], {})
+
+
+def test_tool_ids_keep_no_leader_directory() -> None:
+    from toil_arvados.cwl_step_request import portable_tool_id
+
+    assert portable_tool_id("file:///home/u/wf/tool.cwl#main") == "tool.cwl#main"
+    assert portable_tool_id("/home/u/wf/tool.cwl") == "tool.cwl"
+    assert portable_tool_id("keep:99999999999999999999999999999999+99/wf.cwl#x") == \
+        "keep:99999999999999999999999999999999+99/wf.cwl#x"

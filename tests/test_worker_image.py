@@ -160,12 +160,15 @@ def test_python_workflow_outside_the_image_runs_in_worker_containers(api, clean_
     assert_no_leader_path(crs, tmp_path)
 
 
-def test_cwl_in_worker_container_mode_keeps_no_leader_path(api, clean_project, env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["--noArvadosNativeSteps", "--arvadosNativeSteps"])
+def test_cwl_keeps_no_leader_path(api, clean_project, env, tmp_path: Path, mode: str) -> None:
+    """Worker-container mode (the tool runs inside a Toil worker) and native steps (the tool is its
+    own request): either way, with --no-container, in the worker image with its own PATH."""
     project = clean_project
     (tmp_path / "tool.cwl").write_text(TOOL)
     (tmp_path / "job.yml").write_text("who: world\n")
     done = run([TOIL_CWL_RUNNER, "--batchSystem", "arvados", "--arvadosProject", project,
-                "--jobStore", f"arvados:{project}/worker-mode", "--noArvadosNativeSteps", "--no-container",
+                "--jobStore", f"arvados:{project}/cwl-mode", mode, "--no-container",
                 "--outdir", str(tmp_path / "out"), str(tmp_path / "tool.cwl"), str(tmp_path / "job.yml")],
                env, tmp_path, timeout=600)
     assert done.returncode == 0, done.describe()

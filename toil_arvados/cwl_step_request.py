@@ -94,7 +94,7 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
         sched["max_run_time"] = int(inv.timelimit)
     if inv.preemptible is not None:
         sched["preemptible"] = bool(inv.preemptible)
-    properties = {PROPERTY_STEP: step, PROPERTY_TOOL: tool, **settings.extra_properties}
+    properties = {PROPERTY_STEP: step, PROPERTY_TOOL: portable_tool_id(tool), **settings.extra_properties}
     if settings.workflow_run:
         properties[PROPERTY_WORKFLOW_RUN] = settings.workflow_run
     if settings.parent_request:
@@ -137,3 +137,13 @@ def process_status(exit_code: int | None, success: list[int], temporary: list[in
 
 def _bytes(mib: float) -> int:
     return max(MIB, int(math.ceil(mib * MIB)))
+
+
+def portable_tool_id(tool_id: str) -> str:
+    """A tool's id without the leader's directories (``file:///home/u/wf/tool.cwl#main`` ->
+    ``tool.cwl#main``): enough to tell tools apart in Workbench, nothing of the leader's disk.
+    Remote ids (``https://``, ``keep:``) are kept whole."""
+    if not tool_id.startswith(("file:", "/")):
+        return tool_id
+    path, hash_, fragment = tool_id.partition("#")
+    return path.rstrip("/").rsplit("/", 1)[-1] + hash_ + fragment

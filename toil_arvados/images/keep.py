@@ -41,10 +41,20 @@ def store_image(api: Any, tarball: Path, image_id: str, names: tuple[str, ...], 
                 owner_uuid: Optional[str] = None, properties: Optional[dict] = None) -> str:
     """Upload *tarball* (once per image id) and register *names* for it; the collection's PDH."""
     owner = owner_uuid or api.users().current().execute()["uuid"]
-    coll = _by_hash(api, image_id)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    coll = _by_hash(api, image_id, owner)
     if coll is None:
-        coll = _upload(api, tarball, image_id, names[0], owner, properties or {})
+        # As arv-keepdocker: an image already in Keep elsewhere is copied into the project by
+        # reference (same blocks, nothing uploaded); otherwise it is uploaded.
+        elsewhere = _by_hash(api, image_id, None)
+        props = {"docker-image-repo-tag": repo_tag(names[0]), **(properties or {})}
+        if elsewhere is not None:
+            coll = api.collections().create(body={"collection": {
+                "name": _name(names[0], image_id), "owner_uuid": owner, "properties": props,
+                "manifest_text": api.collections().get(uuid=elsewhere["uuid"]).execute()["manifest_text"]}},
+                ensure_unique_name=True).execute()
+        else:
+            coll = _upload(api, tarball, image_id, names[0], owner, props)
         _link(api, "docker_image_hash", f"sha256:{image_id}", coll["uuid"], owner, stamp)
     have = {l["name"] for l in api.links().list(filters=[
         ["link_class", "=", "docker_image_repo+tag"], ["head_uuid", "=", coll["uuid"]]]).execute()["items"]}
@@ -54,9 +64,12 @@ def store_image(api: Any, tarball: Path, image_id: str, names: tuple[str, ...], 
     return coll["portable_data_hash"]
 
 
-def _by_hash(api: Any, image_id: str) -> Optional[dict]:
-    for link in api.links().list(filters=[["link_class", "=", "docker_image_hash"],
-                                          ["name", "=", f"sha256:{image_id}"]]).execute()["items"]:
+def _by_hash(api: Any, image_id: str, owner: Optional[str]) -> Optional[dict]:
+    """The collection of image *image_id* (in project *owner*, if given)."""
+    filters = [["link_class", "=", "docker_image_hash"], ["name", "=", f"sha256:{image_id}"]]
+    if owner:
+        filters.append(["owner_uuid", "=", owner])
+    for link in api.links().list(filters=filters).execute()["items"]:
         found = api.collections().list(filters=[["uuid", "=", link["head_uuid"]]]).execute()["items"]
         if found:
             return found[0]
@@ -70,10 +83,12 @@ def _upload(api: Any, tarball: Path, image_id: str, name: str, owner: str, prope
     with new.open(f"{image_id}.tar", "wb") as out, open(tarball, "rb") as src:
         for chunk in iter(lambda: src.read(_CHUNK), b""):
             out.write(chunk)
-    new.save_new(name=f"Docker image {repo_tag(name)} sha256:{image_id[:12]}", owner_uuid=owner,
-                 ensure_unique_name=True,
-                 properties={"docker-image-repo-tag": repo_tag(name), **properties})
+    new.save_new(name=_name(name, image_id), owner_uuid=owner, ensure_unique_name=True, properties=properties)
     return {"uuid": new.manifest_locator(), "portable_data_hash": new.portable_data_hash()}
+
+
+def _name(name: str, image_id: str) -> str:
+    return f"Docker image {repo_tag(name)} sha256:{image_id[:12]}"
 
 
 def _link(api: Any, link_class: str, name: str, head_uuid: str, owner: str, stamp: str) -> None:
