@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import schema
+from . import schema, validation
 from .auth import Authorizer, Caller
 from .filters import FilterError, apply_list
 from .store import Store
@@ -162,6 +162,16 @@ class Resource:
             raise unprocessable(f"owner_uuid {owner_uuid} is not a user or project that exists")
         if not self.authz.can_write(req.user, owner):
             raise ApiError(403, f"Forbidden: cannot write to owner_uuid {owner_uuid}")
+        if table_of(owner_uuid) == "groups" and owner.get("group_class") != "project":
+            # arvados_model.rb ensure_owner_uuid_is_permitted: PermissionDeniedError, for every kind.
+            raise ApiError(403, f"Owner uuid must be a project: {owner_uuid} is a "
+                                f"{owner.get('group_class')} group")
+
+    def check_name_lengths(self, attrs: dict) -> None:
+        """Names are ``varchar(255)`` in Arvados: longer ones are refused (422), never truncated."""
+        errors = validation.name_length_errors(self.table, attrs)
+        if errors:
+            raise unprocessable("; ".join(errors))
 
     # Attributes a list leaves out unless asked for with ``select`` (Arvados: collections' manifests).
     list_omits: frozenset[str] = frozenset()
@@ -223,6 +233,7 @@ class Resource:
             full["owner_uuid"] = req.user.uuid
         if self.table not in UNOWNED_TABLES:
             self.check_owner(req, full["owner_uuid"])
+        self.check_name_lengths(full)
         full = self.prepare_create(req, full)
         self.ensure_unique_name(req, full)
         record = self.store.create(self.table, full, by=req.user.uuid, uuid=attrs.get("uuid") if req.user.is_admin else None)
@@ -241,6 +252,7 @@ class Resource:
         changes.pop("uuid", None)
         if "owner_uuid" in changes and changes["owner_uuid"] != old.get("owner_uuid"):
             self.check_owner(req, changes["owner_uuid"])
+        self.check_name_lengths(changes)
         changes = self.prepare_update(req, old, changes)
         if "name" in changes or "owner_uuid" in changes:
             merged = dict(old, **changes)

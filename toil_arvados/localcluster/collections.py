@@ -132,7 +132,8 @@ class Collections(Trashable):
 
         if is_pdh(uuid):  # Arvados serves a collection by content hash too
             for rec in self.store.records("collections"):
-                if rec.get("portable_data_hash") == uuid and self.authz.can_read(req.user, rec):
+                if rec.get("portable_data_hash") == uuid and self.authz.can_read(req.user, rec) \
+                        and (not rec.get("is_trashed") or req.flag("include_trash")):
                     shown = self._shape(req, rec)
                     return {k: v for k, v in shown.items()
                             if k in ("kind", "portable_data_hash", "manifest_text", "unsigned_manifest_text",

@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import reuse
+from . import manifest as mf
+from . import reuse, validation
+from .collections import manifest_attrs, store_manifest
 from .api import ApiError, Request, Resource, not_found, unprocessable
 from .store import Store, timestamp
 from .uuids import is_pdh, table_of
@@ -25,16 +27,19 @@ from .uuids import is_pdh, table_of
 logger = logging.getLogger(__name__)
 
 FINAL_CONTAINER_STATES = ("Complete", "Cancelled")
-MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep", "git_tree")
+#: container_request.rb's MountKindFields.
+MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep")
 #: The command's standard streams, mounted by name rather than at a path.
 STREAM_MOUNTS = ("stdin", "stdout", "stderr")
-#: What stdin may be read from: a file in a collection, or literal content (as crunch-run).
-STDIN_KINDS = ("collection", "json", "text")
+#: What stdin may be read from: a file in a collection, or JSON content (crunch-run's
+#: SetupMounts refuses every other kind; we refuse it at commit, before a container is made).
+STDIN_KINDS = ("collection", "json")
 
-# Once committed, a request's functional attributes are fixed (Arvados' rule).
-_COMMITTED_MUTABLE = {"priority", "container_count_max", "name", "description", "properties",
-                      "output_name", "output_properties", "output_ttl", "output_storage_classes"}
-_FINAL_MUTABLE = {"name", "description", "properties", "output_properties"}
+# container_request.rb's check_update_whitelist: AttrsPermittedAlways, plus (Committed) priority
+# and container_count_max. Everything else is fixed once the request is committed.
+_ALWAYS_MUTABLE = {"owner_uuid", "state", "name", "description", "properties"}
+_COMMITTED_MUTABLE = _ALWAYS_MUTABLE | {"priority", "container_count_max"}
+_FINAL_MUTABLE = _ALWAYS_MUTABLE
 
 
 class ContainerRequests(Resource):
@@ -57,29 +62,30 @@ class ContainerRequests(Resource):
         for key in ("container_uuid", "output_uuid", "log_uuid"):
             attrs[key] = None
         attrs["container_count"] = 0
-        fill_saved_defaults(attrs)
         for key, empty in (("cwd", "."), ("environment", {}), ("mounts", {}), ("secret_mounts", {}),
                            ("output_glob", [])):
             if attrs.get(key) is None:
                 attrs[key] = empty
+        fill_saved_defaults(attrs)
         if attrs.get("requesting_container_uuid") is None and req.user.token.get("_container_uuid"):
             attrs["requesting_container_uuid"] = req.user.token["_container_uuid"]
-        if attrs["state"] == "Committed":
-            validate_committed(attrs, self.store)
+        # Rails validates a new record whatever its state (validate_datatypes & co. skip only
+        # saved records that stay uncommitted).
+        self._validate(attrs, committing=attrs["state"] == "Committed", checked=True)
         return attrs
 
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
-        changed = {k for k, v in changes.items() if old.get(k) != v}
+        changed = {k for k, v in changes.items() if _really_changed(old.get(k), v)}
         if old["state"] == "Final":
             bad = changed - _FINAL_MUTABLE
             if bad:
                 raise unprocessable(f"Cannot modify {', '.join(sorted(bad))} of a container request in state Final")
         elif old["state"] == "Committed":
-            bad = changed - _COMMITTED_MUTABLE - {"state"}
+            bad = changed - _COMMITTED_MUTABLE
             if bad:
                 raise unprocessable(
-                    f"Cannot modify {', '.join(sorted(bad))} of a Committed container request; "
-                    "only priority, container_count_max, name, description and properties may change")
+                    f"Cannot modify {', '.join(sorted(bad))} of a Committed container request; only "
+                    f"{', '.join(sorted(_COMMITTED_MUTABLE - {'state'}))} may change")
             if changes.get("state", "Committed") == "Uncommitted":
                 raise unprocessable("Invalid state transition from Committed to Uncommitted")
             if changes.get("state") == "Final":
@@ -92,11 +98,31 @@ class ContainerRequests(Resource):
                 fill_saved_defaults(merged)
                 changes["scheduling_parameters"] = merged["scheduling_parameters"]
                 changes["runtime_constraints"] = merged["runtime_constraints"]
-            if merged.get("state") == "Committed":
-                validate_committed(merged, self.store)
-            elif merged.get("state") not in ("Uncommitted",):
+            if merged.get("state") not in ("Uncommitted", "Committed"):
                 raise unprocessable(f"Invalid state transition from Uncommitted to {merged.get('state')}")
+            committing = merged["state"] == "Committed"
+            self._validate(merged, committing=committing, checked=committing)
         return changes
+
+    def _validate(self, attrs: dict, *, committing: bool, checked: bool) -> None:
+        """container_request.rb's validations, every error at once (422 naming each attribute).
+
+        ``checked``: the record is new or becomes Committed, when Rails also runs the datatype,
+        runtime constraint and scheduling parameter checks; presence is checked on every save.
+        """
+        errors = [f"{label} can't be blank" for key, label in (
+            ("command", "Command"), ("container_image", "Container image"), ("output_path", "Output path"),
+            ("cwd", "Cwd")) if not attrs.get(key)]
+        if checked:
+            errors += validation.runtime_constraint_errors(attrs.get("runtime_constraints"), committed=committing)
+            errors += validation.scheduling_parameter_errors(
+                attrs.get("scheduling_parameters"), committing=committing,
+                any_preemptible=validation.any_preemptible(self.api.config.instance_types()))
+            errors += validation.output_path_errors(attrs.get("output_path"), attrs.get("mounts"))
+        if errors:
+            raise ApiError(422, "; ".join(errors))
+        if committing:
+            validate_committed(attrs, self.store)
 
     def after_write(self, req: Request, record: dict, old: dict | None) -> None:
         self.api.lifecycle.request_changed(record, old)
@@ -205,30 +231,33 @@ class Containers(Resource):
         return {"secret_mounts": c.get("secret_mounts") or {}}
 
 
+def _really_changed(old: Any, new: Any) -> bool:
+    """WhitelistUpdate#really_changed: nil, [] and {} are all "empty", not a change."""
+    if old in (None, [], {}) and new in (None, [], {}):
+        return False
+    return old != new
+
+
 def fill_saved_defaults(attrs: dict) -> None:
-    """Arvados' implied values for scheduling_parameters and runtime_constraints, on every save."""
-    sp = {"max_run_time": 0, "partitions": [], "preemptible": False, "supervisor": False}
-    sp.update(attrs.get("scheduling_parameters") or {})
-    if (attrs.get("command") or [""])[0] == "arvados-cwl-runner":
-        sp["supervisor"] = True
-    attrs["scheduling_parameters"] = sp
-    attrs["runtime_constraints"] = reuse.fill_runtime_constraint_defaults(attrs.get("runtime_constraints") or {})
+    """Arvados' implied values for scheduling_parameters and runtime_constraints, on every save.
+
+    A value that is not a hash is left alone so the validation names it.
+    """
+    sp = attrs.get("scheduling_parameters")
+    if sp is None or isinstance(sp, dict):
+        sp = {"max_run_time": 0, "partitions": [], "preemptible": False, "supervisor": False, **(sp or {})}
+        if (attrs.get("command") or [""])[0] == "arvados-cwl-runner":
+            sp["supervisor"] = True
+        attrs["scheduling_parameters"] = sp
+    rc = attrs.get("runtime_constraints")
+    if rc is None or isinstance(rc, dict):
+        attrs["runtime_constraints"] = reuse.fill_runtime_constraint_defaults(rc or {})
 
 
 def validate_committed(attrs: dict, store: Store) -> None:
     """The checks Arvados makes when a request becomes Committed (422 with the attribute named)."""
-    if not attrs.get("command") or not isinstance(attrs["command"], list) \
-            or not all(isinstance(a, str) for a in attrs["command"]):
+    if not isinstance(attrs["command"], list) or not all(isinstance(a, str) for a in attrs["command"]):
         raise unprocessable("command must be a non-empty array of strings")
-    if not attrs.get("container_image"):
-        raise unprocessable("container_image can't be blank")
-    if not attrs.get("output_path"):
-        raise unprocessable("output_path can't be blank")
-    rc = attrs.get("runtime_constraints") or {}
-    for key in ("vcpus", "ram"):
-        value = rc.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise unprocessable(f"runtime_constraints {key} must be a positive integer, got {value!r}")
     priority = attrs.get("priority")
     if priority is None or not isinstance(priority, int) or not 0 <= priority <= 1000:
         raise unprocessable(f"priority must be an integer from 0 to 1000, got {priority!r}")
@@ -241,9 +270,6 @@ def validate_committed(attrs: dict, store: Store) -> None:
             validate_stream_mount(path, mount)
         elif not path.startswith("/"):
             raise unprocessable(f"mounts: {path!r} is not an absolute path (nor stdin/stdout/stderr)")
-    if attrs["output_path"] not in mounts and not any(
-            attrs["output_path"].startswith(p.rstrip("/") + "/") for p in mounts if p.startswith("/")):
-        raise unprocessable(f"output_path {attrs['output_path']!r} must be one of the mount targets")
     resolve_image(attrs["container_image"], store)
 
 
@@ -415,6 +441,9 @@ class Lifecycle:
             if retry:
                 logger.info("retrying %s: container %s was cancelled (attempt %d of %d)", cr["uuid"], c["uuid"],
                             cr["container_count"] + 1, cr["container_count_max"])
+                if c.get("log"):  # set_container: the old container's log joins the request's
+                    cr = self.store.update(cr["uuid"], {"log_uuid": self._add_to_request_log(cr, c, at_root=False)
+                                                        or cr.get("log_uuid")})
                 cr = self.store.update(cr["uuid"], {"container_uuid": None})
                 self._assign_container_new(cr)
             else:
@@ -429,13 +458,19 @@ class Lifecycle:
         self._update_priority(container["uuid"])
 
     def _finalize(self, cr: dict, c: dict) -> None:
+        """container_request.rb's finalize!: the request's log collection gets the container's
+        log (at its root and under "log for container <uuid>"), whatever the outcome; a
+        Complete container's log is also copied verbatim (same PDH: reuse needs a readable log);
+        the output is copied when there is one."""
         changes: dict[str, Any] = {"state": "Final", "priority": 0 if c["state"] == "Cancelled" else cr["priority"]}
         changes["secret_mounts"] = {}
         changes["runtime_token"] = None
         if c.get("log"):
-            changes["log_uuid"] = self._copy_collection(
-                c["log"], cr, name=f"Container log for request {cr['uuid']}",
-                properties={"type": "log", "container_request": cr["uuid"]})
+            changes["log_uuid"] = self._add_to_request_log(cr, c, at_root=True) or cr.get("log_uuid")
+            if c["state"] == "Complete":
+                self._copy_collection(c["log"], cr, name=f"Container log for container {c['uuid']}",
+                                      properties={"type": "log", "container_request": cr["uuid"],
+                                                  "container_uuid": c["uuid"]})
         if c["state"] == "Complete" and c.get("exit_code") == 0 and c.get("output"):
             kind = "intermediate" if cr.get("requesting_container_uuid") else "output"
             props = dict(cr.get("output_properties") or {})
@@ -445,12 +480,42 @@ class Lifecycle:
                 properties=props)
         self.store.update(cr["uuid"], changes)
 
-    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:
-        source = next((c for c in self.store.records("collections") if c.get("portable_data_hash") == pdh), None)
+    def _add_to_request_log(self, cr: dict, c: dict, *, at_root: bool) -> str | None:
+        """Merge container *c*'s log into the request's log collection (made on first use):
+        under "log for container <uuid>", and also at the root for the final container."""
+        source = self._collection_by_pdh(c["log"])
         if source is None:
             return None
-        names = {c.get("name") for c in self.store.records("collections") if c.get("owner_uuid") == cr["owner_uuid"]}
-        final_name = name if name not in names else f"{name} ({timestamp()[:23]}Z)"
+        existing = self.store.get(cr.get("log_uuid") or "")
+        tree = mf.parse(existing["manifest_text"]) if existing else mf.ManifestTree()
+        log = mf.parse(source["manifest_text"])
+        sub = f"log for container {c['uuid']}"
+        for prefix in ([""] if at_root else []) + [sub]:
+            for path, segments in log.files.items():
+                tree.files[f"{prefix}/{path}" if prefix else path] = segments
+            for d in log.dirs:
+                tree.dirs.add(f"{prefix}/{d}".rstrip("/") if prefix else d)
+        attrs = manifest_attrs(mf.render(tree))
+        attrs["properties"] = {"type": "log", "container_request": cr["uuid"]}
+        if existing:
+            return self.store.update(existing["uuid"], attrs)["uuid"]
+        rec = store_manifest(self.store, attrs["manifest_text"], owner_uuid=cr["owner_uuid"],
+                             name=self._unique_name(cr["owner_uuid"], f"Container log for request {cr['uuid']}"),
+                             properties=attrs["properties"])
+        return rec["uuid"]
+
+    def _collection_by_pdh(self, pdh: str) -> dict | None:
+        return next((c for c in self.store.records("collections") if c.get("portable_data_hash") == pdh), None)
+
+    def _unique_name(self, owner: str, name: str) -> str:
+        names = {c.get("name") for c in self.store.records("collections") if c.get("owner_uuid") == owner}
+        return name if name not in names else f"{name} ({timestamp()[:23]}Z)"
+
+    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:
+        source = self._collection_by_pdh(pdh)
+        if source is None:
+            return None
+        final_name = self._unique_name(cr["owner_uuid"], name)
         keep = ("manifest_text", "portable_data_hash", "file_count", "file_size_total", "replication_desired",
                 "replication_confirmed", "storage_classes_desired", "storage_classes_confirmed")
         attrs = {k: source.get(k) for k in keep if k in source}

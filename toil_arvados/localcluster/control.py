@@ -64,14 +64,16 @@ def is_running(state_dir: Path) -> bool:
 
 
 def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, port: int | None = None,
-       timeout: float = 120.0, docker_host: str | None = None) -> ClusterConfig:
+       timeout: float = 120.0, docker_host: str | None = None,
+       preemptible_instances: bool | None = None) -> ClusterConfig:
     """Start the cluster in the background (or find it running) and wait until it answers."""
     state_dir = Path(state_dir).resolve()
     if is_running(state_dir):
         cfg = ClusterConfig.load(state_dir)
         if answers(cfg):
             return cfg
-    cfg = ClusterConfig.load_or_create(state_dir, cores=cores, ram=ram, api_port=port, docker_host=docker_host)
+    cfg = ClusterConfig.load_or_create(state_dir, cores=cores, ram=ram, api_port=port, docker_host=docker_host,
+                                       preemptible_instances=preemptible_instances)
     if port is None and _port_busy(cfg.host, cfg.api_port):
         cfg.api_port = free_port(cfg.host)
     elif port is not None and _port_busy(cfg.host, port):
