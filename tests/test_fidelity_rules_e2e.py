@@ -14,6 +14,16 @@ from e2e_util import container, create_request, request_body, wait_final, wait_f
 from test_api import second_user  # noqa: F401 - fixture: a non-admin user and their client
 
 
+@pytest.fixture
+def image(request: pytest.FixtureRequest) -> str:
+    """The plain Debian test image: ``test_image`` once containers run hermetically in their
+    image, ``stand_in_image`` before (whichever conftest provides)."""
+    try:
+        return request.getfixturevalue("test_image")
+    except pytest.FixtureLookupError:
+        return request.getfixturevalue("stand_in_image")
+
+
 def _refused(call, status: int = 422) -> str:
     with pytest.raises(arvados.errors.ApiError) as info:
         call.execute()
@@ -39,8 +49,8 @@ def _create(api, body: dict):
                                            "hardware_capability": "8.6"}}, "[cuda.driver_version]="),
     ({"vcpus": 1, "ram": 1 << 20, "disk": 5}, "unexpected keys ['disk']"),
 ])
-def test_bad_runtime_constraints_are_422(api, project: str, stand_in_image: str, rc: dict, named: str) -> None:
-    errors = _refused(_create(api, request_body(["true"], stand_in_image, owner_uuid=project,
+def test_bad_runtime_constraints_are_422(api, project: str, image: str, rc: dict, named: str) -> None:
+    errors = _refused(_create(api, request_body(["true"], image, owner_uuid=project,
                                                 runtime_constraints=rc)))
     assert "Runtime constraints" in errors and named in errors, errors
 
@@ -51,14 +61,14 @@ def test_bad_runtime_constraints_are_422(api, project: str, stand_in_image: str,
     ({"max_run_time": -5}, "max_run_time must be positive integer"),
     ({"supervisor": "true"}, "supervisor="),
 ])
-def test_bad_scheduling_parameters_are_422(api, project: str, stand_in_image: str, sp: dict, named: str) -> None:
-    errors = _refused(_create(api, request_body(["true"], stand_in_image, owner_uuid=project,
+def test_bad_scheduling_parameters_are_422(api, project: str, image: str, sp: dict, named: str) -> None:
+    errors = _refused(_create(api, request_body(["true"], image, owner_uuid=project,
                                                 scheduling_parameters=sp)))
     assert "Scheduling parameters" in errors and named in errors, errors
 
 
-def test_preemptible_is_fine_while_uncommitted(api, project: str, stand_in_image: str) -> None:
-    cr = _create(api, request_body(["true"], stand_in_image, owner_uuid=project, state="Uncommitted",
+def test_preemptible_is_fine_while_uncommitted(api, project: str, image: str) -> None:
+    cr = _create(api, request_body(["true"], image, owner_uuid=project, state="Uncommitted",
                                    scheduling_parameters={"preemptible": True})).execute()
     assert cr["scheduling_parameters"]["preemptible"] is True
     errors = _refused(api.container_requests().update(uuid=cr["uuid"], body={"container_request": {
@@ -66,14 +76,14 @@ def test_preemptible_is_fine_while_uncommitted(api, project: str, stand_in_image
     assert "preemptible instances are not configured" in errors
 
 
-def test_output_path_must_be_a_mount_key(api, project: str, stand_in_image: str) -> None:
-    errors = _refused(_create(api, request_body(["true"], stand_in_image, owner_uuid=project,
+def test_output_path_must_be_a_mount_key(api, project: str, image: str) -> None:
+    errors = _refused(_create(api, request_body(["true"], image, owner_uuid=project,
                                                 output_path="/var/spool/cwl/sub")))
     assert "Output path" in errors and "must be a mount target" in errors
 
 
-def test_committed_request_changes_only_what_arvados_allows(api, project: str, stand_in_image: str) -> None:
-    cr = _create(api, request_body(["sleep", "30"], stand_in_image, owner_uuid=project, priority=1)).execute()
+def test_committed_request_changes_only_what_arvados_allows(api, project: str, image: str) -> None:
+    cr = _create(api, request_body(["sleep", "30"], image, owner_uuid=project, priority=1)).execute()
     try:
         for attrs in ({"output_name": "x"}, {"output_ttl": 60}, {"output_properties": {"a": "b"}},
                       {"output_storage_classes": ["fast"]}, {"cwd": "/tmp"}):
@@ -88,8 +98,8 @@ def test_committed_request_changes_only_what_arvados_allows(api, project: str, s
         api.container_requests().update(uuid=cr["uuid"], body={"container_request": {"priority": 0}}).execute()
 
 
-def test_names_over_255_characters_are_refused(api, project: str, stand_in_image: str) -> None:
-    errors = _refused(_create(api, request_body(["true"], stand_in_image, owner_uuid=project, name="n" * 256)))
+def test_names_over_255_characters_are_refused(api, project: str, image: str) -> None:
+    errors = _refused(_create(api, request_body(["true"], image, owner_uuid=project, name="n" * 256)))
     assert "name" in errors and "255" in errors
     errors = _refused(api.collections().create(body={"collection": {"owner_uuid": project, "name": "c" * 300}}))
     assert "name" in errors and "255" in errors
@@ -97,13 +107,13 @@ def test_names_over_255_characters_are_refused(api, project: str, stand_in_image
     assert len(ok["name"]) == 255
 
 
-def test_owner_must_be_a_user_or_project(api, project: str, stand_in_image: str) -> None:
+def test_owner_must_be_a_user_or_project(api, project: str, image: str) -> None:
     for group_class, props in (("filter", {"properties": {"filters": []}}), ("role", {})):
         group = api.groups().create(body={"group": {"name": f"a {group_class} group", "group_class": group_class,
                                                     **props}}, ensure_unique_name=True).execute()
         errors = _refused(api.collections().create(body={"collection": {"owner_uuid": group["uuid"]}}), 403)
         assert "Owner uuid must be a project" in errors
-        errors = _refused(_create(api, request_body(["true"], stand_in_image, owner_uuid=group["uuid"])), 403)
+        errors = _refused(_create(api, request_body(["true"], image, owner_uuid=group["uuid"])), 403)
         assert "Owner uuid must be a project" in errors
 
 
@@ -114,9 +124,9 @@ def test_config_exports_what_clients_need_to_size_requests(api) -> None:
     assert it["Preemptible"] is False and it["Scratch"] > 0 and it["VCPUs"] == 2 and it["RAM"] == 4 << 30
 
 
-def test_container_too_big_with_overhead_is_unsatisfiable(api, project: str, stand_in_image: str) -> None:
+def test_container_too_big_with_overhead_is_unsatisfiable(api, project: str, image: str) -> None:
     # 3.5 GiB fits the 4 GiB machine's raw RAM, but not with ReserveExtraRAM and the 5% discount.
-    cr = create_request(api, request_body(["true"], stand_in_image, owner_uuid=project, container_count_max=1,
+    cr = create_request(api, request_body(["true"], image, owner_uuid=project, container_count_max=1,
                                           runtime_constraints={"vcpus": 1, "ram": 3584 << 20}))
     cr = wait_final(api, cr["uuid"], timeout=30)
     c = container(api, cr["container_uuid"])
@@ -125,12 +135,12 @@ def test_container_too_big_with_overhead_is_unsatisfiable(api, project: str, sta
 
 
 def test_writable_collection_by_pdh_outside_output_path_cancels_in_crunch_run(
-        api, project: str, stand_in_image: str) -> None:
+        api, project: str, image: str) -> None:
     pdh = api.collections().create(body={"collection": {"owner_uuid": project, "name": "w",
                                                         "manifest_text": ""}}).execute()["portable_data_hash"]
     mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 1 << 20},
               "/data": {"kind": "collection", "portable_data_hash": pdh, "writable": True}}
-    cr = create_request(api, request_body(["true"], stand_in_image, owner_uuid=project, mounts=mounts,
+    cr = create_request(api, request_body(["true"], image, owner_uuid=project, mounts=mounts,
                                           container_count_max=1))
     cr = wait_final(api, cr["uuid"])
     c = container(api, cr["container_uuid"])
@@ -140,9 +150,9 @@ def test_writable_collection_by_pdh_outside_output_path_cancels_in_crunch_run(
 
 
 def test_container_log_is_unreadable_by_the_user_only_the_request_copy(
-        api, stand_in_image: str, second_user) -> None:  # noqa: F811
+        api, image: str, second_user) -> None:  # noqa: F811
     user, other = second_user
-    cr = create_request(other, request_body(["sh", "-c", "echo started; sleep 60"], stand_in_image,
+    cr = create_request(other, request_body(["sh", "-c", "echo started; sleep 60"], image,
                                             container_count_max=1))
     wait_for(lambda: container(other, cr["container_uuid"]), lambda c: c["state"] == "Running",
              what="the container to run")
