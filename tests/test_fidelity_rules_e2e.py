@@ -89,6 +89,9 @@ def test_committed_request_changes_only_what_arvados_allows(api, project: str, i
                       {"output_storage_classes": ["fast"]}, {"cwd": "/tmp"}):
             errors = _refused(api.container_requests().update(uuid=cr["uuid"], body={"container_request": attrs}))
             assert next(iter(attrs)) in errors, errors
+        # Bare constraints equal to the stored ones once the implied zeros are filled: no change.
+        api.container_requests().update(uuid=cr["uuid"], body={"container_request": {
+            "runtime_constraints": {"vcpus": 1, "ram": 128 << 20}, "scheduling_parameters": {}}}).execute()
         other = api.groups().create(body={"group": {"name": "moved here", "group_class": "project"}},
                                     ensure_unique_name=True).execute()
         moved = api.container_requests().update(uuid=cr["uuid"], body={"container_request": {

@@ -75,7 +75,13 @@ class ContainerRequests(Resource):
         return attrs
 
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
-        changed = {k for k, v in changes.items() if _really_changed(old.get(k), v)}
+        # Implied values are filled before the whitelist check (Rails' before_validation), so
+        # sending back bare runtime_constraints / scheduling_parameters is not a change.
+        filled = dict(old, **changes)
+        fill_saved_defaults(filled)
+        compared = {k: filled[k] if k in ("runtime_constraints", "scheduling_parameters") else v
+                    for k, v in changes.items()}
+        changed = {k for k, v in compared.items() if _really_changed(old.get(k), v)}
         if old["state"] == "Final":
             bad = changed - _FINAL_MUTABLE
             if bad:
