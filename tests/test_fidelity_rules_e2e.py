@@ -108,6 +108,10 @@ def test_names_over_255_characters_are_refused(api, project: str, image: str) ->
     assert "name" in errors and "255" in errors
     ok = api.collections().create(body={"collection": {"owner_uuid": project, "name": "c" * 255}}).execute()
     assert len(ok["name"]) == 255
+    # ensure_unique_name renames as add_uuid_to_name: 237 characters + " (<uuid tail>)"
+    again = api.collections().create(body={"collection": {"owner_uuid": project, "name": "c" * 255}},
+                                     ensure_unique_name=True).execute()
+    assert again["name"] == "c" * 237 + f" ({again['uuid'][-15:]})"
 
 
 def test_owner_must_be_a_user_or_project(api, project: str, image: str) -> None:

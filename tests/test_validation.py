@@ -109,6 +109,13 @@ def test_names_over_255_characters_are_refused_not_truncated() -> None:
     assert validation.name_length_errors("logs", {"name": "x" * 300}) == []  # no such column limit
 
 
+def test_unique_name_keeps_within_255_characters() -> None:
+    uuid = "zzzzz-4zz18-abcdefghijklmno"
+    assert validation.unique_name("dup", uuid) == "dup (abcdefghijklmno)"
+    long = validation.unique_name("x" * 255, uuid)
+    assert len(long) == 255 and long.endswith("x (abcdefghijklmno)")
+
+
 # -- dispatch-cloud fitting ---------------------------------------------------------------------
 
 TYPES = {"small": {"VCPUs": 2, "RAM": 4 * GiB, "Scratch": 100 * GiB, "Price": 0.1, "Preemptible": False},

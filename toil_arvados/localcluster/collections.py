@@ -31,12 +31,12 @@ def manifest_attrs(manifest_text: str) -> dict[str, Any]:
 
 
 def store_manifest(store: Store, manifest_text: str, *, name: str, owner_uuid: str,
-                   properties: dict | None = None) -> dict:
+                   properties: dict | None = None, uuid: str | None = None) -> dict:
     """Save a system-made collection (container output and logs) straight into the store."""
     attrs = collection_defaults()
     attrs.update(manifest_attrs(manifest_text))
     attrs.update({"name": name, "owner_uuid": owner_uuid, "properties": properties or {}})
-    rec = store.create("collections", attrs, by=store.system_user_uuid)
+    rec = store.create("collections", attrs, by=store.system_user_uuid, uuid=uuid)
     return store.update(rec["uuid"], {"current_version_uuid": rec["uuid"]}, log=False, touch=False)
 
 

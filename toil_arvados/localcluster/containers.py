@@ -22,7 +22,7 @@ from . import reuse, validation
 from .collections import manifest_attrs, store_manifest
 from .api import ApiError, Request, Resource, not_found, unprocessable
 from .store import Store, timestamp
-from .uuids import is_pdh, table_of
+from .uuids import is_pdh, new_uuid, table_of
 
 logger = logging.getLogger(__name__)
 
@@ -505,23 +505,27 @@ class Lifecycle:
         attrs["properties"] = {"type": "log", "container_request": cr["uuid"]}
         if existing:
             return self.store.update(existing["uuid"], attrs)["uuid"]
-        rec = store_manifest(self.store, attrs["manifest_text"], owner_uuid=cr["owner_uuid"],
-                             name=self._unique_name(cr["owner_uuid"], f"Container log for request {cr['uuid']}"),
-                             properties=attrs["properties"])
+        name, uuid = self._unique_name(cr["owner_uuid"], f"Container log for request {cr['uuid']}")
+        rec = store_manifest(self.store, attrs["manifest_text"], owner_uuid=cr["owner_uuid"], name=name,
+                             properties=attrs["properties"], uuid=uuid)
         return rec["uuid"]
 
     def _collection_by_pdh(self, pdh: str) -> dict | None:
         return next((c for c in self.store.records("collections") if c.get("portable_data_hash") == pdh), None)
 
-    def _unique_name(self, owner: str, name: str) -> str:
-        names = {c.get("name") for c in self.store.records("collections") if c.get("owner_uuid") == owner}
-        return name if name not in names else f"{name} ({timestamp()[:23]}Z)"
+    def _unique_name(self, owner: str, name: str) -> tuple[str, str]:
+        """A new collection's UUID, and *name* made unique in *owner* as save_with_unique_name!
+        does (the UUID's tail appended when the name is taken)."""
+        uuid = new_uuid(self.store.cluster_id, "collections")
+        taken = any(c.get("name") == name and c.get("owner_uuid") == owner and not c.get("is_trashed")
+                    for c in self.store.records("collections"))
+        return (validation.unique_name(name, uuid) if taken else name), uuid
 
     def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:
         source = self._collection_by_pdh(pdh)
         if source is None:
             return None
-        final_name = self._unique_name(cr["owner_uuid"], name)
+        final_name, uuid = self._unique_name(cr["owner_uuid"], name)
         keep = ("manifest_text", "portable_data_hash", "file_count", "file_size_total", "replication_desired",
                 "replication_confirmed", "storage_classes_desired", "storage_classes_confirmed")
         attrs = {k: source.get(k) for k in keep if k in source}
@@ -530,6 +534,6 @@ class Lifecycle:
         base.update(attrs)
         base.update({"owner_uuid": cr["owner_uuid"], "name": final_name, "properties": properties,
                      "trash_at": None, "delete_at": None, "is_trashed": False})
-        rec = self.store.create("collections", base, by=self.store.system_user_uuid)
+        rec = self.store.create("collections", base, by=self.store.system_user_uuid, uuid=uuid)
         self.store.update(rec["uuid"], {"current_version_uuid": rec["uuid"]}, log=False, touch=False)
         return rec["uuid"]

@@ -150,6 +150,12 @@ def name_length_errors(table: str, attrs: Mapping) -> list[str]:
             if isinstance(attrs.get(col), str) and len(attrs[col]) > MAX_NAME_LENGTH]
 
 
+def unique_name(name: str, uuid: str) -> str:
+    """``add_uuid_to_name``: how Arvados renames an object to make its name unique (and short
+    enough): the first 237 characters, then the random part of its UUID in parentheses."""
+    return f"{name[:237]} ({uuid[-15:]})"
+
+
 def any_preemptible(instance_types: Mapping[str, Mapping]) -> bool:
     """``ContainerRequest.any_preemptible_instances?``."""
     return any(bool(t.get("Preemptible")) for t in instance_types.values())
