@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import arvados
 import arvados.collection
 import arvados.errors
 import pytest
@@ -178,3 +179,25 @@ def test_container_log_is_unreadable_by_the_user_only_the_request_copy(
                                                  include_trash=True).execute()["items"]]
     assert trashed and all(x["is_trashed"] for x in trashed)
 
+
+
+def test_cluster_with_a_preemptible_instance_type_accepts_preemptible_requests(tmp_path) -> None:
+    """``control.up(preemptible_instances=True)`` adds a Preemptible InstanceType; Arvados then
+    accepts ``preemptible: true`` and dispatch-cloud fits it to that type only."""
+    from toil_arvados.localcluster import control
+
+    cfg = control.up(tmp_path / "preemptible", cores=1, ram=2 << 30, preemptible_instances=True)
+    try:
+        env = control.client_env(cfg)
+        client = arvados.api("v1", host=env["ARVADOS_API_HOST"], token=env["ARVADOS_API_TOKEN"], insecure=True,
+                             num_retries=2)
+        types = client.configs().get().execute()["InstanceTypes"]
+        assert sorted((name, t["Preemptible"]) for name, t in types.items()) == [
+            ("local", False), ("local-preemptible", True)]
+        # Any collection resolves as an image by its PDH; the request is cancelled before it runs.
+        image = client.collections().create(body={"collection": {"name": "img"}}).execute()["portable_data_hash"]
+        body = request_body(["true"], image, priority=0, scheduling_parameters={"preemptible": True})
+        cr = _create(client, body).execute()
+        assert cr["container_uuid"] and cr["scheduling_parameters"]["preemptible"] is True
+    finally:
+        control.down(tmp_path / "preemptible")
