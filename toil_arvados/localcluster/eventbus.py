@@ -24,8 +24,9 @@ Arvados websocket server (``services/ws``, v0 session) sends back:
   trimmed to a few keys (state, name, owner_uuid, ...) so that big objects (manifests!) do not
   flood clients; log records whose properties carry ``text`` are sent with properties verbatim.
 * ``{}`` as a keepalive when the connection has been idle for ``ping_interval`` seconds.
-* On ``subscribe`` with a non-zero ``last_log_id``, matching logs with ``id > last_log_id`` are
-  replayed (in id order) before live events for that subscription.
+* On ``subscribe`` with a non-zero ``last_log_id``, matching logs with ``id > last_log_id``
+  (created in the last 10 minutes) are replayed in id order before live events for that
+  subscription.
 
 Differences from the Go server, each chosen because it serves the SDK better:
 
@@ -35,6 +36,14 @@ Differences from the Go server, each chosen because it serves the SDK better:
   Accepting and then closing (as the old Rails server did) would make the SDK thread retry 25
   times and finally ``interrupt_main()`` the caller.
 * A log already sent on this connection is not sent again by a later replay.
+* A 400 reply carries a ``message`` saying what was wrong (the Go server sends the status only).
+* Subscribing and replaying happen in one step on the event loop, so no event can be lost or
+  duplicated between the replay and the live stream.
+
+A slow client cannot stall the server: each connection has its own bounded queue of live
+events, filled synchronously by the store listener and drained by a per-connection writer
+task. When the queue overflows the connection is closed (as the Go server terminates it with
+"client queue full"); the SDK reconnects and catches up via ``last_log_id``.
 
 Filters are honoured exactly as ``session_v0.go`` (``v0subscribe.prepare``) honours them: only
 ``["event_type", "in", [strings]]`` and ``["created_at", op, "<RFC 3339 time>"]`` with op one of
@@ -43,13 +52,6 @@ an unparseable time...) is ignored, so its events are delivered anyway and clien
 them themselves. A filter is any JSON array (Go decodes it into ``[3]interface{}``: missing
 elements are null, extra ones dropped); a non-array filter is a bad message (400). Replay
 (``last_log_id``) covers only logs created in the last 10 minutes, as the Go server's query.
-* Subscribing and replaying happen in one step on the event loop, so no event can be lost or
-  duplicated between the replay and the live stream.
-
-A slow client cannot stall the server: each connection has its own bounded queue of live
-events, filled synchronously by the store listener and drained by a per-connection writer
-task. When the queue overflows the connection is closed (as the Go server terminates it with
-"client queue full"); the SDK reconnects and catches up via ``last_log_id``.
 """
 from __future__ import annotations
 
