@@ -58,7 +58,12 @@ def test_completed_request_has_output_logs_and_exit_code(api, project: str, test
     assert re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z to stdout\n", logs["stdout.txt"])
     assert b"to stderr" in logs["stderr.txt"]
     assert b"exited with code 0" in logs["crunch-run.txt"]
-    assert api.collections().get(uuid=cr["log_uuid"]).execute()["portable_data_hash"] == c["log"]
+    # As container_request.rb's finalize!: the request's log holds the container's log at its
+    # root and under "log for container <uuid>"; a verbatim copy (same PDH) sits beside it.
+    assert logs[f"log for container {c['uuid']}/stdout.txt"] == logs["stdout.txt"]
+    copies = api.collections().list(filters=[["owner_uuid", "=", project],
+                                             ["portable_data_hash", "=", c["log"]]]).execute()["items"]
+    assert [x["name"] for x in copies] == [f"Container log for container {c['uuid']}"]
 
 
 def test_failing_command_reports_its_exit_code(api, project: str, test_image: str) -> None:
@@ -164,9 +169,10 @@ def test_unsatisfiable_request_is_cancelled_with_a_message(api, project: str, te
     cr = wait_final(api, cr["uuid"], timeout=30)
     c = container(api, cr["container_uuid"])
     assert c["state"] == "Cancelled" and cr["output_uuid"] is None
-    crunch_log = _files(api, cr["log_uuid"])["crunch-run.txt"].decode()
-    assert "vcpus 64" in crunch_log and "cannot be satisfied" in crunch_log
-    assert "vcpus" in c["runtime_status"].get("errorDetail", c["runtime_status"].get("error", ""))
+    # As dispatch-cloud: runtime_status.error, no crunch-run (so no log); the detail lists the types.
+    assert c["runtime_status"]["error"] == "constraints not satisfiable by any configured instance type"
+    assert "Type 'local': 2 VCPUs" in c["runtime_status"]["errorDetail"]
+    assert c["log"] is None
 
 
 def test_mounts_are_visible_to_the_command(api, project: str, test_image: str) -> None:
@@ -239,12 +245,12 @@ def test_stdin_stdout_and_stderr_mounts_carry_the_streams(api, project: str, tes
     # As a-c-r submits a CommandLineTool with stdin/stdout/stderr: the streams are files, not logs.
     script = "tr a-z A-Z; echo 'to stderr' >&2; echo 'more stderr' >&2"
     mounts = {"/var/spool/cwl": {"kind": "tmp", "capacity": 64 << 20},
-              "stdin": {"kind": "text", "content": "from stdin\n"},
+              "stdin": {"kind": "json", "content": "from stdin"},
               "stdout": {"kind": "file", "path": "/var/spool/cwl/out.txt"},
               "stderr": {"kind": "file", "path": "/var/spool/cwl/logs/err.txt"}}
     cr, _, out = _run_ok(api, request_body(["sh", "-c", script], test_image, owner_uuid=project,
                                            mounts=mounts))
-    assert out == {"out.txt": b"FROM STDIN\n", "logs/err.txt": b"to stderr\nmore stderr\n"}
+    assert out == {"out.txt": b'"FROM STDIN"', "logs/err.txt": b"to stderr\nmore stderr\n"}
     logs = _files(api, cr["log_uuid"])
     assert b"to stderr" not in logs.get("stderr.txt", b"") and b"FROM STDIN" not in logs.get("stdout.txt", b"")
 
@@ -266,7 +272,8 @@ def test_bad_stream_mounts_are_refused_naming_the_mount(api, project: str, test_
     bad = [("stderr", {"kind": "tmp"}, "kind must be 'file'"),
            ("stdout", {"kind": "file", "path": "out.txt"}, "must be an absolute path"),
            ("stderr", {"kind": "file"}, "must be an absolute path"),
-           ("stdin", {"kind": "tmp"}, "kind must be one of collection")]
+           ("stdin", {"kind": "tmp"}, "kind must be one of collection"),
+           ("stdin", {"kind": "text", "content": "x"}, "kind must be one of collection, json")]
     for name, mount, message in bad:
         body = request_body(["true"], test_image, owner_uuid=project, mounts={**tmp, name: mount})
         with pytest.raises(arvados.errors.ApiError) as info:

@@ -39,27 +39,6 @@ DEADLINE = 1.0  # seconds: every event must arrive well within this
 # -- fakes ------------------------------------------------------------------------------------
 
 
-def simple_matches(record: dict, filters: list) -> bool:
-    """Stand-in for toil_arvados.localcluster.filters.matches: =, !=, in, not in, dotted paths."""
-    for attr, op, operand in filters:
-        value: Any = record
-        for part in attr.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if op == "=":
-            ok = value == operand
-        elif op == "!=":
-            ok = value != operand
-        elif op == "in":
-            ok = value in operand
-        elif op == "not in":
-            ok = value not in operand
-        else:
-            raise ValueError(f"unsupported operator {op!r}")
-        if not ok:
-            return False
-    return True
-
-
 class FakeStore:
     """Just the store surface the bus uses: listeners and ``logs_after``."""
 
@@ -189,7 +168,6 @@ class Server:
 
 @pytest.fixture
 def make_server(tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Server]]:
-    monkeypatch.setattr(eventbus, "_matches", simple_matches)
     servers: list[Server] = []
 
     def make(**bus_kwargs: Any) -> Server:
@@ -253,7 +231,9 @@ def raw_recv(conn: ws_client.ClientConnection, timeout: float = DEADLINE) -> Any
 # -- tests ------------------------------------------------------------------------------------
 
 
-def test_live_events_match_filters_in_order(server: Server, clients: Callable[..., Client]) -> None:
+def test_live_events_in_order_with_only_event_type_in_applied(server: Server,
+                                                              clients: Callable[..., Client]) -> None:
+    """session_v0.go applies ``event_type in``; the ``object_uuid`` filter is ignored (delivered)."""
     filters = [["object_uuid", "in", [COLL_A, CONTAINER]], ["event_type", "in", ["update"]]]
     c = clients(server.url(), filters)
     c.expect_ack()
@@ -262,7 +242,7 @@ def test_live_events_match_filters_in_order(server: Server, clients: Callable[..
     u1 = server.push(COLL_A, "update", old={"name": "a"},
                      new={"name": "b", "manifest_text": ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:x\n",
                           "portable_data_hash": "d41d8cd98f00b204e9800998ecf8427e+0"})
-    server.push(COLL_B, "update", new={"name": "other"})
+    other = server.push(COLL_B, "update", new={"name": "other"})
     u2 = server.push(CONTAINER, "update", old={"state": "Queued"}, new={"state": "Running"})
 
     ev1 = c.next()
@@ -282,21 +262,23 @@ def test_live_events_match_filters_in_order(server: Server, clients: Callable[..
         },
     }
     assert c.ec.last_log_id >= u1["id"]  # the SDK records ids for reconnect replay
+    assert c.next()["id"] == other["id"]  # not in object_uuid's list, sent anyway
     ev2 = c.next()
-    assert (ev2["msgID"], ev2["id"], ev2["object_kind"]) == (2, u2["id"], "arvados#container")
+    assert (ev2["msgID"], ev2["id"], ev2["object_kind"]) == (3, u2["id"], "arvados#container")
     assert ev2["properties"]["new_attributes"] == {"state": "Running"}
 
-    # Nothing else was queued: the next message is the next matching event.
-    server.push(COLL_B, "update")
+    # The create was the only event held back: the next message is the next update.
+    server.push(COLL_B, "delete")
     u3 = server.push(COLL_A, "update", new={"state": "x"})
     assert c.next()["id"] == u3["id"]
 
 
-def test_nested_property_filter_and_create_shape(server: Server, clients: Callable[..., Client]) -> None:
+def test_property_filter_is_ignored_and_create_shape(server: Server, clients: Callable[..., Client]) -> None:
     c = clients(server.url(), [["properties.new_attributes.state", "=", "Complete"]])
     c.expect_ack()
-    server.push(CONTAINER, "update", new={"state": "Running"})
+    running = server.push(CONTAINER, "update", new={"state": "Running"})
     done = server.push(CONTAINER, "create", new={"state": "Complete"})
+    assert c.next()["id"] == running["id"]  # session_v0.go does not evaluate property filters
     ev = c.next()
     assert ev["id"] == done["id"]
     # old_attributes is null on create; like the Go server we then omit the key
@@ -339,7 +321,7 @@ def test_replay_from_last_log_id_then_live(server: Server, clients: Callable[...
     filters = [["object_uuid", "=", COLL_A]]
     c = clients(server.url(), filters, last_log_id=old[1]["id"])
     c.expect_ack()
-    want = [log["id"] for log in old[2:] if log["object_uuid"] == COLL_A]
+    want = [log["id"] for log in old[2:]]  # the object_uuid filter is not applied server-side
     got = [c.next()["id"] for _ in want]
     assert got == want
     live = server.push(COLL_A, "update")
@@ -355,16 +337,16 @@ def test_replay_from_last_log_id_then_live(server: Server, clients: Callable[...
 
 def test_second_subscription_replay_does_not_resend(server: Server, clients: Callable[..., Client]) -> None:
     server.push(CONTAINER, "update")  # so that first["id"] - 1 is not 0 ("no replay")
-    c = clients(server.url(), [["object_uuid", "=", COLL_A]])
+    c = clients(server.url(), [["event_type", "in", ["create"]]])
     c.expect_ack()
-    first = server.push(COLL_A, "update")
+    first = server.push(COLL_A, "create")
     assert c.next()["id"] == first["id"]
     other = server.push(COLL_B, "update")
-    c.ec.subscribe([["event_type", "in", ["update"]]], last_log_id=first["id"] - 1)
+    c.ec.subscribe([["event_type", "in", ["update", "create"]]], last_log_id=first["id"] - 1)
     c.expect_ack()
     # replay of the new subscription skips `first` (already sent) and yields `other`
     assert c.next()["id"] == other["id"]
-    both = server.push(COLL_A, "update")  # matches both subscriptions: sent once
+    both = server.push(COLL_A, "create")  # matches both subscriptions: sent once
     after = server.push(COLL_B, "update")
     assert [c.next()["id"], c.next()["id"]] == [both["id"], after["id"]]
 
@@ -377,19 +359,19 @@ def test_bad_or_missing_token_is_refused(server: Server) -> None:
 
 
 def test_unsubscribe_stops_delivery(server: Server, clients: Callable[..., Client]) -> None:
-    f_a = [["object_uuid", "=", COLL_A]]
-    f_b = [["object_uuid", "=", COLL_B]]
+    f_a = [["event_type", "in", ["create"]]]
+    f_b = [["event_type", "in", ["update"]]]
     c = clients(server.url(), f_a)
     c.expect_ack()
     c.ec.subscribe(f_b)
     c.expect_ack()
-    ea = server.push(COLL_A, "update")
+    ea = server.push(COLL_A, "create")
     eb = server.push(COLL_B, "update")
     assert [c.next()["id"], c.next()["id"]] == [ea["id"], eb["id"]]
 
     c.ec.unsubscribe(f_a)
     c.expect_ack()
-    server.push(COLL_A, "update")
+    server.push(COLL_A, "create")
     eb2 = server.push(COLL_B, "update")
     assert c.next()["id"] == eb2["id"]
 
@@ -397,8 +379,8 @@ def test_unsubscribe_stops_delivery(server: Server, clients: Callable[..., Clien
 def test_bad_messages_get_400(server: Server) -> None:
     with raw_connect(server) as conn:
         for msg in ("not json", '["a list"]', '{"method":"frobnicate","filters":[]}',
-                    '{"method":"subscribe","filters":[["only","two"]]}',
-                    '{"method":"subscribe","filters":[["x","~~",1]]}',  # fake filters reject op
+                    '{"method":"subscribe","filters":"event_type"}',
+                    '{"method":"subscribe","filters":["not an array"]}',
                     '{"method":"subscribe","filters":[],"last_log_id":"7"}',
                     '{"method":"unsubscribe","filters":[["event_type","in",["update"]]]}'):
             conn.send(msg)
@@ -408,6 +390,14 @@ def test_bad_messages_get_400(server: Server) -> None:
         conn.send('{"method":"subscribe","filters":[["event_type","in",["update"]]]}')
         assert raw_recv(conn) == {"status": 200}
         conn.send('{"method":"unsubscribe","filters":[["event_type","in",["update"]]]}')
+        assert raw_recv(conn) == {"status": 200}
+        # Go decodes each filter into [3]interface{}: short ones are padded, unknown operators
+        # are not an error (the filter is just not applied).
+        for msg in ('{"method":"subscribe","filters":[["only","two"]]}',
+                    '{"method":"subscribe","filters":[["x","~~",1]]}'):
+            conn.send(msg)
+            assert raw_recv(conn) == {"status": 200}, msg
+        conn.send('{"method":"unsubscribe","filters":[["only","two",null]]}')
         assert raw_recv(conn) == {"status": 200}
 
 
@@ -456,21 +446,53 @@ def test_publish_from_another_thread(server: Server, clients: Callable[..., Clie
     assert c.next()["id"] == log["id"]
 
 
-def test_real_filters_module_if_present(make_server: Callable[..., Server],
-                                        clients: Callable[..., Client],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    real = pytest.importorskip("toil_arvados.localcluster.filters")
-    if not hasattr(real, "matches"):
-        pytest.skip("filters.matches not written yet")
-    server = make_server()
-    monkeypatch.setattr(eventbus, "_matches", real.matches)
-    c = clients(server.url(), [["object_uuid", "in", [COLL_A]], ["event_type", "in", ["update"]],
-                               ["object_kind", "=", "arvados#collection"]])
+def test_only_event_type_in_and_created_at_are_applied(server: Server, clients: Callable[..., Client]) -> None:
+    """Everything session_v0.go's prepare() skips is delivered: other attributes, other
+    operators (``event_type =``, ``is_a``), non-string list items, unparseable times."""
+    ignored = [["object_uuid", "in", [COLL_A]], ["object_kind", "=", "arvados#collection"],
+               ["event_type", "=", "delete"], ["object_uuid", "is_a", "arvados#container"],
+               ["created_at", ">", "yesterday"], ["created_at", "~", "2000-01-01T00:00:00Z"]]
+    c = clients(server.url(), ignored)
     c.expect_ack()
-    server.push(COLL_B, "update")
-    server.push(COLL_A, "create")
-    ev = server.push(COLL_A, "update")
-    assert c.next()["id"] == ev["id"]
+    sent = [server.push(COLL_B, "update"), server.push(CONTAINER, "create")]
+    assert [c.next()["id"], c.next()["id"]] == [log["id"] for log in sent]
+    c.close()
+
+    future = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+    for op, delivered in ((">", False), (">=", False), ("=", False), ("<", True), ("<=", True)):
+        c = clients(server.url(), [["created_at", op, future], ["event_type", "in", ["update", 7]]])
+        c.expect_ack()
+        server.push(COLL_A, "create")  # never: event_type not in the list
+        log = server.push(COLL_A, "update")
+        if delivered:
+            assert c.next()["id"] == log["id"], op
+        else:
+            with pytest.raises(AssertionError):
+                c.next(timeout=0.3)
+        c.close()
+
+
+def test_prepare_filters_pure() -> None:
+    funcs = eventbus.prepare_filters([["event_type", "in", ["update"]], ["uuid", "=", "x"],
+                                      ["created_at", "<", "2026-01-01T00:00:00+01:00"]])
+    assert len(funcs) == 2
+    log = {"event_type": "update", "created_at": "2025-12-31T22:59:59.999999999Z"}
+    assert all(f(log) for f in funcs)
+    assert not all(f({**log, "created_at": "2025-12-31T23:00:00Z"}) for f in funcs)
+    assert eventbus.parse_rfc3339_ns("2026-01-01T00:00:00.5Z") == 1767225600 * 10**9 + 500_000_000
+    assert eventbus.parse_rfc3339_ns("2026-01-01 00:00:00") is None
+
+
+def test_replay_reaches_back_ten_minutes_only(server: Server, clients: Callable[..., Client]) -> None:
+    old_time = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=11)).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+    server.push(CONTAINER)
+    stale = server.push(COLL_A, created_at=old_time)
+    fresh = server.push(COLL_B)
+    c = clients(server.url(), [], last_log_id=stale["id"] - 1)
+    c.expect_ack()
+    assert c.next()["id"] == fresh["id"]
 
 
 def test_sdk_reconnects_after_overflow_and_catches_up(make_server: Callable[..., Server],

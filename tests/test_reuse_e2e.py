@@ -50,7 +50,9 @@ CHANGES = {
     "environment": lambda b: {"environment": {"A": "2"}},
     "mounts": lambda b: {"mounts": dict(b["mounts"], **{"/tmp": {"kind": "tmp", "capacity": 1 << 20}})},
     "runtime_constraints": lambda b: {"runtime_constraints": dict(b["runtime_constraints"], ram=256 << 20)},
-    "output_path": lambda b: {"output_path": "/var/spool/cwl/sub", "cwd": "/var/spool/cwl"},
+    # output_path must be a mount key (Arvados), so the other output dir is mounted too.
+    "output_path": lambda b: {"output_path": "/tmp", "cwd": "/tmp",
+                              "mounts": dict(b["mounts"], **{"/tmp": {"kind": "tmp", "capacity": 1 << 20}})},
     "cwd": lambda b: {"cwd": "/tmp", "mounts": dict(b["mounts"], **{"/tmp": {"kind": "tmp", "capacity": 1 << 20}})},
 }
 

@@ -15,11 +15,11 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import schema
+from . import schema, validation
 from .auth import Authorizer, Caller
 from .filters import FilterError, apply_list
 from .store import Store
-from .uuids import RESOURCE_KINDS, table_of
+from .uuids import RESOURCE_KINDS, new_uuid, table_of
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +166,15 @@ class Resource:
         if not self.authz.can_write(req.user, owner):
             raise ApiError(403, f"Forbidden: cannot write to owner_uuid {owner_uuid}")
         if table_of(owner_uuid) == "groups" and owner.get("group_class") != "project":
-            # Arvados: only projects own things; a role owning objects would give them to every member.
-            raise ApiError(403, f"Forbidden: owner_uuid {owner_uuid} must be a project")
+            # arvados_model.rb ensure_owner_uuid_is_permitted: PermissionDeniedError, for every kind.
+            raise ApiError(403, f"Owner uuid must be a project: {owner_uuid} is a "
+                                f"{owner.get('group_class')} group")
+
+    def check_name_lengths(self, attrs: dict) -> None:
+        """Names are ``varchar(255)`` in Arvados: longer ones are refused (422), never truncated."""
+        errors = validation.name_length_errors(self.table, attrs)
+        if errors:
+            raise unprocessable("; ".join(errors))
 
     # Attributes a list leaves out unless asked for with ``select`` (Arvados: collections' manifests).
     list_omits: frozenset[str] = frozenset()
@@ -229,9 +236,11 @@ class Resource:
             full["owner_uuid"] = req.user.uuid
         if self.table not in UNOWNED_TABLES:
             self.check_owner(req, full["owner_uuid"])
+        self.check_name_lengths(full)
         full = self.prepare_create(req, full)
-        self.ensure_unique_name(req, full)
-        record = self.store.create(self.table, full, by=req.user.uuid, uuid=attrs.get("uuid") if req.user.is_admin else None)
+        given = attrs.get("uuid") if req.user.is_admin else None
+        renamed = self.ensure_unique_name(req, full, exclude=given)
+        record = self.store.create(self.table, full, by=req.user.uuid, uuid=given or renamed)
         self.after_write(req, record, None)
         return self._shape(req, self.store.get(record["uuid"]) or record)
 
@@ -247,6 +256,7 @@ class Resource:
         changes.pop("uuid", None)
         if "owner_uuid" in changes and changes["owner_uuid"] != old.get("owner_uuid"):
             self.check_owner(req, changes["owner_uuid"])
+        self.check_name_lengths(changes)
         changes = self.prepare_update(req, old, changes)
         if "name" in changes or "owner_uuid" in changes:
             merged = dict(old, **changes)
@@ -271,13 +281,15 @@ class Resource:
 
     unique_names = False
 
-    def ensure_unique_name(self, req: Request, attrs: dict, exclude: str | None = None) -> None:
+    def ensure_unique_name(self, req: Request, attrs: dict, exclude: str | None = None) -> str | None:
         """Arvados keeps names unique per owner for projects and collections (422 otherwise).
 
-        With ``ensure_unique_name=true`` it appends a timestamp instead, as arv-put relies on.
+        With ``ensure_unique_name=true`` it renames instead, as arv-put relies on: the name's
+        first 237 characters plus the object's UUID tail (``add_uuid_to_name``), so the result
+        still fits the 255-character column. Returns the UUID the new object must then get.
         """
         if not self.unique_names or not attrs.get("name") or attrs.get("is_trashed"):
-            return
+            return None
         owner, name = attrs.get("owner_uuid"), attrs["name"]
 
         def taken(n: str) -> bool:
@@ -288,16 +300,16 @@ class Resource:
             )
 
         if not taken(name):
-            return
+            return None
         if not req.flag("ensure_unique_name"):
             raise unprocessable(
                 f"Duplicate name: {name!r} already exists in {owner}; choose another name or pass ensure_unique_name=true"
             )
-        from .store import timestamp
-
-        attrs["name"] = f"{name} ({timestamp()[:23]}Z)"
-        while taken(attrs["name"]):
-            attrs["name"] = f"{name} ({timestamp()[:23]}Z)"
+        uuid = exclude or new_uuid(self.store.cluster_id, self.table)
+        attrs["name"] = validation.unique_name(name, uuid)
+        if taken(attrs["name"]):
+            raise unprocessable(f"Duplicate name: {attrs['name']!r} already exists in {owner}")
+        return uuid
 
     # Helpers ---------------------------------------------------------------------------------
 

@@ -31,12 +31,12 @@ def manifest_attrs(manifest_text: str) -> dict[str, Any]:
 
 
 def store_manifest(store: Store, manifest_text: str, *, name: str, owner_uuid: str,
-                   properties: dict | None = None) -> dict:
+                   properties: dict | None = None, uuid: str | None = None) -> dict:
     """Save a system-made collection (container output and logs) straight into the store."""
     attrs = collection_defaults()
     attrs.update(manifest_attrs(manifest_text))
     attrs.update({"name": name, "owner_uuid": owner_uuid, "properties": properties or {}})
-    rec = store.create("collections", attrs, by=store.system_user_uuid)
+    rec = store.create("collections", attrs, by=store.system_user_uuid, uuid=uuid)
     return store.update(rec["uuid"], {"current_version_uuid": rec["uuid"]}, log=False, touch=False)
 
 
@@ -132,7 +132,8 @@ class Collections(Trashable):
 
         if is_pdh(uuid):  # Arvados serves a collection by content hash too
             for rec in self.store.records("collections"):
-                if rec.get("portable_data_hash") == uuid and self.authz.can_read(req.user, rec):
+                if rec.get("portable_data_hash") == uuid and self.authz.can_read(req.user, rec) \
+                        and (not rec.get("is_trashed") or req.flag("include_trash")):
                     shown = self._shape(req, rec)
                     return {k: v for k, v in shown.items()
                             if k in ("kind", "portable_data_hash", "manifest_text", "unsigned_manifest_text",

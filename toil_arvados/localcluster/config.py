@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import string
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,18 @@ def _secret(n: int = 50) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
+def _disk_size(path: Path) -> int:
+    """Size of the filesystem holding *path* (or its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).total
+
+
+#: config.default.yml's Containers.ReserveExtraRAM (550MiB): RAM dispatch-cloud adds to every
+#: container's request when choosing an instance type.
+DEFAULT_RESERVE_EXTRA_RAM = 550 << 20
+
+
 def _total_ram() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -72,9 +85,32 @@ class ClusterConfig:
     blob_signing_key: str = field(default_factory=lambda: _secret(64))
     blob_signature_ttl: int = 14 * 24 * 3600
     container_count_max: int = 3
+    #: Containers.ReserveExtraRAM, bytes (see dispatcher fitting).
+    reserve_extra_ram: int = DEFAULT_RESERVE_EXTRA_RAM
+    #: Scratch (disk) of the instance, bytes; containers needing more are unsatisfiable.
+    #: 0: the size of the filesystem holding the state directory (an instance's disk).
+    scratch: int = 0
+    #: Also offer a preemptible variant of the instance type (Arvados refuses preemptible
+    #: requests when InstanceTypes has none).
+    preemptible_instances: bool = False
     #: Docker engine for containers with real images (``unix:///path``); None: ``DOCKER_HOST``
     #: of the cluster process, else Docker's default socket (see runtime/selection.py).
     docker_host: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.scratch:
+            self.scratch = _disk_size(Path(self.state_dir))
+
+    def instance_types(self) -> dict[str, dict]:
+        """The cluster config's InstanceTypes: this machine, as much of it as the cluster was
+        given, and (``preemptible_instances``) the same again marked Preemptible."""
+        base = {"ProviderType": "local", "VCPUs": self.cores, "RAM": self.ram, "Scratch": self.scratch,
+                "IncludedScratch": self.scratch, "AddedScratch": 0, "Price": 0, "Preemptible": False,
+                "GPU": {"Stack": "", "DriverVersion": "", "HardwareTarget": "", "DeviceCount": 0, "VRAM": 0}}
+        types = {"local": {"Name": "local", **base}}
+        if self.preemptible_instances:
+            types["local-preemptible"] = {**base, "Name": "local-preemptible", "Preemptible": True}
+        return types
 
     @property
     def state_path(self) -> Path:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from . import reuse
+from . import manifest as mf
+from . import reuse, validation
+from .collections import manifest_attrs, store_manifest
 from .api import ApiError, Request, Resource, not_found, unprocessable
 from .store import Store, timestamp
-from .uuids import is_pdh, table_of
+from .uuids import is_pdh, new_uuid, table_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +35,19 @@ COMMITTED_BY = "_committed_by"
 FINAL_CONTAINER_STATES = ("Complete", "Cancelled")
 #: Arvados' Containers.MaxDispatchAttempts default: unlocks before a container is cancelled.
 MAX_DISPATCH_ATTEMPTS = 10
-MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep", "git_tree")
+#: container_request.rb's MountKindFields.
+MOUNT_KINDS = ("collection", "tmp", "json", "text", "file", "keep")
 #: The command's standard streams, mounted by name rather than at a path.
 STREAM_MOUNTS = ("stdin", "stdout", "stderr")
-#: What stdin may be read from: a file in a collection, or literal content (as crunch-run).
-STDIN_KINDS = ("collection", "json", "text")
+#: What stdin may be read from: a file in a collection, or JSON content (crunch-run's
+#: SetupMounts refuses every other kind; we refuse it at commit, before a container is made).
+STDIN_KINDS = ("collection", "json")
 
-# Once committed, a request's functional attributes are fixed (Arvados' rule).
-_COMMITTED_MUTABLE = {"priority", "container_count_max", "name", "description", "properties",
-                      "output_name", "output_properties", "output_ttl", "output_storage_classes"}
-_FINAL_MUTABLE = {"name", "description", "properties", "output_properties"}
+# container_request.rb's check_update_whitelist: AttrsPermittedAlways, plus (Committed) priority
+# and container_count_max. Everything else is fixed once the request is committed.
+_ALWAYS_MUTABLE = {"owner_uuid", "state", "name", "description", "properties"}
+_COMMITTED_MUTABLE = _ALWAYS_MUTABLE | {"priority", "container_count_max"}
+_FINAL_MUTABLE = _ALWAYS_MUTABLE
 
 
 class ContainerRequests(Resource):
@@ -65,15 +70,17 @@ class ContainerRequests(Resource):
         for key in ("container_uuid", "output_uuid", "log_uuid"):
             attrs[key] = None
         attrs["container_count"] = 0
-        fill_saved_defaults(attrs)
         for key, empty in (("cwd", "."), ("environment", {}), ("mounts", {}), ("secret_mounts", {}),
                            ("output_glob", [])):
             if attrs.get(key) is None:
                 attrs[key] = empty
+        fill_saved_defaults(attrs)
         if attrs.get("requesting_container_uuid") is None and req.user.token.get("_container_uuid"):
             attrs["requesting_container_uuid"] = req.user.token["_container_uuid"]
+        # Rails validates a new record whatever its state (validate_datatypes & co. skip only
+        # saved records that stay uncommitted).
+        self._validate(attrs, committing=attrs["state"] == "Committed", checked=True, readable=self._reader(req))
         if attrs["state"] == "Committed":
-            validate_committed(attrs, self.store, self._reader(req))
             attrs[COMMITTED_BY] = req.user.uuid
         return attrs
 
@@ -82,17 +89,23 @@ class ContainerRequests(Resource):
         return lambda record: self.authz.can_read(req.user, record)
 
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
-        changed = {k for k, v in changes.items() if old.get(k) != v}
+        # Implied values are filled before the whitelist check (Rails' before_validation), so
+        # sending back bare runtime_constraints / scheduling_parameters is not a change.
+        filled = dict(old, **changes)
+        fill_saved_defaults(filled)
+        compared = {k: filled[k] if k in ("runtime_constraints", "scheduling_parameters") else v
+                    for k, v in changes.items()}
+        changed = {k for k, v in compared.items() if _really_changed(old.get(k), v)}
         if old["state"] == "Final":
             bad = changed - _FINAL_MUTABLE
             if bad:
                 raise unprocessable(f"Cannot modify {', '.join(sorted(bad))} of a container request in state Final")
         elif old["state"] == "Committed":
-            bad = changed - _COMMITTED_MUTABLE - {"state"}
+            bad = changed - _COMMITTED_MUTABLE
             if bad:
                 raise unprocessable(
-                    f"Cannot modify {', '.join(sorted(bad))} of a Committed container request; "
-                    "only priority, container_count_max, name, description and properties may change")
+                    f"Cannot modify {', '.join(sorted(bad))} of a Committed container request; only "
+                    f"{', '.join(sorted(_COMMITTED_MUTABLE - {'state'}))} may change")
             if changes.get("state", "Committed") == "Uncommitted":
                 raise unprocessable("Invalid state transition from Committed to Uncommitted")
             if changes.get("state") == "Final":
@@ -105,12 +118,33 @@ class ContainerRequests(Resource):
                 fill_saved_defaults(merged)
                 changes["scheduling_parameters"] = merged["scheduling_parameters"]
                 changes["runtime_constraints"] = merged["runtime_constraints"]
-            if merged.get("state") == "Committed":
-                validate_committed(merged, self.store, self._reader(req))
-                changes[COMMITTED_BY] = req.user.uuid
-            elif merged.get("state") not in ("Uncommitted",):
+            if merged.get("state") not in ("Uncommitted", "Committed"):
                 raise unprocessable(f"Invalid state transition from Uncommitted to {merged.get('state')}")
+            committing = merged["state"] == "Committed"
+            self._validate(merged, committing=committing, checked=committing, readable=self._reader(req))
+            if committing:
+                changes[COMMITTED_BY] = req.user.uuid
         return changes
+
+    def _validate(self, attrs: dict, *, committing: bool, checked: bool, readable: Readable | None) -> None:
+        """container_request.rb's validations, every error at once (422 naming each attribute).
+
+        ``checked``: the record is new or becomes Committed, when Rails also runs the datatype,
+        runtime constraint and scheduling parameter checks; presence is checked on every save.
+        """
+        errors = [f"{label} can't be blank" for key, label in (
+            ("command", "Command"), ("container_image", "Container image"), ("output_path", "Output path"),
+            ("cwd", "Cwd")) if not attrs.get(key)]
+        if checked:
+            errors += validation.runtime_constraint_errors(attrs.get("runtime_constraints"), committed=committing)
+            errors += validation.scheduling_parameter_errors(
+                attrs.get("scheduling_parameters"), committing=committing,
+                any_preemptible=validation.any_preemptible(self.api.config.instance_types()))
+            errors += validation.output_path_errors(attrs.get("output_path"), attrs.get("mounts"))
+        if errors:
+            raise ApiError(422, "; ".join(errors))
+        if committing:
+            validate_committed(attrs, self.store, readable)
 
     def after_write(self, req: Request, record: dict, old: dict | None) -> None:
         self.api.lifecycle.request_changed(record, old)
@@ -251,14 +285,27 @@ def merge_scheduling_parameters(params: list[dict]) -> dict:
             "max_run_time": 0 if 0 in times else max(times, default=0)}
 
 
+def _really_changed(old: Any, new: Any) -> bool:
+    """WhitelistUpdate#really_changed: nil, [] and {} are all "empty", not a change."""
+    if old in (None, [], {}) and new in (None, [], {}):
+        return False
+    return old != new
+
+
 def fill_saved_defaults(attrs: dict) -> None:
-    """Arvados' implied values for scheduling_parameters and runtime_constraints, on every save."""
-    sp = {"max_run_time": 0, "partitions": [], "preemptible": False, "supervisor": False}
-    sp.update(attrs.get("scheduling_parameters") or {})
-    if (attrs.get("command") or [""])[0] == "arvados-cwl-runner":
-        sp["supervisor"] = True
-    attrs["scheduling_parameters"] = sp
-    attrs["runtime_constraints"] = reuse.fill_runtime_constraint_defaults(attrs.get("runtime_constraints") or {})
+    """Arvados' implied values for scheduling_parameters and runtime_constraints, on every save.
+
+    A value that is not a hash is left alone so the validation names it.
+    """
+    sp = attrs.get("scheduling_parameters")
+    if sp is None or isinstance(sp, dict):
+        sp = {"max_run_time": 0, "partitions": [], "preemptible": False, "supervisor": False, **(sp or {})}
+        if (attrs.get("command") or [""])[0] == "arvados-cwl-runner":
+            sp["supervisor"] = True
+        attrs["scheduling_parameters"] = sp
+    rc = attrs.get("runtime_constraints")
+    if rc is None or isinstance(rc, dict):
+        attrs["runtime_constraints"] = reuse.fill_runtime_constraint_defaults(rc or {})
 
 
 def validate_committed(attrs: dict, store: Store, readable: Readable | None = None) -> None:
@@ -268,20 +315,10 @@ def validate_committed(attrs: dict, store: Store, readable: Readable | None = No
     mounted (by uuid or by content hash) nor used as the image, as on Arvados, where mounts and
     images are resolved among ``Collection.readable_by(current_user)``.
     """
-    if not attrs.get("command") or not isinstance(attrs["command"], list) \
-            or not all(isinstance(a, str) for a in attrs["command"]):
+    if not isinstance(attrs["command"], list) or not all(isinstance(a, str) for a in attrs["command"]):
         raise unprocessable("command must be a non-empty array of strings")
-    if not attrs.get("container_image"):
-        raise unprocessable("container_image can't be blank")
-    if not attrs.get("output_path"):
-        raise unprocessable("output_path can't be blank")
     if not isinstance(attrs["output_path"], str) or not safe_container_path(attrs["output_path"]):
         raise unprocessable(f"output_path {attrs['output_path']!r} must be an absolute path without '..'")
-    rc = attrs.get("runtime_constraints") or {}
-    for key in ("vcpus", "ram"):
-        value = rc.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise unprocessable(f"runtime_constraints {key} must be a positive integer, got {value!r}")
     priority = attrs.get("priority")
     if priority is None or not isinstance(priority, int) or not 0 <= priority <= 1000:
         raise unprocessable(f"priority must be an integer from 0 to 1000, got {priority!r}")
@@ -301,9 +338,6 @@ def validate_committed(attrs: dict, store: Store, readable: Readable | None = No
     for path, mount in {**mounts, **secret}.items():
         if isinstance(mount, dict) and mount.get("kind") == "collection":
             validate_collection_mount(path, mount, store, readable)
-    if attrs["output_path"] not in mounts and not any(
-            attrs["output_path"].startswith(p.rstrip("/") + "/") for p in mounts if p.startswith("/")):
-        raise unprocessable(f"output_path {attrs['output_path']!r} must be one of the mount targets")
     resolve_image(attrs["container_image"], store, readable)
 
 
@@ -627,8 +661,10 @@ class Lifecycle:
         for cr in requests:
             logger.info("retrying %s: container %s was cancelled (attempt %d of %d)", cr["uuid"], c["uuid"],
                         (cr.get("container_count") or 0) + 1, cr.get("container_count_max") or 1)
-            self.store.update(cr["uuid"], {"container_uuid": container["uuid"],
-                                           "container_count": (cr.get("container_count") or 0) + 1})
+            changes = {"container_uuid": container["uuid"], "container_count": (cr.get("container_count") or 0) + 1}
+            if c.get("log"):  # set_container: the old container's log joins the request's
+                changes["log_uuid"] = self._add_to_request_log(cr, c, at_root=False) or cr.get("log_uuid")
+            self.store.update(cr["uuid"], changes)
         self._update_priority(container["uuid"])
 
     def _parent_wants(self, cr: dict) -> bool:
@@ -652,13 +688,19 @@ class Lifecycle:
                 self._finalize(cr, child)
 
     def _finalize(self, cr: dict, c: dict) -> None:
+        """container_request.rb's finalize!: the request's log collection gets the container's
+        log (at its root and under "log for container <uuid>"), whatever the outcome; a
+        Complete container's log is also copied verbatim (same PDH: reuse needs a readable log);
+        the output is copied when there is one."""
         changes: dict[str, Any] = {"state": "Final", "priority": 0 if c["state"] == "Cancelled" else cr["priority"]}
         changes["secret_mounts"] = {}
         changes["runtime_token"] = None
         if c.get("log"):
-            changes["log_uuid"] = self._copy_collection(
-                c["log"], cr, name=f"Container log for request {cr['uuid']}",
-                properties={"type": "log", "container_request": cr["uuid"]})
+            changes["log_uuid"] = self._add_to_request_log(cr, c, at_root=True) or cr.get("log_uuid")
+            if c["state"] == "Complete":
+                self._copy_collection(c["log"], cr, name=f"Container log for container {c['uuid']}",
+                                      properties={"type": "log", "container_request": cr["uuid"],
+                                                  "container_uuid": c["uuid"]})
         if c["state"] == "Complete" and c.get("exit_code") == 0 and c.get("output"):
             kind = "intermediate" if cr.get("requesting_container_uuid") else "output"
             props = dict(cr.get("output_properties") or {})
@@ -668,12 +710,46 @@ class Lifecycle:
                 properties=props)
         self.store.update(cr["uuid"], changes)
 
-    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:
-        source = next((c for c in self.store.records("collections") if c.get("portable_data_hash") == pdh), None)
+    def _add_to_request_log(self, cr: dict, c: dict, *, at_root: bool) -> str | None:
+        """Merge container *c*'s log into the request's log collection (made on first use):
+        under "log for container <uuid>", and also at the root for the final container."""
+        source = self._collection_by_pdh(c["log"])
         if source is None:
             return None
-        names = {c.get("name") for c in self.store.records("collections") if c.get("owner_uuid") == cr["owner_uuid"]}
-        final_name = name if name not in names else f"{name} ({timestamp()[:23]}Z)"
+        existing = self.store.get(cr.get("log_uuid") or "")
+        tree = mf.parse(existing["manifest_text"]) if existing else mf.ManifestTree()
+        log = mf.parse(source["manifest_text"])
+        sub = f"log for container {c['uuid']}"
+        for prefix in ([""] if at_root else []) + [sub]:
+            for path, segments in log.files.items():
+                tree.files[f"{prefix}/{path}" if prefix else path] = segments
+            for d in log.dirs:
+                tree.dirs.add(f"{prefix}/{d}".rstrip("/") if prefix else d)
+        attrs = manifest_attrs(mf.render(tree))
+        attrs["properties"] = {"type": "log", "container_request": cr["uuid"]}
+        if existing:
+            return self.store.update(existing["uuid"], attrs)["uuid"]
+        name, uuid = self._unique_name(cr["owner_uuid"], f"Container log for request {cr['uuid']}")
+        rec = store_manifest(self.store, attrs["manifest_text"], owner_uuid=cr["owner_uuid"], name=name,
+                             properties=attrs["properties"], uuid=uuid)
+        return rec["uuid"]
+
+    def _collection_by_pdh(self, pdh: str) -> dict | None:
+        return next((c for c in self.store.records("collections") if c.get("portable_data_hash") == pdh), None)
+
+    def _unique_name(self, owner: str, name: str) -> tuple[str, str]:
+        """A new collection's UUID, and *name* made unique in *owner* as save_with_unique_name!
+        does (the UUID's tail appended when the name is taken)."""
+        uuid = new_uuid(self.store.cluster_id, "collections")
+        taken = any(c.get("name") == name and c.get("owner_uuid") == owner and not c.get("is_trashed")
+                    for c in self.store.records("collections"))
+        return (validation.unique_name(name, uuid) if taken else name), uuid
+
+    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:
+        source = self._collection_by_pdh(pdh)
+        if source is None:
+            return None
+        final_name, uuid = self._unique_name(cr["owner_uuid"], name)
         keep = ("manifest_text", "portable_data_hash", "file_count", "file_size_total", "replication_desired",
                 "replication_confirmed", "storage_classes_desired", "storage_classes_confirmed")
         attrs = {k: source.get(k) for k in keep if k in source}
@@ -682,6 +758,6 @@ class Lifecycle:
         base.update(attrs)
         base.update({"owner_uuid": cr["owner_uuid"], "name": final_name, "properties": properties,
                      "trash_at": None, "delete_at": None, "is_trashed": False})
-        rec = self.store.create("collections", base, by=self.store.system_user_uuid)
+        rec = self.store.create("collections", base, by=self.store.system_user_uuid, uuid=uuid)
         self.store.update(rec["uuid"], {"current_version_uuid": rec["uuid"]}, log=False, touch=False)
         return rec["uuid"]

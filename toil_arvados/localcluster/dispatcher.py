@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import collection_files, output_glob, output_links
+from . import collection_files, output_glob, output_links, sizing
 from . import manifest as mf
 from .blockstore import BlockStore
 from .collections import store_manifest
@@ -140,7 +140,7 @@ class Dispatcher:
         for c in queued:
             rc = c.get("runtime_constraints") or {}
             vcpus, ram = int(rc.get("vcpus") or 1), int(rc.get("ram") or 0)
-            problem = self._unsatisfiable(rc)
+            problem = self._unsatisfiable(c)
             if problem:
                 self._cancel_unsatisfiable(c, problem)
                 continue
@@ -151,26 +151,27 @@ class Dispatcher:
             self.running[c["uuid"]] = run
             run.task = asyncio.get_running_loop().create_task(self._run(run))
 
-    def _unsatisfiable(self, rc: dict) -> str | None:
-        vcpus, ram = int(rc.get("vcpus") or 1), int(rc.get("ram") or 0)
-        if vcpus > self.config.cores:
-            return (f"requested vcpus {vcpus} exceeds this cluster's {self.config.cores} cores; "
-                    "ask for fewer cores or start the cluster with more (toil-arvados cluster up --cores N)")
-        if ram > self.config.ram:
-            return (f"requested ram {ram} bytes exceeds this cluster's {self.config.ram} bytes; "
-                    "ask for less memory or start the cluster with more (toil-arvados cluster up --ram SIZE)")
-        gpu = rc.get("gpu") or rc.get("cuda") or {}
-        if int(gpu.get("device_count") or 0) > 0:
-            return "requested GPUs, but this cluster has none"
-        return None
+    def _unsatisfiable(self, c: dict) -> tuple[str, str] | None:
+        """Why no instance type of the cluster config fits *c* (dispatch-cloud's ChooseInstanceType),
+        and the detail sdk/go/dispatch logs; None when one fits."""
+        types = self.config.instance_types()
+        fits, why = sizing.choose_instance_types(types, c, self.config.reserve_extra_ram)
+        if fits:
+            return None
+        why = why or sizing.UNSATISFIABLE
+        return why, sizing.unsatisfiable_log(c["uuid"], why, types)
 
-    def _cancel_unsatisfiable(self, c: dict, problem: str) -> None:
-        logger.warning("container %s cannot run here: %s", c["uuid"], problem)
-        text = f"{timestamp()} Requirements cannot be satisfied: {problem}\n"
-        log_pdh = self._save_text_log({"crunch-run.txt": text}, c)
+    def _cancel_unsatisfiable(self, c: dict, problem: tuple[str, str]) -> None:
+        """As dispatch-cloud's cancelUnsatisfiableContainer: lock, set runtime_status.error, cancel.
+
+        No log collection: dispatch-cloud never starts crunch-run for it. ``errorDetail`` carries
+        what sdk/go/dispatch logs (the reason and the instance types there are).
+        """
+        error, detail = problem
+        logger.warning("container %s cannot run here: %s", c["uuid"], detail.strip())
+        self.lifecycle.update_container(c["uuid"], {"state": "Locked"})
         self.lifecycle.update_container(c["uuid"], {
-            "state": "Cancelled", "log": log_pdh,
-            "runtime_status": {"error": "Requirements cannot be satisfied", "errorDetail": problem}})
+            "state": "Cancelled", "runtime_status": {"error": error, "errorDetail": detail.strip()}})
 
     # -- running one container ---------------------------------------------------------------
 
@@ -190,6 +191,9 @@ class Dispatcher:
                 "state": "Locked", "locked_by_uuid": self.config.root_token_uuid, "auth_uuid": token["uuid"]})
             shutil.rmtree(workdir, ignore_errors=True)
             logdir.mkdir(parents=True)
+            mount_error = crunch_run_mount_error(c)
+            if mount_error:
+                raise _Cancelled(f"While setting up mounts: {mount_error}")
             scratch = Scratch(workdir, tmp_capacity(c))
             await asyncio.to_thread(scratch.create)
             if scratch.note:
@@ -446,19 +450,14 @@ class Dispatcher:
         return _relocated(mf.parse(uploaded), "f", rel)
 
     def _save_log_dir(self, c: dict, logdir: Path) -> str:
+        """The container's own log collection, as crunch-run's final saveLogCollection leaves it:
+        made with the dispatcher's token and trashed at once. Users read the copies the
+        container requests get (see Lifecycle._finalize), never this one."""
         manifest = collection_files.upload_directory(logdir, self.blockstore) if logdir.exists() else ""
-        return store_manifest(self.store, manifest, name=f"logs for {c['uuid']}",
-                              owner_uuid=self.store.system_user_uuid)["portable_data_hash"]
-
-    def _save_text_log(self, files: dict[str, str], c: dict) -> str:
-        tmp = self.work_root / f".log-{c['uuid']}-{time.monotonic_ns()}"
-        tmp.mkdir(parents=True)
-        try:
-            for name, text in files.items():
-                (tmp / name).write_text(text)
-            return self._save_log_dir(c, tmp)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        rec = store_manifest(self.store, manifest, name=f"logs for {c['uuid']}",
+                             owner_uuid=self.store.system_user_uuid)
+        self.store.update(rec["uuid"], {"is_trashed": True, "trash_at": timestamp()})
+        return rec["portable_data_hash"]
 
 
 class _Cancelled(Exception):
@@ -503,6 +502,27 @@ def _contain_output_links(c: dict, spec: dict, logdir: Path) -> list[_Layer]:
         coll_path = _join((m.get("path") or "").strip("/"), target[len(root):].strip("/"))
         layers.append(_Layer(link[len(out):].strip("/"), pdh=m["portable_data_hash"], coll_path=coll_path))
     return layers
+
+
+def crunch_run_mount_error(c: dict) -> str | None:
+    """The first mount crunch-run's SetupMounts refuses, in its words (None: all acceptable).
+
+    Arvados enforces these in crunch-run, not in the API server: the request is accepted and
+    its container ends Cancelled with the reason in its log, so we do the same.
+    """
+    out = c.get("output_path") or ""
+    mounts = {**(c.get("mounts") or {}), **(c.get("secret_mounts") or {})}
+    for bind in sorted(mounts):
+        m = mounts[bind] or {}
+        kind = m.get("kind")
+        under_output = bind.startswith(out + "/") and bind != out + "/"
+        if under_output and kind not in ("collection", "text", "json"):
+            return ("only mount points of kind 'collection', 'text' or 'json' are supported underneath "
+                    f"the output_path for {bind!r}, was {kind!r}")
+        if kind == "collection" and bind != "stdin" and m.get("portable_data_hash") and m.get("writable") \
+                and not bind.startswith(out + "/"):
+            return "can never write to a collection specified by portable data hash"
+    return None
 
 
 def _max_run_time(c: dict) -> float:

@@ -24,8 +24,9 @@ Arvados websocket server (``services/ws``, v0 session) sends back:
   trimmed to a few keys (state, name, owner_uuid, ...) so that big objects (manifests!) do not
   flood clients; log records whose properties carry ``text`` are sent with properties verbatim.
 * ``{}`` as a keepalive when the connection has been idle for ``ping_interval`` seconds.
-* On ``subscribe`` with a non-zero ``last_log_id``, matching logs with ``id > last_log_id`` are
-  replayed (in id order) before live events for that subscription.
+* On ``subscribe`` with a non-zero ``last_log_id``, matching logs with ``id > last_log_id``
+  (created in the last 10 minutes) are replayed in id order before live events for that
+  subscription.
 
 Differences from the Go server, each chosen because it serves the SDK better:
 
@@ -34,11 +35,8 @@ Differences from the Go server, each chosen because it serves the SDK better:
   raises, and ``arvados.events.subscribe`` falls back to polling (which reports the 401 clearly).
   Accepting and then closing (as the old Rails server did) would make the SDK thread retry 25
   times and finally ``interrupt_main()`` the caller.
-* The Go v0 server only honours ``event_type in`` and ``created_at`` filters (the Rails server
-  honoured all log columns); we evaluate every filter with the API's shared filter code against
-  the log record plus ``object_kind``, so clients get exactly what they asked for.
-* Replay is not limited to logs of the last 10 minutes (our log store is small and local), and
-  a log already sent on this connection is not sent again by a later replay.
+* A log already sent on this connection is not sent again by a later replay.
+* A 400 reply carries a ``message`` saying what was wrong (the Go server sends the status only).
 * Subscribing and replaying happen in one step on the event loop, so no event can be lost or
   duplicated between the replay and the live stream.
 
@@ -46,13 +44,24 @@ A slow client cannot stall the server: each connection has its own bounded queue
 events, filled synchronously by the store listener and drained by a per-connection writer
 task. When the queue overflows the connection is closed (as the Go server terminates it with
 "client queue full"); the SDK reconnects and catches up via ``last_log_id``.
+
+Filters are honoured exactly as ``session_v0.go`` (``v0subscribe.prepare``) honours them: only
+``["event_type", "in", [strings]]`` and ``["created_at", op, "<RFC 3339 time>"]`` with op one of
+``>= <= > < =`` are applied; every other filter (``object_uuid``, ``is_a``, ``event_type =``,
+an unparseable time...) is ignored, so its events are delivered anyway and clients filter
+them themselves. A filter is any JSON array (Go decodes it into ``[3]interface{}``: missing
+elements are null, extra ones dropped); a non-array filter is a bad message (400). Replay
+(``last_log_id``) covers only logs created in the last 10 minutes, as the Go server's query.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import json
 import logging
+import re
+import time
 from typing import Any, Callable, Iterable, Optional
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -81,28 +90,58 @@ Authenticate = Callable[[str], Any]
 CanRead = Callable[[Any, dict], bool]
 
 
-def _matches(record: dict, filters: list) -> bool:
-    """Filter evaluation shared with the REST API (imported lazily: written in parallel)."""
-    from . import filters as _filters  # noqa: PLC0415 - deliberate lazy import
+#: How far back a replay reaches (session_v0.go's sendOldEvents: created_at > now - 10 minutes).
+REPLAY_WINDOW_NS = 10 * 60 * 10**9
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})$")
 
-    return _filters.matches(record, filters)
+
+def parse_rfc3339_ns(text: Any) -> int | None:
+    """Go's ``time.Parse(time.RFC3339Nano, s)`` as nanoseconds since the epoch; None if it fails."""
+    m = _RFC3339.match(text) if isinstance(text, str) else None
+    if not m:
+        return None
+    y, mo, d, h, mi, sec, frac, zone = m.groups()
+    try:
+        dt = datetime.datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec), tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+    offset = 0
+    if zone != "Z":
+        offset = (int(zone[1:3]) * 60 + int(zone[4:6])) * 60 * (1 if zone[0] == "+" else -1)
+    seconds = int(dt.timestamp()) - offset
+    return seconds * 10**9 + int((frac or "").ljust(9, "0") or 0)
+
+
+_TIME_OPS: dict[str, Callable[[int, int], bool]] = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b, "=": lambda a, b: a == b,
+}
+
+
+def prepare_filters(filters: list) -> list[Callable[[dict], bool]]:
+    """The tests ``session_v0.go`` derives from a subscription's filters; all others ignored."""
+    funcs: list[Callable[[dict], bool]] = []
+    for f in filters:
+        attr, op, operand = f
+        if attr == "event_type" and op == "in" and isinstance(operand, list):
+            wanted = {v for v in operand if isinstance(v, str)}
+            funcs.append(lambda log, wanted=wanted: log.get("event_type") in wanted)
+        elif attr == "created_at" and isinstance(op, str) and op in _TIME_OPS:
+            t = parse_rfc3339_ns(operand)
+            if t is not None:
+                funcs.append(lambda log, t=t, cmp=_TIME_OPS[op]: _created_cmp(log, t, cmp))
+    return funcs
+
+
+def _created_cmp(log: dict, t: int, cmp: Callable[[int, int], bool]) -> bool:
+    created = parse_rfc3339_ns(log.get("created_at"))
+    return created is not None and cmp(created, t)
 
 
 def object_kind(object_uuid: Optional[str]) -> str:
     """Kind of the logged object, or ``""`` like the Go server when the UUID is not ours."""
     table = table_of(object_uuid or "")
     return kind_of_table(table) if table else ""
-
-
-def _filterable(log: dict) -> dict:
-    """The record filters are evaluated against: the log row plus the derived ``object_kind``.
-
-    Rails' event bus evaluated filters against log columns; clients (and the SDK docs) also
-    test ``object_kind``, which is not a column, so we add it.
-    """
-    rec = dict(log)
-    rec.setdefault("object_kind", object_kind(log.get("object_uuid")))
-    return rec
 
 
 def event_message(log: dict, msg_id: int,
@@ -144,21 +183,17 @@ class _BadRequest(Exception):
 
 
 class _Subscription:
-    """One ``subscribe`` request: its filters exactly as sent (unsubscribe compares them)."""
+    """One ``subscribe`` request: its filters exactly as sent (unsubscribe compares them) and
+    the tests the Go server would apply."""
 
-    __slots__ = ("filters",)
+    __slots__ = ("filters", "funcs")
 
     def __init__(self, filters: list) -> None:
         self.filters = filters
+        self.funcs = prepare_filters(filters)
 
     def match(self, rec: dict) -> bool:
-        if not self.filters:
-            return True
-        try:
-            return bool(_matches(rec, self.filters))
-        except Exception:  # a filter we cannot evaluate must not kill the connection
-            logger.debug("filter %r failed on log %s", self.filters, rec.get("id"), exc_info=True)
-            return False
+        return all(f(rec) for f in self.funcs)
 
 
 class _Connection:
@@ -192,9 +227,9 @@ class _Connection:
     def send_raw(self, text: str) -> None:
         self._push("raw", text)
 
-    def offer_live(self, log: dict, rec: dict) -> None:
+    def offer_live(self, log: dict) -> None:
         """Queue a freshly written log if any subscription matches; drop us if we are too slow."""
-        if self.closing or not any(s.match(rec) for s in self.subscriptions):
+        if self.closing or not any(s.match(log) for s in self.subscriptions):
             return
         if log.get("id") in self.sent_ids or not self._readable(log):
             return  # already sent by a replay racing with a write from another thread
@@ -259,17 +294,16 @@ class _Connection:
                                         or not isinstance(last_log_id, int)):
             raise _BadRequest("last_log_id must be an integer")
         sub = _Subscription(filters)
-        try:  # reject filters the filter code cannot even evaluate
-            if filters:
-                _matches(_PROBE_RECORD, filters)
-        except Exception as e:
-            raise _BadRequest(f"invalid filters: {e}") from None
         self.send_raw(STATUS_OK)
         if last_log_id:  # the Go server replays only for a non-zero last_log_id
+            oldest = time.time_ns() - self.bus.replay_window_ns
             for log in self.bus.store.logs_after(last_log_id):
                 if log.get("id") in self.sent_ids:
                     continue
-                if sub.match(_filterable(log)) and self._readable(log):
+                created = parse_rfc3339_ns(log.get("created_at"))
+                if created is not None and created <= oldest:
+                    continue
+                if sub.match(log) and self._readable(log):
                     self._push("replay", log)
                     self._remember(log.get("id"))
         self.subscriptions.append(sub)
@@ -332,28 +366,17 @@ class _Connection:
                 transport.abort()
 
 
-# A log-shaped record used to check that a subscription's filters can be evaluated at all.
-_PROBE_RECORD: dict = {
-    "id": 0, "uuid": "", "kind": "arvados#log", "etag": "", "owner_uuid": "",
-    "object_uuid": "", "object_owner_uuid": "", "object_kind": "", "event_type": "",
-    "event_at": "1970-01-01T00:00:00.000000000Z", "summary": "",
-    "properties": {"old_attributes": {}, "new_attributes": {}},
-    "created_at": "1970-01-01T00:00:00.000000000Z", "modified_at": "1970-01-01T00:00:00.000000000Z",
-    "modified_by_user_uuid": "",
-}
-
-
 def _validate_filters(filters: Any) -> list:
-    """Filters must be a list of ``[attr, op, operand]`` triples (``None`` means no filter)."""
+    """What Go's json.Unmarshal into ``[]v0filter`` accepts: null, or a list whose items are
+    arrays (or null). Anything else makes the whole message a 400."""
     if filters is None:
         return []
     if not isinstance(filters, list):
         raise _BadRequest("filters must be a list")
     for f in filters:
-        if not (isinstance(f, list) and len(f) == 3 and isinstance(f[0], str)
-                and isinstance(f[1], str)):
+        if not (f is None or isinstance(f, list)):
             raise _BadRequest(f"invalid filter {f!r}: expected [attribute, operator, operand]")
-    return filters
+    return [(list(f or []) + [None, None, None])[:3] for f in filters]
 
 
 class EventBus:
@@ -368,7 +391,7 @@ class EventBus:
 
     def __init__(self, store: Any, authenticate: Authenticate, can_read: CanRead, *,
                  queue_size: int = 64, ping_interval: float = 60.0, send_timeout: float = 60.0,
-                 dedupe_window: int = 10000,
+                 dedupe_window: int = 10000, replay_window_ns: int = REPLAY_WINDOW_NS,
                  send_attributes: Optional[Iterable[str]] = SEND_OBJECT_ATTRIBUTES) -> None:
         """Defaults follow Arvados config: WebsocketClientEventQueue=64, SendTimeout=60s."""
         self.store = store
@@ -378,6 +401,7 @@ class EventBus:
         self.ping_interval = ping_interval
         self.send_timeout = send_timeout
         self.dedupe_window = dedupe_window
+        self.replay_window_ns = replay_window_ns
         self.send_attributes = tuple(send_attributes) if send_attributes is not None else None
         self.connections: set[_Connection] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -418,9 +442,8 @@ class EventBus:
                 return
         if not self.connections:
             return
-        rec = _filterable(log)
         for conn in list(self.connections):
-            conn.offer_live(log, rec)
+            conn.offer_live(log)
 
     # -- HTTP handler ----------------------------------------------------------------------------
 

@@ -92,7 +92,8 @@ def fill_runtime_constraint_defaults(rc: Mapping[str, Any] | None) -> dict:
 def _translate_cuda_to_gpu(rc: dict) -> None:
     """Legacy ``cuda`` requests with devices are rewritten as generic ``gpu`` (cuda is kept)."""
     cuda = rc.get("cuda")
-    if isinstance(cuda, dict) and (cuda.get("device_count") or 0) > 0:
+    count = cuda.get("device_count") if isinstance(cuda, dict) else None
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
         rc["gpu"] = {"device_count": cuda["device_count"],
                      "driver_version": cuda.get("driver_version"),
                      "hardware_target": [cuda.get("hardware_capability")],

@@ -47,14 +47,14 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
                         "CollectionVersioning": False, "TrashSweepInterval": "60s",
                         "DefaultTrashLifetime": "336h", "ForwardSlashNameSubstitution": "",
                         "BlobSigning": True},
+        # ReserveExtraRAM & co. let clients size requests as dispatch-cloud fits them.
         "Containers": {"DefaultKeepCacheRAM": 0, "MaxRetryAttempts": cfg.container_count_max,
+                       "ReserveExtraRAM": cfg.reserve_extra_ram, "MaximumPriceFactor": 1.5,
+                       "AlwaysUsePreemptibleInstances": False,
                        "RuntimeEngine": "namespace", "SupportedDockerImageFormats": {"v2": {}},
                        "LocalKeepBlobBuffersPerVCPU": 0},
         "StorageClasses": {"default": {"Default": True, "Priority": 0}},
-        # One instance type: this machine, as much of it as the cluster was given.
-        "InstanceTypes": {"local": {"ProviderType": "local", "VCPUs": cfg.cores, "RAM": cfg.ram,
-                                    "Scratch": 0, "IncludedScratch": 0, "AddedScratch": 0, "Price": 0,
-                                    "Preemptible": False, "GPU": {}}},
+        "InstanceTypes": cfg.instance_types(),
         "Services": {"Controller": {"ExternalURL": api_url},
                      "Websocket": {"ExternalURL": f"wss://{cfg.api_host}/websocket"},
                      "Keepstore": {"InternalURLs": {f"http://{cfg.host}:{cfg.keep_port}/": {}}},
