@@ -16,13 +16,9 @@ from test_api import second_user  # noqa: F401 - fixture: a non-admin user and t
 
 
 @pytest.fixture
-def image(request: pytest.FixtureRequest) -> str:
-    """The plain Debian test image: ``test_image`` once containers run hermetically in their
-    image, ``stand_in_image`` before (whichever conftest provides)."""
-    try:
-        return request.getfixturevalue("test_image")
-    except pytest.FixtureLookupError:
-        return request.getfixturevalue("stand_in_image")
+def image(test_image: str) -> str:
+    """The plain Debian test image."""
+    return test_image
 
 
 def _refused(call, status: int = 422) -> str:
