@@ -33,14 +33,21 @@ def built_images() -> dict[str, Any]:
 
 
 def store_images(cfg: ClusterConfig, images: Iterable[Any]) -> None:
-    """Store built images in a cluster's Keep, as arv-keepdocker (or `images --upload`) does."""
+    """Store built images in a cluster's Keep as an administrator does for everyone: with
+    ``arv-keepdocker`` (here ``store_image``) into a project shared with "All users"."""
     import arvados
 
     from toil_arvados.images.keep import store_image
+    from toil_arvados.localcluster.bootstrap import all_users_group_uuid
 
     api = arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2)
+    project = api.groups().create(body={"group": {"name": "Shared images", "group_class": "project"}},
+                                  ensure_unique_name=True).execute()["uuid"]
+    api.links().create(body={"link": {"link_class": "permission", "name": "can_read", "head_uuid": project,
+                                      "tail_uuid": all_users_group_uuid(cfg.cluster_id)}}).execute()
     for built in images:
-        store_image(api, built.tarball, built.image_id, built.names, properties=built.properties)
+        store_image(api, built.tarball, built.image_id, built.names, owner_uuid=project,
+                    properties=built.properties)
 
 
 @pytest.fixture(scope="session")

@@ -310,22 +310,21 @@ def test_container_runs_as_the_committing_user_not_the_project(api, project, ali
     assert a.containers().get(uuid=cr["container_uuid"]).execute()["runtime_user_uuid"] == a_user["uuid"]
 
 
-def test_new_users_can_use_images_shared_with_all_users(api, cluster_env, project, built_images) -> None:
-    """As an administrator does: store an image in a project shared with "All users"."""
+def test_new_users_can_use_images_shared_with_all_users(api, cluster_env, built_images) -> None:
+    """As an administrator does: store an image in a project, then share it with "All users"."""
     from toil_arvados.images.keep import store_image
     from toil_arvados.localcluster.bootstrap import all_users_group_uuid
 
     from conftest import PYTHON_IMAGE
 
     _, u = _make_user(api, cluster_env, "newcomer")
-    body = request_body(["true"], PYTHON_IMAGE, priority=0, state="Committed")
-    _raises(u.container_requests().create(body={"container_request": body}), (422,))  # not shared yet
     built = built_images[PYTHON_IMAGE]
     shared = api.groups().create(body={"group": {"name": f"images {secrets.token_hex(3)}",
                                                  "group_class": "project"}}).execute()["uuid"]
-    store_image(api, built.tarball, built.image_id, (f"shared-{secrets.token_hex(3)}:1",), owner_uuid=shared)
-    name = api.links().list(filters=[["owner_uuid", "=", shared],
-                                     ["link_class", "=", "docker_image_repo+tag"]]).execute()["items"][0]["name"]
+    name = f"shared-{secrets.token_hex(3)}:1"
+    store_image(api, built.tarball, built.image_id, (name,), owner_uuid=shared)
+    body = request_body(["true"], name, priority=0, state="Committed")
+    _raises(u.container_requests().create(body={"container_request": body}), (422,))  # not shared yet
     cluster_id = api.users().current().execute()["uuid"].split("-")[0]
     _grant(api, all_users_group_uuid(cluster_id), shared)
     cr = create_request(u, request_body(["true"], name, priority=0, state="Committed"))
