@@ -80,7 +80,7 @@ def _cluster_env(args: argparse.Namespace) -> int:
 
 
 def _build_worker(args: argparse.Namespace) -> int:
-    from .images.debian import DEFAULT_CACHE_DIR
+    from .images.cache import DEFAULT_CACHE_DIR
     from .images.worker import build_worker_image
 
     _check_upload_target(args)
@@ -91,7 +91,7 @@ def _build_worker(args: argparse.Namespace) -> int:
 
 def _build_images(args: argparse.Namespace) -> int:
     from .images.build import SUITE_RECIPES, build_image
-    from .images.debian import DEFAULT_CACHE_DIR
+    from .images.cache import DEFAULT_CACHE_DIR
 
     names = args.names or list(SUITE_RECIPES)
     unknown = sorted(set(names) - set(SUITE_RECIPES))

@@ -11,7 +11,6 @@ archives (cached), without a Docker engine.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from .archive import DEFAULT_PATH, image_config, write_archive
-from .debian import (DEFAULT_CACHE_DIR, SUITE, Layer, base_layer, build_layer, cached_sha256, digest,
-                     locked)
+from .cache import DEFAULT_CACHE_DIR, cached_sha256, locked
+from .debian import SUITE, Layer, base_layer, build_layer, digest
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +141,18 @@ def _archive(recipe: Recipe, layers: list[Layer], config: bytes, cache_dir: Path
             write_archive(partial, [l.path for l in layers], config, [recipe.name])
             os.replace(partial, out)
             rebuilt = True
+            _forget_older(out, recipe.name)
     logger.info("image %s sha256:%s %s in %.1fs", recipe.name, image_id[:12],
                 "built" if rebuilt else "cached", time.monotonic() - started)
     return BuiltImage(recipe.name, out, image_id, time.monotonic() - started, rebuilt,
                       recipe.aliases, dict(recipe.properties))
 
 
-def describe(built: BuiltImage) -> str:
-    return json.dumps({"name": built.name, "image_id": built.image_id, "tarball": str(built.tarball)})
+def _forget_older(archive: Path, name: str) -> None:
+    """Keep one archive per image name in the cache (each is hundreds of MiB): the new one."""
+    label = archive.with_suffix(".name")
+    label.write_text(name)
+    for other in archive.parent.glob("*.name"):
+        if other != label and other.read_text() == name:
+            other.with_suffix(".tar").unlink(missing_ok=True)
+            other.unlink(missing_ok=True)

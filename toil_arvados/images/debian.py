@@ -11,7 +11,6 @@ Needs root (debootstrap, mount, chroot) and the Debian mirror apt is configured 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import logging
@@ -23,9 +22,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from .archive import sha256_file
+
+from .cache import DEFAULT_CACHE_DIR, cached_sha256, locked
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ SUITE = "bookworm"
 #: The Python of that suite's ``python3`` package (the worker image's interpreter).
 SUITE_PYTHON = "python3.11"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "toil-arvados"
 _HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 _BUILD_CA = ".toil-arvados-build-ca.crt"
 _PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy")
@@ -77,18 +75,6 @@ def debian_mirror() -> str:
     return DEFAULT_MIRROR
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on *path* (across processes: builds share one cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _need_root(what: str) -> None:
     if os.geteuid() != 0:
         raise ImageBuildError(f"{what} needs root (debootstrap, mount, chroot)")
@@ -122,22 +108,6 @@ def _build_base(cache_dir: Path, target: Path) -> None:
         pack(root, partial)
         os.replace(partial, target)
     logger.info("Debian base filesystem built in %.1fs: %s", time.monotonic() - started, target)
-
-
-def cached_sha256(path: Path) -> str:
-    """sha256 of a cached file, remembered beside it (keyed by size and mtime)."""
-    st = path.stat()
-    memo = path.with_name(path.name + ".sha256")
-    key = f"{st.st_size}-{st.st_mtime_ns}"
-    try:
-        saved_key, digest = memo.read_text().split()
-        if saved_key == key:
-            return digest
-    except (OSError, ValueError):
-        pass
-    digest = sha256_file(path)
-    memo.write_text(f"{key} {digest}\n")
-    return digest
 
 
 def slim(root: Path) -> None:

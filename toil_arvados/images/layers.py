@@ -14,8 +14,6 @@ a finished directory make that safe.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -26,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .cache import locked
 from .archive import ArchiveError, RunSettings, layer_stream, read_index, run_settings
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class LayerCache:
         if target.is_dir():
             return target, False
         self.root.mkdir(parents=True, exist_ok=True)
-        with _locked(self.root / f".{diff_id}.lock"):
+        with locked(self.root / f".{diff_id}.lock"):
             if target.is_dir():
                 return target, False
             partial = self.root / f".{diff_id}.partial"
@@ -102,16 +101,6 @@ class LayerCache:
                 raise
         logger.info("unpacked image layer %s into %s", diff_id[:12], target)
         return target, True
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _extract_verified(chunks: Iterator[bytes], dest: Path, diff_id: str) -> None:

@@ -28,7 +28,8 @@ from typing import Any, Iterator, Mapping
 
 from .archive import DEFAULT_PATH
 from .build import BuiltImage, Recipe, build_image
-from .debian import DEFAULT_CACHE_DIR, SUITE, SUITE_PYTHON, Layer, cached_sha256, locked
+from .cache import DEFAULT_CACHE_DIR, cached_sha256, locked
+from .debian import SUITE_PYTHON, Layer
 
 logger = logging.getLogger(__name__)
 
