@@ -19,10 +19,11 @@ import pytest
 from cwl_utils.errors import WorkflowException
 from cwltool.secrets import SecretStore
 
+from e2e_util import collection_files
 from toil_arvados.cwl_secrets import refuse_visible_secrets, split_secret_entries
 from toil_arvados.cwl_staging import Entry
 from toil_arvados.cwl_step_request import StepInvocation, StepSettings, step_request_body
-from toil_cli import TOIL_CWL_RUNNER, is_one_line_error, last_line, list_all, project_requests, run
+from toil_cli import TOIL_CWL_RUNNER, is_one_line_error, list_all, project_requests, run
 
 # -- pure ------------------------------------------------------------------------------------
 
@@ -144,24 +145,6 @@ def _run_tool(tmp_path: Path, env: dict[str, str], project: str, store: str, tex
                 "--outdir", str(tmp_path / store), str(tool), str(inputs)], env, tmp_path, timeout=300)
 
 
-def _collection_files(api: Any, locator: str) -> dict[str, bytes]:
-    import arvados.collection
-
-    coll = arvados.collection.CollectionReader(locator, api_client=api)
-    files: dict[str, bytes] = {}
-
-    def walk(c: Any, prefix: str) -> None:
-        for name, item in c.items():
-            if hasattr(item, "items"):
-                walk(item, f"{prefix}{name}/")
-            else:
-                with c.open(name, "rb") as f:
-                    files[prefix + name] = f.read()
-
-    walk(coll, "")
-    return files
-
-
 def _api_holders(api: Any, secret: str) -> list[str]:
     """Every request, container and logs row (admin's view) that holds ``secret``, and every file
     of every request's and container's log collection that does."""
@@ -173,7 +156,7 @@ def _api_holders(api: Any, secret: str) -> list[str]:
             holders.append(rec["uuid"])
     logs = {cr["log_uuid"] for cr in requests if cr.get("log_uuid")} | {c["log"] for c in containers if c.get("log")}
     for log in sorted(logs):
-        holders += [f"{log}/{name}" for name, data in _collection_files(api, log).items()
+        holders += [f"{log}/{name}" for name, data in collection_files(api, log).items()
                     if secret.encode() in data]
     return holders
 
@@ -216,7 +199,9 @@ def test_secret_on_the_command_line_is_refused_before_any_request(api, clean_pro
     done = _run_tool(tmp_path, env, clean_project, "cmdline", SECRET_ON_COMMAND_LINE, secret)
     assert done.returncode != 0, done.describe()
     assert secret not in done.stderr + done.stdout
-    assert "cwltool:Secrets input is in its command line" in done.stderr, done.describe()
+    # The step fails as a failed container would (permanentFail), its reason in one error line.
+    reasons = [line for line in done.stderr.splitlines() if "cwltool:Secrets input is in its command line" in line]
+    assert reasons and all(is_one_line_error(line.strip()) for line in reasons), done.describe()
     assert [cr for cr in project_requests(api, clean_project) if "toil_step" in cr["properties"]] == []
 
 

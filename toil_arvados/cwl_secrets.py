@@ -15,7 +15,8 @@ So, as ``arvados-cwl-runner`` does (``arvcontainer.py``):
   with the real content; it is left out of the staging collection (which anyone who can read the
   project can read). Arvados never copies a secret mount into the output collection, and compares
   secret mounts for reuse only through their md5;
-* a secret on the command line or in the environment is refused with one clear error: both are
+* a secret on the command line or in the environment is refused (:class:`SecretExposed`: the
+  step fails as ``permanentFail`` with one error line, no container request made): both are
   stored in plain text in the request and its container, and a-c-r refuses them the same way
   ("only file literals may contain secrets"). A tool that needs a secret as an argument reads it
   from an InitialWorkDir file instead (e.g. ``$(cat secret.txt)`` under ShellCommandRequirement).
@@ -33,6 +34,10 @@ from cwl_utils.errors import WorkflowException
 from .cwl_staging import Entry
 
 _LITERALS = ("CreateFile", "CreateWritableFile")
+
+
+class SecretExposed(WorkflowException):
+    """A secret would be stored readable in a request: the step fails, reported in one line."""
 
 
 class SecretLookup(Protocol):
@@ -54,7 +59,7 @@ def refuse_visible_secrets(store: SecretLookup | None, step: str, body: Mapping[
     for key, value in body.items():
         if key != "secret_mounts" and store.has_secret(value):
             where = {"command": "command line", "environment": "environment"}.get(key, f"request's {key}")
-            raise WorkflowException(
+            raise SecretExposed(
                 f"CWL step {step}: a cwltool:Secrets input is in its {where}, which Arvados stores readable in the "
                 "container request; only file literals may contain secrets (write it with InitialWorkDir and read "
                 "the file in the tool)")
@@ -74,7 +79,7 @@ def split_secret_entries(entries: Iterable[Entry], store: SecretLookup | None, s
             staged.append(e)
             continue
         if e.type == "CreateWritableFile":
-            raise WorkflowException(
+            raise SecretExposed(
                 f"CWL step {step}: writable file {e.target} would hold a cwltool:Secrets input; Arvados secret "
                 "mounts are read-only (drop writable: true)")
         secret_mounts[posixpath.normpath(e.target)] = {"kind": "text", "content": str(store.retrieve(e.resolved))}

@@ -38,7 +38,7 @@ from cwl_utils.errors import WorkflowException
 
 from . import arvados_client
 from .arvados_client import ArvadosSetupError, describe
-from .cwl_secrets import refuse_visible_secrets, split_secret_entries
+from .cwl_secrets import SecretExposed, refuse_visible_secrets, split_secret_entries
 from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
 from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
@@ -205,6 +205,9 @@ class ArvadosStepJob(JobBase):
             status, rcode = self._run_container(runtimeContext, host_out)
             if rcode is not None:
                 outputs = self.collect_outputs(host_out, rcode)
+        except SecretExposed as e:  # the tool's own doing: the step fails, as a failing command would
+            logger.error("%s", e)
+            status = "permanentFail"
         except (ArvadosSetupError, WorkflowException):
             raise
         except Exception as e:
