@@ -192,6 +192,13 @@ def test_native_step_gets_the_secret_and_no_record_shows_it(api, cluster, clean_
     steps = [cr for cr in project_requests(api, clean_project) if "toil_step" in cr["properties"]]
     assert len({cr["container_uuid"] for cr in steps}) == 2
 
+    # The first secret again: its md5 matches the first container's, which Arvados reuses.
+    done3 = _run_tool(tmp_path, env, clean_project, "run3", SECRET_TOOL, secret)
+    assert done3.returncode == 0, done3.describe()
+    assert Path(json.loads(done3.stdout)["out"]["path"]).read_text() == f"the password is {secret}"
+    steps3 = [cr for cr in project_requests(api, clean_project) if "toil_step" in cr["properties"]]
+    assert [cr["container_uuid"] for cr in steps3][-1] == step["container_uuid"]
+
 
 def test_secret_on_the_command_line_is_refused_before_any_request(api, clean_project, env,
                                                                   tmp_path: Path) -> None:
@@ -205,7 +212,8 @@ def test_secret_on_the_command_line_is_refused_before_any_request(api, clean_pro
     assert [cr for cr in project_requests(api, clean_project) if "toil_step" in cr["properties"]] == []
 
 
-def test_worker_steps_keep_the_secret_out_of_request_bodies(api, clean_project, env, tmp_path: Path) -> None:
+def test_worker_steps_keep_the_secret_out_of_request_bodies(api, cluster, clean_project, env,
+                                                            tmp_path: Path) -> None:
     secret = f"s3cr3t-{secrets.token_hex(8)}"
     done = _run_tool(tmp_path, env, clean_project, "workers", SECRET_TOOL, secret, "--noArvadosNativeSteps")
     assert done.returncode == 0, done.describe()
@@ -213,3 +221,4 @@ def test_worker_steps_keep_the_secret_out_of_request_bodies(api, clean_project, 
     assert project_requests(api, clean_project)  # the tool did run in worker containers
     assert secret not in done.stderr
     assert _api_holders(api, secret) == []
+    assert _stored_holders(cluster, secret) == []
