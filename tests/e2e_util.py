@@ -59,3 +59,23 @@ def container(api: Any, uuid: str) -> dict:
 def wait_container_state(api: Any, uuid: str, state: str, timeout: float = 30.0) -> dict:
     return wait_for(lambda: container(api, uuid), lambda c: c["state"] == state, timeout,
                     f"container {uuid} to be {state}")
+
+
+def collection_files(api: Any, locator: str) -> dict[str, bytes]:
+    """Every file of a collection (uuid or portable data hash): path -> bytes."""
+    import arvados.collection
+
+    reader = arvados.collection.CollectionReader(locator, api_client=api)
+    out: dict[str, bytes] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for name in node.keys():
+            item = node[name]
+            if isinstance(item, arvados.collection.RichCollectionBase):
+                walk(item, f"{prefix}{name}/")
+            else:
+                with node.open(name, "rb") as f:
+                    out[prefix + name] = f.read()
+
+    walk(reader, "")
+    return out

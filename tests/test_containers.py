@@ -15,25 +15,7 @@ import time
 
 import arvados.collection
 
-from e2e_util import container, create_request, get_request, request_body, wait_final, wait_for
-
-
-def _files(api, uuid: str) -> dict[str, bytes]:
-    """Every file of a collection: path -> bytes."""
-    reader = arvados.collection.CollectionReader(uuid, api_client=api)
-    out: dict[str, bytes] = {}
-
-    def walk(node, prefix: str) -> None:
-        for name in node.keys():
-            item = node[name]
-            if isinstance(item, arvados.collection.RichCollectionBase):
-                walk(item, f"{prefix}{name}/")
-            else:
-                with node.open(name, "rb") as f:
-                    out[prefix + name] = f.read()
-
-    walk(reader, "")
-    return out
+from e2e_util import collection_files, container, create_request, get_request, request_body, wait_final, wait_for
 
 
 def test_completed_request_has_output_logs_and_exit_code(api, project: str, test_image: str) -> None:
@@ -50,9 +32,9 @@ def test_completed_request_has_output_logs_and_exit_code(api, project: str, test
 
     output = api.collections().get(uuid=cr["output_uuid"]).execute()
     assert output["owner_uuid"] == project and output["portable_data_hash"] == c["output"]
-    assert _files(api, cr["output_uuid"]) == {"out.txt": b"hello\n", "d/e/n.txt": b"nested"}
+    assert collection_files(api, cr["output_uuid"]) == {"out.txt": b"hello\n", "d/e/n.txt": b"nested"}
 
-    logs = _files(api, cr["log_uuid"])
+    logs = collection_files(api, cr["log_uuid"])
     assert {"crunch-run.txt", "stderr.txt", "stdout.txt"} <= set(logs)
     # crunch-run style: every log line starts with an RFC 3339 timestamp (a-c-r parses it)
     assert re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z to stdout\n", logs["stdout.txt"])
@@ -73,7 +55,7 @@ def test_failing_command_reports_its_exit_code(api, project: str, test_image: st
     c = container(api, cr["container_uuid"])
     assert (c["state"], c["exit_code"]) == ("Complete", 3)
     assert cr["state"] == "Final" and cr["output_uuid"] is None and cr["container_count"] == 1
-    assert b"failing" in _files(api, cr["log_uuid"])["stderr.txt"]
+    assert b"failing" in collection_files(api, cr["log_uuid"])["stderr.txt"]
 
 
 def _running(api, cr_uuid: str, timeout: float = 30.0) -> dict:
@@ -160,7 +142,7 @@ def test_killed_container_is_retried_up_to_the_max(api, project: str, test_image
         assert c["state"] == "Cancelled" and "lost" in c["runtime_status"].get("error", "")
     assert cr["output_uuid"] is None
     assert _command_pids(marker) == []
-    assert b"lost" in _files(api, cr["log_uuid"])["crunch-run.txt"]
+    assert b"lost" in collection_files(api, cr["log_uuid"])["crunch-run.txt"]
 
 
 def test_unsatisfiable_request_is_cancelled_with_a_message(api, project: str, test_image: str) -> None:
@@ -203,11 +185,11 @@ pwd > pwd.txt
     cr = create_request(api, request_body(["sh", "-c", script], test_image, owner_uuid=project, mounts=mounts))
     cr = wait_final(api, cr["uuid"])
     c = container(api, cr["container_uuid"])
-    logs = _files(api, cr["log_uuid"])
+    logs = collection_files(api, cr["log_uuid"])
     assert c["exit_code"] == 0, logs.get("stderr.txt", b"").decode()[-2000:]
     # The uuid-named collection mount was resolved to its hash on the container.
     assert c["mounts"]["/single/input.txt"]["portable_data_hash"] == pdh
-    out = _files(api, cr["output_uuid"])
+    out = collection_files(api, cr["output_uuid"])
     assert out["copied.txt"] == b"input data\n"
     assert json.loads(out["json.txt"]) == {"x": [1, {"y": "z"}]}
     assert out["text.txt"] == b"a text mount\n"
@@ -235,10 +217,10 @@ def _run_ok(api, body: dict) -> tuple[dict, dict, dict[str, bytes]]:
     """Run a request that must succeed: (request, container, output files)."""
     cr = wait_final(api, create_request(api, body)["uuid"])
     c = container(api, cr["container_uuid"])
-    logs = _files(api, cr["log_uuid"])
+    logs = collection_files(api, cr["log_uuid"])
     assert (c["state"], c["exit_code"]) == ("Complete", 0), (logs.get("stderr.txt", b"") +
                                                             logs.get("crunch-run.txt", b"")).decode()[-3000:]
-    return cr, c, _files(api, cr["output_uuid"])
+    return cr, c, collection_files(api, cr["output_uuid"])
 
 
 def test_stdin_stdout_and_stderr_mounts_carry_the_streams(api, project: str, test_image: str) -> None:
@@ -251,7 +233,7 @@ def test_stdin_stdout_and_stderr_mounts_carry_the_streams(api, project: str, tes
     cr, _, out = _run_ok(api, request_body(["sh", "-c", script], test_image, owner_uuid=project,
                                            mounts=mounts))
     assert out == {"out.txt": b'"FROM STDIN"', "logs/err.txt": b"to stderr\nmore stderr\n"}
-    logs = _files(api, cr["log_uuid"])
+    logs = collection_files(api, cr["log_uuid"])
     assert b"to stderr" not in logs.get("stderr.txt", b"") and b"FROM STDIN" not in logs.get("stdout.txt", b"")
 
 
@@ -359,7 +341,7 @@ def test_max_run_time_stops_the_container(api, project: str, test_image: str) ->
     c = container(api, cr["container_uuid"])
     assert c["state"] == "Cancelled" and cr["output_uuid"] is None
     assert 1 <= elapsed < 15, f"stopped after {elapsed:.1f}s"
-    crunch_log = _files(api, cr["log_uuid"])["crunch-run.txt"].decode()
+    crunch_log = collection_files(api, cr["log_uuid"])["crunch-run.txt"].decode()
     assert len(re.findall("maximum run time exceeded", crunch_log)) == 1, crunch_log
     assert "maximum run time exceeded" in c["runtime_status"]["error"]
 

@@ -38,6 +38,7 @@ from cwl_utils.errors import WorkflowException
 
 from . import arvados_client
 from .arvados_client import ArvadosSetupError, describe
+from .cwl_secrets import SecretExposed, refuse_visible_secrets, split_secret_entries
 from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
 from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
@@ -204,6 +205,9 @@ class ArvadosStepJob(JobBase):
             status, rcode = self._run_container(runtimeContext, host_out)
             if rcode is not None:
                 outputs = self.collect_outputs(host_out, rcode)
+        except SecretExposed as e:  # the tool's own doing: the step fails, as a failing command would
+            logger.error("%s", e)
+            status = "permanentFail"
         except (ArvadosSetupError, WorkflowException):
             raise
         except Exception as e:
@@ -221,7 +225,8 @@ class ArvadosStepJob(JobBase):
         cfg = self.native
         docker_req, _ = self.get_requirement("DockerRequirement")
         image = image_name(docker_req if self.use_docker_requirement else None, cfg.default_image)
-        entries = self._entries(runtimeContext)
+        secrets = getattr(runtimeContext, "secret_store", None)
+        entries, secret_mounts = split_secret_entries(self._entries(runtimeContext), secrets, self.name)
         mounts: dict[str, Any] = {}
         stdin = None
         if entries:
@@ -246,10 +251,11 @@ class ArvadosStepJob(JobBase):
             cuda_devices=int(res.get("cudaDeviceCount") or 0),
             stdin=stdin, stdout=self.stdout, stderr=self.stderr, network=bool(self.networkaccess),
             timelimit=self.timelimit or None, preemptible=self._preemptible(), reuse=self._reuse(),
-            outdir=self.builder.outdir, tmpdir=self.builder.tmpdir)
+            outdir=self.builder.outdir, tmpdir=self.builder.tmpdir, secret_mounts=secret_mounts)
         step = str(getattr(runtimeContext, "name", None) or self.name)
         tool = str(getattr(self, "tool_id", "") or "")
         body = step_request_body(inv, cfg.settings, step=step, tool=tool)
+        refuse_visible_secrets(secrets, self.name, body)
         if self.toil_job is not None:
             body["properties"][PROPERTY_STEP_JOB_STORE_ID] = str(self.toil_job.jobStoreID)
         cr = _submit(api, body, image)

@@ -53,6 +53,9 @@ class StepInvocation:
     reuse: bool = True
     outdir: str = OUTDIR
     tmpdir: str = TMPDIR
+    # Files holding cwltool:Secrets values, by container path (see cwl_secrets): sent only as the
+    # request's secret_mounts, which Arvados never returns and compares for reuse by md5 only.
+    secret_mounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
         "output_name": f"Output of {inv.name}",
         "properties": properties,
     }
+    if inv.secret_mounts:
+        body["secret_mounts"] = {path: dict(m) for path, m in inv.secret_mounts.items()}
     if settings.max_attempts is not None:
         body["container_count_max"] = int(settings.max_attempts)
     return body

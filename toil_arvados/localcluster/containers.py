@@ -258,9 +258,12 @@ class Containers(Resource):
         return self._shape(req, self.api.lifecycle.update_container(c["uuid"], {"state": "Queued"}, by=req.user.uuid))
 
     async def secret_mounts(self, req: Request) -> dict:
-        if not req.user.is_admin:
-            raise ApiError(403, "Forbidden")
-        c = self.fetch(req, req.params["uuid"])
+        """Only the container itself (its own runtime token) may read its secret mounts, as on
+        Arvados: not even an admin, so no API user can read a secret a workflow was given."""
+        c = self.store.get(req.params["uuid"])
+        if c is None or table_of(c["uuid"]) != "containers" or not c.get("auth_uuid") \
+                or req.user.token.get("uuid") != c["auth_uuid"]:
+            raise ApiError(403, "Token is not associated with this container.")
         return {"secret_mounts": c.get("secret_mounts") or {}}
 
 
