@@ -135,9 +135,9 @@ def session() -> KeepSession:
 
 
 def _status(e: Exception) -> int | None:
-    resp = getattr(e, "resp", None)
-    status = getattr(resp, "status", None)
-    return int(status) if status is not None else None
+    from .arvados_client import status_of
+
+    return status_of(e)
 
 
 def _reason(e: Exception) -> str:
@@ -385,7 +385,7 @@ def _save_named(sess: KeepSession, url: str, project: str, name: str, staged: An
             return staged
         except arvados.errors.ApiError as e:
             status, reason = _status(e), _reason(e)
-            if status == 422 and "name" in reason.lower():
+            if status in (409, 422) and _find_named_collection(sess, project, name) is not None:
                 continue  # another writer created it first: merge into theirs
             if status in (403, 404, 422):
                 raise KeepAPIError(f"{url}: cannot create collection {name!r} in project {project} on "
