@@ -30,6 +30,9 @@ from typing import Any, Callable, Iterator, TypeVar
 logger = logging.getLogger(__name__)
 
 NUM_RETRIES = 5
+# Keep transfers of the job store: the SDK's Keep client backs off 2, 4, ... 60 s between tries,
+# so 8 tries ride out about 4 minutes of Keep being away.
+KEEP_RETRIES = 8
 # The first contact (the discovery document) retries less: with NUM_RETRIES the SDK's randomised
 # exponential backoff keeps a leader pointed at a dead host waiting 30-60 s before it can say so.
 CONNECT_RETRIES = 3
@@ -143,6 +146,7 @@ def call(make_request: Callable[[], Any], what: str, budget: float = OUTAGE_BUDG
 def _execute_once(request: Any) -> Any:
     """Execute without the SDK's own retries: a create the SDK re-sent after a dropped connection
     could exist twice. The HTTP object is this thread's own (the SDK's client is per thread)."""
+    request = unwrapped(request)
     http = getattr(request, "http", None)
     saved = getattr(http, "num_retries", None)
     if saved is None:
@@ -350,8 +354,66 @@ def connect() -> Any:
             except Exception as e:
                 raise ArvadosSetupError(describe(e, f"cannot reach the Arvados API at {host}")) from None
             _full_retries(client)
-            _clients[key] = client
+            client = _clients[key] = PatientClient(client)
     return client
+
+
+class PatientClient:
+    """The SDK client, with every ``execute()`` riding out an outage once the workflow started.
+
+    Code that only knows the SDK (collections, the Keep job store, ``list_images_in_arv``) gets
+    the outage policy without change: a resource method's request retries connection errors and
+    5xx through :func:`retrying` — for up to :data:`OUTAGE_BUDGET` in a started workflow
+    (:func:`started`), not at all beyond the SDK's own retries before (fail fast at start-up).
+    Creates whose repetition matters go through :func:`create_request`, which unwraps it.
+    Everything else (``keep``, ``api_token``, ...) is the SDK client's own.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._resources = set((getattr(client, "_rootDesc", None) or {}).get("resources", {}))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in self._resources:
+            return attr
+        return lambda *args, **kwargs: _PatientResource(attr(*args, **kwargs), name)
+
+
+class _PatientResource:
+    def __init__(self, resource: Any, name: str) -> None:
+        self._resource, self._name = resource, name
+
+    def __getattr__(self, method: str) -> Any:
+        attr = getattr(self._resource, method)
+        if not callable(attr):
+            return attr
+
+        def request(*args: Any, **kwargs: Any) -> Any:
+            req = attr(*args, **kwargs)
+            return _PatientRequest(req, f"{self._name}.{method}") if hasattr(req, "execute") else req
+        return request
+
+
+class _PatientRequest:
+    def __init__(self, request: Any, what: str) -> None:
+        self._request, self._what = request, what
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return retrying(lambda: self._request.execute(*args, **kwargs), self._what,
+                        OUTAGE_BUDGET if started() else 0.0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def unwrapped(obj: Any) -> Any:
+    """The SDK's own client or request behind a patient one."""
+    if isinstance(obj, _PatientRequest):
+        return obj._request
+    if isinstance(obj, PatientClient):
+        return obj._client
+    return obj
 
 
 def _full_retries(client: Any) -> None:
@@ -403,7 +465,8 @@ def scrub(text: str) -> str:
 def check_connection(api: Any) -> dict:
     """The current user, or a clear error for a bad token / unreachable host."""
     try:
-        return call(lambda: api.users().current(), "check the token", OUTAGE_BUDGET if started() else 0.0)
+        return call(lambda: unwrapped(api).users().current(), "check the token",
+                    OUTAGE_BUDGET if started() else 0.0)
     except Exception as e:
         raise ArvadosSetupError(describe(e, f"cannot use the Arvados API at {api_host()}")) from None
 

@@ -220,8 +220,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         """Refuse at once what no instance type can run, judged as dispatch-cloud judges the request
         (RAM with keep cache and reserve, scratch with the image), instead of queueing it forever."""
         super().check_resource_request(requirer)
-        res = JobResources(cores=requirer.cores or 1, memory=requirer.memory or 0, disk=requirer.disk or 0,
-                           accelerators=tuple(requirer.accelerators or ()), preemptible=bool(requirer.preemptible))
+        res = JobResources(cores=_requirement(requirer, "cores", 1), memory=_requirement(requirer, "memory", 0),
+                           disk=_requirement(requirer, "disk", 0),
+                           accelerators=tuple(_requirement(requirer, "accelerators", ())),
+                           preemptible=bool(_requirement(requirer, "preemptible", False)))
         why = unfit(runtime_constraints(res), {WORK_DIR: {"kind": "tmp", "capacity": int(res.disk)}},
                     scheduling_parameters(res.preemptible or None, self.settings.preemptible_instances),
                     self.image_pdh, self.cluster)
@@ -686,6 +688,15 @@ def _is_file_job_store(locator: str | None) -> bool:
     from toil.common import Toil
 
     return bool(locator) and Toil.parseLocator(str(locator))[0] == "file"
+
+
+def _requirement(requirer: Requirer, name: str, default: Any) -> Any:
+    """A requirement of ``requirer``, or ``default`` where neither it nor Toil's config sets one."""
+    try:
+        value = getattr(requirer, name)
+    except AttributeError:
+        return default
+    return default if value is None else value
 
 
 def _update_info(batch_id: int, c: dict | None, cr_uuid: str) -> UpdatedBatchJobInfo:

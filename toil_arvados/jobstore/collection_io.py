@@ -23,7 +23,7 @@ from typing import IO, Any, Iterator
 import arvados.collection
 from arvados.arvfile import ArvadosFile, WrappableFile
 
-from toil_arvados.arvados_client import NUM_RETRIES
+from toil_arvados.arvados_client import KEEP_RETRIES as NUM_RETRIES
 
 logger = logging.getLogger(__name__)
 
