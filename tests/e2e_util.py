@@ -59,3 +59,10 @@ def container(api: Any, uuid: str) -> dict:
 def wait_container_state(api: Any, uuid: str, state: str, timeout: float = 30.0) -> dict:
     return wait_for(lambda: container(api, uuid), lambda c: c["state"] == state, timeout,
                     f"container {uuid} to be {state}")
+
+
+def admin_client(cfg: Any) -> Any:
+    """An SDK client for a cluster config's cluster, with its admin token (private clusters)."""
+    import arvados
+
+    return arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2)

@@ -5,7 +5,7 @@ then started again on the same address. The leader (reconciler, event bus, job s
 step process must wait it out with backoff and finish the workflow; nothing is submitted twice
 (a create whose answer was lost is looked up, not repeated), and no step is run again by Toil.
 
-Its own cluster on a fresh state directory: the session cluster must not be stopped under the
+Its own cluster (the ``own_cluster`` fixture): the session cluster must not be stopped under the
 other tests.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from toil_arvados.arvados_client import PROPERTY_SUBMISSION
 from toil_arvados.localcluster import control
 
+from e2e_util import admin_client
 from toil_cli import TOIL_CWL_RUNNER, Background, containers_by_uuid, poll_until, project_requests, toil_env
 
 OUTAGE_SECONDS = 20  # how long the cluster is down: the thing under test, not a readiness wait
@@ -47,22 +48,6 @@ steps:
 """
 
 
-@pytest.fixture
-def own_cluster(tmp_path: Path):
-    state = tmp_path / "outage-cluster"
-    cfg = control.up(state, cores=2, ram=2 << 30)
-    try:
-        yield state, cfg
-    finally:
-        control.down(state)
-
-
-def _client(cfg):
-    import arvados
-
-    return arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2)
-
-
 def _up_on_same_port(state: Path, port: int):
     """Start the cluster again on its old address. Until ``up`` can reuse a port at once (lifecycle
     branch), the old server's connections may hold it in TIME_WAIT for about a minute."""
@@ -78,7 +63,7 @@ def _up_on_same_port(state: Path, port: int):
 
 def test_workflow_rides_out_a_cluster_outage(own_cluster, tmp_path: Path) -> None:
     state, cfg = own_cluster
-    api = _client(cfg)
+    api = admin_client(cfg)
     project = api.groups().create(body={"group": {"name": "outage", "group_class": "project"}},
                                   ensure_unique_name=True).execute()["uuid"]
     wf = tmp_path / "scatter.cwl"
@@ -113,7 +98,7 @@ def test_workflow_rides_out_a_cluster_outage(own_cluster, tmp_path: Path) -> Non
     outputs = json.loads(done.stdout)["out"]
     assert sorted(Path(o["path"]).read_text() for o in outputs) == ["alpha-done\n", "beta-done\n", "gamma-done\n"]
 
-    api = _client(cfg2)
+    api = admin_client(cfg2)
     crs = project_requests(api, project)
     steps = [cr for cr in crs if cr["properties"].get("toil_step")]
     # One request per scatter element: no create repeated after a lost answer, no step re-run by

@@ -123,3 +123,34 @@ def test_list_all_pages_over_more_than_one_page(api, project: str) -> None:
     assert len(found) == 7  # no record twice across page boundaries
     some = sorted(made)[:5]
     assert {r["uuid"] for r in gw.list_all(api.collections().list, [["uuid", "in", some]], page_size=2)} == set(some)
+
+
+class _Down:
+    """An SDK resource whose requests fail as if the host were down, ``failures`` times."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def get(self, **_: object) -> _Exec:
+        def run() -> dict:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise ConnectionRefusedError(111, "refused")
+            return {"uuid": "x"}
+        return _Exec(run)
+
+
+def test_patient_client_fails_fast_at_start_up_and_rides_out_outages_after(monkeypatch) -> None:
+    monkeypatch.setattr(gw.time, "sleep", lambda s: None)
+    monkeypatch.delenv(gw.STARTED_ENV, raising=False)
+    down = _Down(failures=3)
+    sdk = type("Sdk", (), {"_rootDesc": {"resources": {"collections": {}}}, "collections": lambda self: down,
+                           "api_token": "t"})()
+    client = gw.PatientClient(sdk)
+    assert client.api_token == "t" and gw.unwrapped(client) is sdk
+    with pytest.raises(ConnectionRefusedError):  # the leader's first contact: say so at once
+        client.collections().get(uuid="x").execute()
+    assert down.calls == 1
+    monkeypatch.setenv(gw.STARTED_ENV, "1")  # the workflow runs: wait for the cluster to return
+    assert client.collections().get(uuid="x").execute() == {"uuid": "x"}
+    assert down.calls == 4

@@ -291,5 +291,5 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
     if case == "unreachable host":
         assert done.seconds < 30, done.describe()
     if case == "too many cores":
-        assert f"largest instance type offers {cluster.cores} cores" in line, done.describe()
+        assert f"largest suitable instance type offers {cluster.cores} cores" in line, done.describe()
     assert project_requests(api, clean_project) == []  # nothing was submitted

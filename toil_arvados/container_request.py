@@ -269,18 +269,19 @@ def unfit(rc: Mapping[str, Any], mounts: Mapping[str, Mapping[str, Any]], schedu
             return Unfit(resource, available, f"no instance type of the cluster offers {what}")
     types = [t for t in types if all(ok(t) for _, ok, _, _ in kinds)]
     sizes = [
-        ("cores", lambda t: int(t.get("VCPUs") or 0) >= int(rc.get("vcpus") or 0), "VCPUs",
-         f"{rc.get('vcpus')} vcpus"),
-        ("memory", lambda t: int(t.get("RAM") or 0) >= ram, "RAM",
+        ("cores", lambda t: int(t.get("VCPUs") or 0) >= int(rc.get("vcpus") or 0), "VCPUs", "cores",
+         f"{rc.get('vcpus')} cores"),
+        ("memory", lambda t: int(t.get("RAM") or 0) >= ram, "RAM", "bytes of RAM",
          f"{ram} bytes of RAM (ram + keep cache + ReserveExtraRAM, less 5% of the instance's)"),
         ("disk", lambda t: not int(t.get("Scratch") or 0) or int(t["Scratch"]) >= scratch, "Scratch",
-         f"{scratch} bytes of scratch (tmp mounts + image + keep cache)"),
+         "bytes of scratch", f"{scratch} bytes of scratch (tmp mounts + image + keep cache)"),
     ]
-    if any(all(ok(t) for _, ok, _, _ in sizes) for t in types):
+    if any(all(ok(t) for _, ok, _, _, _ in sizes) for t in types):
         return None
-    for resource, ok, field_name, what in sizes:
+    for resource, ok, field_name, unit, what in sizes:
         if not any(ok(t) for t in types):
-            return Unfit(resource, max(int(t.get(field_name) or 0) for t in types),
-                         f"no suitable instance type of the cluster offers {what}")
+            available = max(int(t.get(field_name) or 0) for t in types)
+            return Unfit(resource, available,
+                         f"it needs {what}, but the largest suitable instance type offers {available} {unit}")
     return Unfit("cores", None, "no single instance type of the cluster offers all of: "
-                 + ", ".join(what for _, _, _, what in sizes))
+                 + ", ".join(what for _, _, _, _, what in sizes))

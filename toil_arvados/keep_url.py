@@ -127,7 +127,9 @@ def session() -> KeepSession:
     with _sessions_lock:
         sess = _sessions.get(key)
         if sess is None:
-            api = arvados.api_from_config("v1", apiconfig=settings, num_retries=NUM_RETRIES)
+            from . import arvados_client  # the one gateway: same client, retries and outage policy
+
+            api = arvados_client.connect()
             keep = arvados.KeepClient(api_client=api, num_retries=NUM_RETRIES, num_prefetch_threads=1,
                                       block_cache=arvados.KeepBlockCache(cache_max=BLOCK_CACHE_BYTES))
             sess = _sessions[key] = KeepSession(api=api, keep=keep, host=host, identity=key)
