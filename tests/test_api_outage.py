@@ -61,8 +61,11 @@ def _up_on_same_port(state: Path, port: int):
             time.sleep(1)
 
 
-def test_workflow_rides_out_a_cluster_outage(own_cluster, tmp_path: Path) -> None:
+def test_workflow_rides_out_a_cluster_outage(own_cluster, built_images, tmp_path: Path) -> None:
+    from conftest import store_images
+
     state, cfg = own_cluster
+    store_images(cfg, [built_images["worker"]])  # the steps run in the default (worker) image
     api = admin_client(cfg)
     project = api.groups().create(body={"group": {"name": "outage", "group_class": "project"}},
                                   ensure_unique_name=True).execute()["uuid"]
