@@ -154,3 +154,16 @@ def test_patient_client_fails_fast_at_start_up_and_rides_out_outages_after(monke
     monkeypatch.setenv(gw.STARTED_ENV, "1")  # the workflow runs: wait for the cluster to return
     assert client.collections().get(uuid="x").execute() == {"uuid": "x"}
     assert down.calls == 4
+
+
+def test_a_short_budget_is_not_stretched_by_the_patient_client(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(gw.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(gw.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setenv(gw.STARTED_ENV, "1")
+    down = _Down(failures=10**6)
+    sdk = type("Sdk", (), {"_rootDesc": {"resources": {"collections": {}}}, "collections": lambda self: down})()
+    client = gw.PatientClient(sdk)
+    with pytest.raises(ConnectionRefusedError):
+        gw.call(lambda: client.collections().get(uuid="x"), "cancel", budget=10.0)
+    assert clock[0] <= 10.0  # gave up within its own budget, not the client's ten minutes

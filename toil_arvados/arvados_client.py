@@ -139,8 +139,11 @@ def retrying(fn: Callable[[], T], what: str, budget: float = OUTAGE_BUDGET,
 
 
 def call(make_request: Callable[[], Any], what: str, budget: float = OUTAGE_BUDGET) -> Any:
-    """Execute an (idempotent) SDK request, retrying through an outage: ``call(lambda: api.x().get(...))``."""
-    return retrying(lambda: make_request().execute(), what, budget)
+    """Execute an (idempotent) SDK request, retrying through an outage: ``call(lambda: api.x().get(...))``.
+
+    ``budget`` is the whole wait: the request is executed unwrapped, so a patient client's own
+    (longer) retries do not stretch it."""
+    return retrying(lambda: unwrapped(make_request()).execute(), what, budget)
 
 
 def _execute_once(request: Any) -> Any:
@@ -175,8 +178,8 @@ def create_request(api: Any, body: dict, what: str, budget: float = OUTAGE_BUDGE
     def attempt() -> dict:
         nonlocal uncertain
         if uncertain:
-            found = api.container_requests().list(
-                filters=[[f"properties.{PROPERTY_SUBMISSION}", "=", token]], limit=1, count="none").execute()
+            found = unwrapped(api.container_requests().list(
+                filters=[[f"properties.{PROPERTY_SUBMISSION}", "=", token]], limit=1, count="none")).execute()
             if found["items"]:
                 logger.info("Found %s (%s) created before the connection dropped", found["items"][0]["uuid"], what)
                 return found["items"][0]
@@ -208,7 +211,9 @@ def list_all(method: Callable[..., Any], filters: list, select: list[str] | None
         return out
     import arvados.util
 
-    fn = method if page_size is None else (lambda **kw: method(**{**kw, "limit": page_size}))
+    # Pages are fetched unwrapped: ``budget`` bounds the whole listing, not each page.
+    fn = (lambda **kw: unwrapped(method(**kw))) if page_size is None else \
+        (lambda **kw: unwrapped(method(**{**kw, "limit": page_size})))
     kwargs: dict[str, Any] = {"filters": filters}
     if select is not None:
         kwargs["select"] = list(select)
@@ -239,7 +244,7 @@ def log_tail(api: Any, log_collection_ref: str, lines: int, budget: float = 60.0
     import arvados.collection
 
     def read() -> tuple[str, list[str]] | None:
-        logs = arvados.collection.CollectionReader(log_collection_ref, api_client=api, keep_client=api.keep)
+        logs = arvados.collection.CollectionReader(log_collection_ref, api_client=unwrapped(api), keep_client=api.keep)
         for name in _LOG_FILES:
             if name in logs:
                 with logs.open(name) as f:
