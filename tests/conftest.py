@@ -122,3 +122,16 @@ def clean_project(api, project):
 
     yield project
     cancel_all(api, project)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path):
+    """A private cluster (1 core, 1 GiB) on a fresh state dir, for tests that stop and start it:
+    the session cluster must not be stopped under the other tests. Yields (state dir, config)."""
+    state = tmp_path / "own-cluster"
+    cfg = control.up(state, cores=1, ram=1 << 30)
+    try:
+        yield state, cfg
+    finally:
+        control.down(state)
+

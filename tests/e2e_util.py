@@ -79,3 +79,10 @@ def collection_files(api: Any, locator: str) -> dict[str, bytes]:
 
     walk(reader, "")
     return out
+
+
+def admin_client(cfg: Any) -> Any:
+    """An SDK client for a cluster config's cluster, with its admin token (private clusters)."""
+    import arvados
+
+    return arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2)

@@ -63,7 +63,7 @@ def test_streams_network_time_limit_gpu_and_reuse_switches() -> None:
         _inv(stdin={"kind": "collection", "portable_data_hash": PDH, "path": "stage/stg0/in.txt"},
              stdout="out.txt", stderr="err.txt", network=True, timelimit=30, cuda_devices=1, preemptible=True,
              reuse=False),
-        StepSettings(project_uuid="p", max_attempts=2), step="s", tool="t")
+        StepSettings(project_uuid="p", max_attempts=2, preemptible_instances=True), step="s", tool="t")
     m = body["mounts"]
     assert m["stdin"]["path"] == "stage/stg0/in.txt"
     assert m["stdout"] == {"kind": "file", "path": "/var/spool/cwl/out.txt"}
@@ -185,3 +185,32 @@ def test_tool_ids_keep_no_leader_directory() -> None:
     assert portable_tool_id("/home/u/wf/tool.cwl") == "tool.cwl"
     assert portable_tool_id("keep:99999999999999999999999999999999+99/wf.cwl#x") == \
         "keep:99999999999999999999999999999999+99/wf.cwl#x"
+
+
+def test_cuda_requirement_becomes_an_arvados_3_gpu_constraint() -> None:
+    """cudaVersionMin -> driver_version "X.Y", cudaComputeCapability -> hardware_target (list of strings)."""
+    body = step_request_body(_inv(cuda_devices=2, cuda_version_min="11.4", cuda_compute_capability=("7.5",)),
+                             StepSettings(project_uuid="p"), step="s", tool="t")
+    assert body["runtime_constraints"]["gpu"] == {"device_count": 2, "stack": "cuda", "driver_version": "11.4",
+                                                  "hardware_target": ["7.5"], "vram": 0}
+    many = step_request_body(_inv(cuda_devices=1, cuda_version_min="12", cuda_compute_capability=("8.0", "9.0")),
+                             StepSettings(project_uuid="p"), step="s", tool="t")
+    assert many["runtime_constraints"]["gpu"]["driver_version"] == "12.0"
+    assert many["runtime_constraints"]["gpu"]["hardware_target"] == ["8.0", "9.0"]
+
+
+def test_use_preemptible_only_where_the_cluster_has_preemptible_instances() -> None:
+    def sched(preemptible, instances):
+        return step_request_body(_inv(preemptible=preemptible),
+                                 StepSettings(project_uuid="p", preemptible_instances=instances),
+                                 step="s", tool="t")["scheduling_parameters"]
+
+    assert sched(True, False) == {}  # Arvados would refuse preemptible: true here
+    assert sched(True, True) == {"preemptible": True}
+    assert sched(False, False) == {"preemptible": False}
+    assert sched(None, True) == {}
+
+
+def test_names_are_cut_to_255_characters() -> None:
+    body = step_request_body(_inv(name="n" * 400), StepSettings(project_uuid="p"), step="s", tool="t")
+    assert len(body["name"]) == 255 and len(body["output_name"]) == 255

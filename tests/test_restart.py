@@ -1,40 +1,23 @@
 """A cluster keeps its state across ``down``/``up``: collections, blocks, containers and tokens.
 
-This test runs its own cluster on a fresh state directory (the session cluster must not be
+This test runs its own cluster (the ``own_cluster`` fixture: the session cluster must not be
 stopped under the other tests).
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import arvados
 import arvados.collection
-import pytest
 
 from toil_arvados.localcluster import control
-from e2e_util import container, create_request, request_body, wait_final
-
-
-def _client(cfg):
-    return arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2)
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path):
-    state = tmp_path / "restart-cluster"
-    cfg = control.up(state, cores=1, ram=1 << 30)
-    try:
-        yield state, cfg
-    finally:
-        control.down(state)
+from e2e_util import admin_client, container, create_request, request_body, wait_final
 
 
 def test_state_survives_down_and_up(own_cluster, built_images) -> None:
     from conftest import TEST_IMAGE, store_images
 
     state, cfg = own_cluster
-    api = _client(cfg)
+    api = admin_client(cfg)
     image = TEST_IMAGE
     store_images(cfg, [built_images[TEST_IMAGE]])
 
@@ -57,7 +40,7 @@ def test_state_survives_down_and_up(own_cluster, built_images) -> None:
     cfg2 = control.up(state)
     assert cfg2.root_token == cfg.root_token and cfg2.blob_signing_key == cfg.blob_signing_key
 
-    api2 = _client(cfg2)
+    api2 = admin_client(cfg2)
     assert api2.users().current().execute()["uuid"] == user  # the same token still works
     record = api2.collections().get(uuid=coll.manifest_locator()).execute()
     assert record["portable_data_hash"] == coll.portable_data_hash() and record["name"] == "before restart"

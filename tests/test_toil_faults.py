@@ -241,7 +241,7 @@ BAD_TOKEN = "v2/local-gj3su-0123456789abcde/thisisnotavalidsecretatalltoilarvado
 
 @pytest.mark.parametrize("case", ["bad token", "missing token", "unreachable host", "unknown project",
                                   "unknown job store project", "missing worker image", "too many cores",
-                                  "invalid CWL"])
+                                  "invalid CWL", "filter group as project"])
 def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env, cluster_env,
                                      tmp_path: Path) -> None:
     project = clean_project
@@ -271,6 +271,11 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
     elif case == "missing worker image":
         extra = ["--arvadosWorkerImage", "toil-arvados/no-such-image:1"]
         expect = "toil-arvados/no-such-image:1"
+    elif case == "filter group as project":  # a saved search cannot own requests
+        project = api.groups().create(body={"group": {"name": "saved search", "group_class": "filter",
+                                                      "owner_uuid": clean_project}},
+                                      ensure_unique_name=True).execute()["uuid"]
+        expect = f"{project} is a filter group"
     elif case == "invalid CWL":
         tool = _write(tmp_path, "bad.cwl", ECHO + "outputs: []\n")  # a second "outputs" key
         expect = 'duplicate key "outputs"'
@@ -291,5 +296,5 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
     if case == "unreachable host":
         assert done.seconds < 30, done.describe()
     if case == "too many cores":
-        assert f"largest instance type offers {cluster.cores} cores" in line, done.describe()
+        assert f"largest suitable instance type offers {cluster.cores} cores" in line, done.describe()
     assert project_requests(api, clean_project) == []  # nothing was submitted

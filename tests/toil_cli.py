@@ -130,17 +130,10 @@ def upload_text(api: Any, project: str, filename: str, data: bytes, name: str) -
 
 
 def list_all(resource: Any, filters: list, select: list[str] | None = None) -> list[dict]:
-    """Every matching record (paged by offset), oldest first."""
-    items: list[dict] = []
-    while True:
-        params: dict[str, Any] = {"filters": filters, "limit": 1000, "offset": len(items),
-                                  "order": ["created_at", "uuid"]}
-        if select:
-            params["select"] = select
-        page = resource.list(**params).execute()
-        items += page["items"]
-        if len(page["items"]) < 1000:
-            return items
+    """Every matching record, over as many pages as the server sends (the plugin's own paging)."""
+    from toil_arvados.arvados_client import list_all as gateway_list_all
+
+    return gateway_list_all(resource.list, filters, select)
 
 
 def project_requests(api: Any, project: str) -> list[dict]:

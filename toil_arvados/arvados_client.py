@@ -1,21 +1,38 @@
-"""One place to reach Arvados: client construction and user-facing error messages.
+"""The plugin's one gateway to Arvados: client, retries, error kinds, paging, cancel, logs.
 
 Credentials come from where the SDK always looks (``ARVADOS_API_HOST``/``ARVADOS_API_TOKEN``
 environment variables, ``~/.config/arvados/settings.conf``), never from the command line, and
 never appear in an error message. Failures become :class:`ArvadosSetupError`, one line that
 names the problem and what to do, which the command-line entry points print without a traceback.
+
+Two retry policies, because the two situations differ:
+
+* the very first contact (:func:`connect`, :func:`check_connection`) fails fast (about 10 s):
+  nothing has been submitted yet, and a wrong host or token must be said at once;
+* every later call (:func:`call`, :func:`retrying`) rides out an API or Keep outage: connection
+  errors and 5xx are retried with capped exponential backoff for up to :data:`OUTAGE_BUDGET`
+  seconds, so a cluster restart or a load balancer hiccup does not fail a running workflow.
+
+Errors are told apart by HTTP status (:func:`error_kind`), never by message text.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import random
+import re
 import threading
-from typing import Any
+import time
+import uuid as uuidlib
+from typing import Any, Callable, TypeVar
 
 logger = logging.getLogger(__name__)
 
 NUM_RETRIES = 5
+# Keep transfers of the job store: the SDK's Keep client backs off 2, 4, ... 60 s between tries,
+# so 8 tries ride out about 4 minutes of Keep being away.
+KEEP_RETRIES = 8
 # The first contact (the discovery document) retries less: with NUM_RETRIES the SDK's randomised
 # exponential backoff keeps a leader pointed at a dead host waiting 30-60 s before it can say so.
 CONNECT_RETRIES = 3
@@ -23,6 +40,272 @@ CONNECT_RETRIES = 3
 
 class ArvadosSetupError(Exception):
     """A configuration problem the user must fix (bad token, unknown project, missing image...)."""
+
+
+# -- error kinds -------------------------------------------------------------------------------
+
+AUTH = "auth"  # 401/403: the token is wrong, expired or lacks permission
+NOT_FOUND = "not_found"  # 404
+CONFLICT = "conflict"  # 409/422: the request clashes with what exists (e.g. a duplicate name) or is invalid
+RETRYABLE = "retryable"  # 5xx, 408/429 and connection errors: the cluster may answer later
+OTHER = "other"
+
+# Later calls retry this long (seconds) through an outage; the first contact fails fast instead.
+OUTAGE_BUDGET = 600.0
+_BACKOFF_START, _BACKOFF_MAX = 1.0, 30.0
+_CONNECTION_ERROR_NAMES = ("ServerNotFoundError", "HttpLib2Error", "RemoteDisconnected", "IncompleteRead",
+                           "RelativeURIError")
+
+T = TypeVar("T")
+
+
+def kind_of_status(status: int) -> str:
+    """The kind of an HTTP status the API answered with (pure)."""
+    if status in (401, 403):
+        return AUTH
+    if status == 404:
+        return NOT_FOUND
+    if status in (409, 422):
+        return CONFLICT
+    if status in (408, 429) or status >= 500:
+        return RETRYABLE
+    return OTHER
+
+
+def status_of(error: BaseException) -> int | None:
+    """The HTTP status behind an SDK error: ``ApiError.resp.status`` or Keep's ``HttpError.status_code``."""
+    status = getattr(getattr(error, "resp", None), "status", None)
+    if status is None:
+        status = getattr(error, "status_code", None)
+    try:
+        return int(status) if status is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def error_kind(error: BaseException) -> str:
+    """Classify an exception from an API or Keep call by status code or exception type, never by text."""
+    status = status_of(error)
+    if status is not None:
+        return kind_of_status(status)
+    keep_errors = getattr(error, "request_errors", None)
+    if callable(keep_errors):  # arvados.errors.KeepRequestError: one outcome per Keep service
+        if type(error).__name__ == "NotFoundError":
+            return NOT_FOUND
+        outcomes = list(keep_errors().values())
+        if not outcomes or any(error_kind(o) == RETRYABLE for o in outcomes if isinstance(o, BaseException)):
+            return RETRYABLE
+        return OTHER
+    if isinstance(error, (OSError, TimeoutError)) or type(error).__name__ in _CONNECTION_ERROR_NAMES \
+            or any(c.__name__ in _CONNECTION_ERROR_NAMES for c in type(error).__mro__):
+        return RETRYABLE
+    if type(error).__module__.startswith("pycurl"):  # Keep client transport errors
+        return RETRYABLE
+    return OTHER
+
+
+def is_retryable(error: BaseException) -> bool:
+    return error_kind(error) == RETRYABLE
+
+
+# -- retries -----------------------------------------------------------------------------------
+
+def retrying(fn: Callable[[], T], what: str, budget: float = OUTAGE_BUDGET,
+             sleep: Callable[[float], None] = time.sleep) -> T:
+    """``fn()``, retried through connection errors and 5xx with capped exponential backoff.
+
+    Only for idempotent work (reads, updates to a fixed value, Keep transfers); creates go
+    through :func:`create_request`, which first looks for what an earlier attempt made. Gives
+    up, re-raising the last error, when the next wait would pass ``budget`` seconds.
+    """
+    deadline = time.monotonic() + budget
+    delay = _BACKOFF_START
+    failing_since: float | None = None
+    while True:
+        try:
+            result = fn()
+        except Exception as e:
+            if not is_retryable(e) or time.monotonic() + delay > deadline:
+                raise
+            if failing_since is None:
+                failing_since = time.monotonic()
+                logger.warning("%s; retrying for up to %.0f s", describe(e, f"Arvados unavailable ({what})"), budget)
+            sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(_BACKOFF_MAX, delay * 2)
+            continue
+        if failing_since is not None:
+            logger.warning("Arvados answers again (%s) after %.0f s", what, time.monotonic() - failing_since)
+        return result
+
+
+def call(make_request: Callable[[], Any], what: str, budget: float = OUTAGE_BUDGET) -> Any:
+    """Execute an (idempotent) SDK request, retrying through an outage: ``call(lambda: api.x().get(...))``.
+
+    ``budget`` is the whole wait: the request is executed unwrapped, so a patient client's own
+    (longer) retries do not stretch it."""
+    return retrying(lambda: unwrapped(make_request()).execute(), what, budget)
+
+
+def _execute_once(request: Any) -> Any:
+    """Execute without the SDK's own retries: a create the SDK re-sent after a dropped connection
+    could exist twice. The HTTP object is this thread's own (the SDK's client is per thread)."""
+    request = unwrapped(request)
+    http = getattr(request, "http", None)
+    saved = getattr(http, "num_retries", None)
+    if saved is None:
+        return request.execute()
+    http.num_retries = 0
+    try:
+        return request.execute(num_retries=0)
+    finally:
+        http.num_retries = saved
+
+
+PROPERTY_SUBMISSION = "toil_submission_id"
+
+
+def create_request(api: Any, body: dict, what: str, budget: float = OUTAGE_BUDGET, **kwargs: Any) -> dict:
+    """Create a container request exactly once, even if the connection drops mid-call.
+
+    The body carries a fresh :data:`PROPERTY_SUBMISSION`; after a failed attempt that may have
+    reached the server, the next attempt first looks the request up by it, so a workflow never
+    runs the same step twice because an answer was lost.
+    """
+    token = uuidlib.uuid4().hex
+    body = {**body, "properties": {**(body.get("properties") or {}), PROPERTY_SUBMISSION: token}}
+    uncertain = False
+
+    def attempt() -> dict:
+        nonlocal uncertain
+        if uncertain:
+            found = unwrapped(api.container_requests().list(
+                filters=[[f"properties.{PROPERTY_SUBMISSION}", "=", token]], limit=1, count="none")).execute()
+            if found["items"]:
+                logger.info("Found %s (%s) created before the connection dropped", found["items"][0]["uuid"], what)
+                return found["items"][0]
+        uncertain = True
+        return _execute_once(api.container_requests().create(body={"container_request": body}, **kwargs))
+
+    return retrying(attempt, what, budget)
+
+
+# -- paging, cancel, logs ------------------------------------------------------------------------
+
+_UUID_CHUNK = 500  # uuids per ``in`` filter: keeps request bodies modest
+
+
+def list_all(method: Callable[..., Any], filters: list, select: list[str] | None = None, *,
+             what: str = "list", page_size: int | None = None, budget: float = OUTAGE_BUDGET) -> list[dict]:
+    """Every record ``method`` (e.g. ``api.containers().list``) finds, over as many pages as the
+    server chooses to send (the SDK's keyset paging; never assumes a page size).
+
+    ``page_size`` asks for smaller pages (tests). A long ``uuid in`` filter is split into chunks.
+    """
+    uuid_filter = next((f for f in filters if f[0] == "uuid" and f[1] == "in"), None)
+    if uuid_filter is not None and len(uuid_filter[2]) > _UUID_CHUNK:
+        uuids = list(uuid_filter[2])
+        out: list[dict] = []
+        for i in range(0, len(uuids), _UUID_CHUNK):
+            chunk = [f if f is not uuid_filter else ["uuid", "in", uuids[i:i + _UUID_CHUNK]] for f in filters]
+            out += list_all(method, chunk, select, what=what, page_size=page_size, budget=budget)
+        return out
+    import arvados.util
+
+    # Pages are fetched unwrapped: ``budget`` bounds the whole listing, not each page.
+    fn = (lambda **kw: unwrapped(method(**kw))) if page_size is None else \
+        (lambda **kw: unwrapped(method(**{**kw, "limit": page_size})))
+    kwargs: dict[str, Any] = {"filters": filters}
+    if select is not None:
+        kwargs["select"] = list(select)
+    return retrying(lambda: list(arvados.util.keyset_list_all(fn, **kwargs)), what, budget)
+
+
+def cancel_request(api: Any, cr_uuid: str, budget: float = OUTAGE_BUDGET) -> None:
+    """Priority 0 is Arvados' cancel: the container stops unless another request shares it."""
+    call(lambda: api.container_requests().update(uuid=cr_uuid, body={"container_request": {"priority": 0}}),
+         f"cancel {cr_uuid}", budget)
+
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")
+_LOG_FILES = ("stderr.txt", "crunch-run.txt")
+
+
+def untimestamped(line: str) -> str:
+    """A crunch log line without the timestamp crunch-run puts in front of it (pure)."""
+    return _TIMESTAMP.sub("", line, count=1)
+
+
+def log_tail(api: Any, log_collection_ref: str, lines: int, budget: float = 60.0) -> tuple[str, list[str]] | None:
+    """The last ``lines`` lines of a request's log (``log_uuid``): stderr, else crunch-run's own log.
+
+    Read through the *request's* log collection, the one users can read (the container's own log
+    belongs to the dispatcher). Returns the file's name and its lines, timestamps stripped.
+    """
+    import arvados.collection
+
+    def read() -> tuple[str, list[str]] | None:
+        logs = arvados.collection.CollectionReader(log_collection_ref, api_client=unwrapped(api), keep_client=api.keep)
+        for name in _LOG_FILES:
+            if name in logs:
+                with logs.open(name) as f:
+                    tail = f.read().splitlines()[-lines:]
+                if tail:
+                    return name, [untimestamped(line) for line in tail]
+        return None
+
+    return retrying(read, f"read log {log_collection_ref}", budget)
+
+
+# -- events --------------------------------------------------------------------------------------
+
+# Arvados' websocket server (ws, session_v0.go) honours only these filters; the rest is ignored
+# there, so clients filter e.g. by object kind themselves.
+_WS_FILTER_FIELDS = ("event_type", "created_at")
+
+
+def ws_filters(event_types: list[str]) -> list[list[Any]]:
+    """The subscription filters a real ws server applies: ``event_type in [...]`` only (pure)."""
+    return [["event_type", "in", list(event_types)]]
+
+
+def subscribe_events(api: Any, event_types: list[str], on_event: Callable[[dict], None]) -> Any:
+    """A websocket subscription that survives outages: it reconnects with capped backoff for as
+    long as it is open, where the SDK's client gives up after ~4 min and interrupts the main
+    thread. ``on_event`` must do its own filtering beyond event types (see :func:`ws_filters`).
+    Raises if the first connection fails (callers then rely on polling)."""
+    import arvados.events
+
+    class PatientEventClient(arvados.events.EventClient):  # type: ignore[misc, name-defined]
+        def on_closed(self) -> None:
+            delay = _BACKOFF_START
+            while not self.is_closed.is_set():
+                try:
+                    self._connect()
+                    logger.info("Arvados event bus: reconnected")
+                    return
+                except Exception as e:
+                    logger.debug("Arvados event bus: reconnect failed: %s", scrub(str(e)))
+                self.is_closed.wait(delay * random.uniform(0.8, 1.2))
+                delay = min(_BACKOFF_MAX, delay * 2)
+
+    def deliver(event: dict) -> None:
+        try:
+            on_event(event)
+        except Exception:  # the SDK would interrupt the main thread
+            logger.exception("error handling Arvados event %s", event.get("id"))
+
+    endpoint = api._rootDesc.get("websocketUrl")
+    if not endpoint:
+        raise ArvadosSetupError("the cluster advertises no websocket endpoint")
+    return PatientEventClient(f"{endpoint}?api_token={api.api_token}", ws_filters(event_types), deliver)
+
+
+def missing_image_message(image: str, what: str) -> str:
+    """One line saying that ``image`` is not in Keep, and how to put it there."""
+    repo, _, tag = image.partition(":")
+    return (f"{what} {image} not found in Keep on {api_host()}: upload it with "
+            f"`arv-keepdocker {repo} {tag or 'latest'}` (local cluster: "
+            f"`toil-arvados cluster register-image {image}`)")
 
 
 _clients: dict[tuple[str, str], Any] = {}
@@ -35,8 +318,25 @@ def api_host() -> str:
     return os.environ.get("ARVADOS_API_HOST") or arvados.config.get("ARVADOS_API_HOST", "")
 
 
+# Set (in the leader's environment, inherited by its step processes and given to workers) once
+# the leader's first contact succeeded: from then on even connecting rides out an outage.
+STARTED_ENV = "TOIL_ARVADOS_STARTED"
+
+
+def started() -> bool:
+    """Whether this process belongs to a running workflow (not a leader's very first contact)."""
+    return bool(os.environ.get(STARTED_ENV))
+
+
+def mark_started() -> None:
+    os.environ[STARTED_ENV] = "1"
+
+
 def connect() -> Any:
-    """A thread-safe SDK client for the configured cluster (cached per host and token)."""
+    """A thread-safe SDK client for the configured cluster (cached per host and token).
+
+    Fails fast (one line, ~10 s) at a leader's first contact; rides out an outage in processes
+    of a running workflow (:func:`started`)."""
     import arvados
     import arvados.config
 
@@ -52,13 +352,73 @@ def connect() -> Any:
         if client is None:
             insecure = (os.environ.get("ARVADOS_API_HOST_INSECURE")
                         or arvados.config.get("ARVADOS_API_HOST_INSECURE", "")).lower() in ("1", "true", "yes")
+            def build() -> Any:
+                return arvados.api("v1", host=host, token=token, insecure=insecure, num_retries=CONNECT_RETRIES)
             try:
-                client = arvados.api("v1", host=host, token=token, insecure=insecure, num_retries=CONNECT_RETRIES)
+                client = retrying(build, "connect", OUTAGE_BUDGET if started() else 0.0)
             except Exception as e:
                 raise ArvadosSetupError(describe(e, f"cannot reach the Arvados API at {host}")) from None
             _full_retries(client)
-            _clients[key] = client
+            client = _clients[key] = PatientClient(client)
     return client
+
+
+class PatientClient:
+    """The SDK client, with every ``execute()`` riding out an outage once the workflow started.
+
+    Code that only knows the SDK (collections, the Keep job store, ``list_images_in_arv``) gets
+    the outage policy without change: a resource method's request retries connection errors and
+    5xx through :func:`retrying` — for up to :data:`OUTAGE_BUDGET` in a started workflow
+    (:func:`started`), not at all beyond the SDK's own retries before (fail fast at start-up).
+    Creates whose repetition matters go through :func:`create_request`, which unwraps it.
+    Everything else (``keep``, ``api_token``, ...) is the SDK client's own.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._resources = set((getattr(client, "_rootDesc", None) or {}).get("resources", {}))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in self._resources:
+            return attr
+        return lambda *args, **kwargs: _PatientResource(attr(*args, **kwargs), name)
+
+
+class _PatientResource:
+    def __init__(self, resource: Any, name: str) -> None:
+        self._resource, self._name = resource, name
+
+    def __getattr__(self, method: str) -> Any:
+        attr = getattr(self._resource, method)
+        if not callable(attr):
+            return attr
+
+        def request(*args: Any, **kwargs: Any) -> Any:
+            req = attr(*args, **kwargs)
+            return _PatientRequest(req, f"{self._name}.{method}") if hasattr(req, "execute") else req
+        return request
+
+
+class _PatientRequest:
+    def __init__(self, request: Any, what: str) -> None:
+        self._request, self._what = request, what
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return retrying(lambda: self._request.execute(*args, **kwargs), self._what,
+                        OUTAGE_BUDGET if started() else 0.0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def unwrapped(obj: Any) -> Any:
+    """The SDK's own client or request behind a patient one."""
+    if isinstance(obj, _PatientRequest):
+        return obj._request
+    if isinstance(obj, PatientClient):
+        return obj._client
+    return obj
 
 
 def _full_retries(client: Any) -> None:
@@ -93,7 +453,7 @@ def describe(error: BaseException, context: str) -> str:
         hint = ": check ARVADOS_API_TOKEN (it is missing, wrong or expired)"
     elif status == 403:
         hint = ": the token lacks permission for this"
-    elif status is None and "Connection" in type(error).__name__ + detail or "timed out" in detail:
+    elif status is None and error_kind(error) == RETRYABLE:
         hint = ": check ARVADOS_API_HOST and that the cluster is up"
     return scrub(f"{context}: {detail}{hint}")
 
@@ -110,7 +470,8 @@ def scrub(text: str) -> str:
 def check_connection(api: Any) -> dict:
     """The current user, or a clear error for a bad token / unreachable host."""
     try:
-        return api.users().current().execute()
+        return call(lambda: unwrapped(api).users().current(), "check the token",
+                    OUTAGE_BUDGET if started() else 0.0)
     except Exception as e:
         raise ArvadosSetupError(describe(e, f"cannot use the Arvados API at {api_host()}")) from None
 
@@ -130,14 +491,25 @@ def resolve_project(api: Any, project_uuid: str | None, user: dict) -> str:
                 f"project {project_uuid} not found on {api_host()}: check --arvadosProject "
                 "(list projects with `arv group list` or create one)") from None
         raise ArvadosSetupError(describe(e, f"cannot look up project {project_uuid}")) from None
-    if group.get("group_class") not in ("project", "filter"):
-        raise ArvadosSetupError(f"{project_uuid} is a {group.get('group_class')} group, not a project: "
+    return check_project_group(group)
+
+
+def check_project_group(group: dict) -> str:
+    """The group's uuid if it can own requests; a filter group or role cannot (Arvados refuses
+    objects owned by them), so say so in one line before anything is submitted."""
+    kind = group.get("group_class")
+    if kind == "filter":
+        raise ArvadosSetupError(f"{group['uuid']} is a filter group (a saved search), which cannot own "
+                                "container requests: give a project UUID to --arvadosProject")
+    if kind != "project":
+        raise ArvadosSetupError(f"{group['uuid']} is a {kind} group, not a project: "
                                 "give a project UUID to --arvadosProject")
-    return project_uuid
+    return str(group["uuid"])
 
 
-def image_exists(api: Any, image: str) -> bool:
-    """Whether ``image`` (``repo:tag`` or a portable data hash) is in Keep, as arv-keepdocker sees it."""
+def image_pdh(api: Any, image: str) -> str | None:
+    """The portable data hash of ``image`` (``repo:tag`` or a PDH) in Keep, as arv-keepdocker
+    resolves it (newest first); None when it is not there."""
     from arvados.commands.keepdocker import list_images_in_arv  # the SDK's own image lookup
 
     repo, _, tag = image.partition(":")
@@ -145,21 +517,27 @@ def image_exists(api: Any, image: str) -> bool:
         if _looks_like_pdh(image):
             found = api.collections().list(filters=[["portable_data_hash", "=", image]], limit=1,
                                            select=["uuid"]).execute()["items"]
-        else:
-            found = list_images_in_arv(api, NUM_RETRIES, repo, tag or "latest")
+            return image if found else None
+        found = list_images_in_arv(api, NUM_RETRIES, repo, tag or "latest")
+        if not found:
+            return None
+        return str(api.collections().get(uuid=found[0][0]).execute()["portable_data_hash"])
     except Exception as e:
         raise ArvadosSetupError(describe(e, f"cannot look up image {image}")) from None
-    return bool(found)
 
 
-def check_image(api: Any, image: str) -> None:
-    """Fail early, with the fix, when the worker image is not in Keep."""
-    repo, _, tag = image.partition(":")
-    if not image_exists(api, image):
-        raise ArvadosSetupError(
-            f"worker image {image} not found in Keep on {api_host()}: upload it with "
-            f"`arv-keepdocker {repo} {tag or 'latest'}` (local cluster: `toil-arvados cluster register-image {image}`), "
-            "or choose another with --arvadosWorkerImage")
+def image_exists(api: Any, image: str) -> bool:
+    """Whether ``image`` (``repo:tag`` or a portable data hash) is in Keep, as arv-keepdocker sees it."""
+    return image_pdh(api, image) is not None
+
+
+def check_image(api: Any, image: str) -> str:
+    """Fail early, with the fix, when the worker image is not in Keep; else its portable data hash."""
+    pdh = image_pdh(api, image)
+    if pdh is None:
+        raise ArvadosSetupError(missing_image_message(image, "worker image") + ", or choose another with "
+                                "--arvadosWorkerImage")
+    return pdh
 
 
 def _looks_like_pdh(value: str) -> bool:

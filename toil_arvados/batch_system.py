@@ -17,7 +17,6 @@ reuse the step across workflow runs and Workbench shows it under one parent requ
 """
 from __future__ import annotations
 
-import copy
 import logging
 import queue
 import shlex
@@ -49,9 +48,13 @@ from .cwl_step_request import PROPERTY_STEP_JOB_STORE_ID, PROPERTY_WORKFLOW_RUN,
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
     PROPERTY_WORKFLOW,
+    WORK_DIR,
     JobResources,
     SubmitSettings,
     container_request_body,
+    runtime_constraints,
+    scheduling_parameters,
+    unfit,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,8 @@ DEFAULT_MAX_STEPS = 32
 # local jobs share, so the leader never sees one ID twice.
 _STEP_ID_BASE = 1 << 40
 _STDERR_TAIL = 40  # lines of a failed job's stderr copied into Toil's log
-_LIST_CHUNK = 500  # uuids per batched list call (keeps URLs/bodies modest)
+_SHUTDOWN_BUDGET = 30.0  # seconds a cancel at shutdown waits through an outage
+_WATCHED_KINDS = ("arvados#containerRequest", "arvados#container")
 _COALESCE_SECONDS = 0.05
 _LOCAL_POLL_SECONDS = 0.1  # how often getUpdatedBatchJob also looks at the leader-local jobs  # gather completions arriving together into one batched lookup
 
@@ -98,10 +102,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         user = arvados_client.check_connection(self.api)
         project = arvados_client.resolve_project(self.api, getattr(config, "arvados_project", None), user)
         image = getattr(config, "arvados_worker_image", None) or DEFAULT_WORKER_IMAGE
-        arvados_client.check_image(self.api, image)
+        self.image_pdh = arvados_client.check_image(self.api, image)
         check_worker_image(self.api, image)
         cluster = arvados_client.cluster_config(self.api)
-        self.largest_instance = _largest_instance(cluster)
+        self.cluster = cluster
+        preemptible_instances = any((t or {}).get("Preemptible") for t in (cluster.get("InstanceTypes") or {}).values())
         # The image's interpreter: a container never sees the leader's files.
         python = getattr(config, "arvados_worker_python", None) or "python3"
         self.user_script: Resource | None = None
@@ -112,6 +117,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             reuse=bool(getattr(config, "arvados_reuse", False)),
             worker_python=python,
             max_attempts=getattr(config, "arvados_max_attempts", None),
+            preemptible_instances=preemptible_instances,
         )
         self.poll_interval = float(getattr(config, "arvados_poll_interval", None) or 10.0)
         self.native_steps = bool(getattr(config, "arvados_native_steps", True))
@@ -121,7 +127,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         self.step_settings = StepSettings(
             project_uuid=project, priority=self.settings.priority,
             reuse=bool(getattr(config, "arvados_step_reuse", True)),
-            max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID))
+            max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID),
+            preemptible_instances=preemptible_instances)
+        # Start-up checks passed: from here on, every process of this run rides out API outages.
+        arvados_client.mark_started()
         self._parent_request: str | None = None
         self._step_jobs: dict[int, str] = {}  # batch id of a step process -> its job store id
         self.stepBatch: SingleMachineBatchSystem | None = None
@@ -207,15 +216,19 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
     # -- resources -----------------------------------------------------------------------------
 
     def check_resource_request(self, requirer: Requirer) -> None:
+        """Refuse at once what no instance type can run, judged as dispatch-cloud judges the request
+        (RAM with keep cache and reserve, scratch with the image), instead of queueing it forever."""
         super().check_resource_request(requirer)
-        if self.largest_instance is None:
-            return
-        cores, ram = self.largest_instance
-        for resource, requested, available in (("cores", requirer.cores, cores), ("memory", requirer.memory, ram)):
-            if requested is not None and available and requested > available:
-                raise InsufficientSystemResources(
-                    requirer, resource, available,
-                    details=[f"The Arvados cluster's largest instance type offers {available} {resource}."])
+        res = JobResources(cores=_requirement(requirer, "cores", 1), memory=_requirement(requirer, "memory", 0),
+                           disk=_requirement(requirer, "disk", 0),
+                           accelerators=tuple(_requirement(requirer, "accelerators", ())),
+                           preemptible=bool(_requirement(requirer, "preemptible", False)))
+        why = unfit(runtime_constraints(res), {WORK_DIR: {"kind": "tmp", "capacity": int(res.disk)}},
+                    scheduling_parameters(res.preemptible or None, self.settings.preemptible_instances),
+                    self.image_pdh, self.cluster)
+        if why is not None:
+            raise InsufficientSystemResources(requirer, why.resource, why.available,
+                                              details=[f"Arvados: {why.detail}."])
 
     def _check_accelerator_request(self, requirer: Requirer) -> None:
         for acc in requirer.accelerators:
@@ -247,6 +260,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         env.update(job_environment or {})
         if self.user_script is not None:  # what Resource.register() would set in the worker
             env[self.user_script.resourceEnvNamePrefix + self.user_script.pathHash] = self.user_script.pickle()
+        env[arvados_client.STARTED_ENV] = "1"  # the worker, too, rides out outages
         existing = self._reattach.pop(str(job_desc.jobStoreID), None)
         if existing is not None:
             cr = existing
@@ -265,7 +279,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                                        preemptible=bool(job_desc.preemptible)),
                 settings=self.settings, environment=env)
             try:
-                cr = self.api.container_requests().create(body={"container_request": body}).execute()
+                cr = arvados_client.create_request(self.api, body, f"submit {job_desc}")
             except Exception as e:
                 raise ArvadosSetupError(describe(e, f"cannot submit {job_desc} as a container request")) from None
         job = _Job(batch_id, cr["uuid"], cr.get("container_uuid"), time.time(),
@@ -339,8 +353,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 "properties": {PROPERTY_WORKFLOW_RUN: str(self.config.workflowID), "type": "workflow"},
             }
             try:
-                cr = self.api.container_requests().create(body={"container_request": body},
-                                                          ensure_unique_name=True).execute()
+                cr = arvados_client.create_request(self.api, body, "record the workflow run",
+                                                   ensure_unique_name=True)
             except Exception as e:
                 logger.warning("%s", describe(e, "could not record the workflow run as a container request"))
                 self._parent_request = ""
@@ -360,15 +374,15 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         filters = [[f"properties.{PROPERTY_WORKFLOW}", "=", str(self.config.workflowID)],
                    ["state", "=", "Committed"], ["priority", ">", 0]]
         try:
-            for cr in _list_all(self.api.container_requests(), filters,
-                                ["uuid", "state", "container_uuid", "command", "properties"]):
+            for cr in arvados_client.list_all(self.api.container_requests().list, filters,
+                                              ["uuid", "state", "container_uuid", "command", "properties"]):
                 job_store_id = (cr.get("properties") or {}).get(PROPERTY_JOB_STORE_ID)
                 if job_store_id:
                     self._reattach[str(job_store_id)] = cr
             c_uuids = [cr["container_uuid"] for cr in self._reattach.values() if cr.get("container_uuid")]
             if c_uuids:  # one batched call, so re-attached jobs that are running count as running
-                states = {c["uuid"]: c["state"] for c in _list_all(self.api.containers(),
-                                                                   [["uuid", "in", c_uuids]], ["uuid", "state"])}
+                states = {c["uuid"]: c["state"] for c in arvados_client.list_all(
+                    self.api.containers().list, [["uuid", "in", c_uuids]], ["uuid", "state"])}
                 for cr in self._reattach.values():
                     cr["_container_state"] = states.get(cr.get("container_uuid") or "")
         except Exception as e:
@@ -393,19 +407,17 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 pass
 
     def _subscribe(self) -> Any:
-        import arvados.events
-
-        filters = [["object_uuid", "is_a", ["arvados#containerRequest", "arvados#container"]],
-                   ["event_type", "=", "update"]]
+        # Only ``event_type`` is filtered by the server (as Arvados' ws does); _on_event picks the
+        # kinds. Without the event bus the reconciler's batched polling carries on alone.
         try:
-            return arvados.events.subscribe(self.api, filters, self._on_event, poll_fallback=self.poll_interval)
+            return arvados_client.subscribe_events(self.api, ["update"], self._on_event)
         except Exception as e:
             logger.warning("%s; relying on polling every %.0fs", describe(e, "no event bus"), self.poll_interval)
             return None
 
     def _on_event(self, event: dict) -> None:
         uuid = event.get("object_uuid")
-        if not uuid:
+        if not uuid or event.get("object_kind") not in _WATCHED_KINDS:
             return
         state = ((event.get("properties") or {}).get("new_attributes") or {}).get("state")
         with self._lock:
@@ -449,13 +461,13 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             in_flight = {job.cr_uuid: job for job in self._jobs.values() if not job.final}
         if not in_flight:
             return
-        crs = _list_all(self.api.container_requests(), [["uuid", "in", list(in_flight)]],
-                        ["uuid", "state", "container_uuid"])
+        crs = arvados_client.list_all(self.api.container_requests().list, [["uuid", "in", list(in_flight)]],
+                                      ["uuid", "state", "container_uuid"])
         containers = {}
         c_uuids = [cr["container_uuid"] for cr in crs if cr.get("container_uuid")]
         if c_uuids:
-            containers = {c["uuid"]: c for c in _list_all(self.api.containers(), [["uuid", "in", c_uuids]],
-                                                          ["uuid", "state"])}
+            containers = {c["uuid"]: c for c in arvados_client.list_all(
+                self.api.containers().list, [["uuid", "in", c_uuids]], ["uuid", "state"])}
         with self._lock:
             for cr in crs:
                 job = in_flight[cr["uuid"]]
@@ -475,22 +487,23 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if not jobs:
             return
         fields = ["uuid", "state", "exit_code", "started_at", "finished_at", "runtime_status", "log"]
+        list_containers = self.api.containers().list
         known = [j.container_uuid for j in jobs if j.container_uuid]
-        containers = {c["uuid"]: c for c in _list_all(self.api.containers(), [["uuid", "in", known]], fields)} \
-            if known else {}
+        containers = {c["uuid"]: c for c in arvados_client.list_all(list_containers, [["uuid", "in", known]],
+                                                                    fields)} if known else {}
         # A request whose container we don't know, or which Arvados retried with a new container,
         # needs its current container_uuid: one more batched call for just those.
         stale = [j for j in jobs if containers.get(j.container_uuid or "", {}).get("state") not in ("Complete", "Cancelled")]
         crs: dict[str, dict] = {}
         if stale:
-            crs = {cr["uuid"]: cr for cr in _list_all(self.api.container_requests(),
-                                                      [["uuid", "in", [j.cr_uuid for j in stale]]],
-                                                      ["uuid", "container_uuid", "log_uuid", "state"])}
+            crs = {cr["uuid"]: cr for cr in arvados_client.list_all(
+                self.api.container_requests().list, [["uuid", "in", [j.cr_uuid for j in stale]]],
+                ["uuid", "container_uuid", "log_uuid", "state"])}
             extra = [cr["container_uuid"] for cr in crs.values()
                      if cr.get("container_uuid") and cr["container_uuid"] not in containers]
             if extra:
-                containers.update({c["uuid"]: c for c in _list_all(self.api.containers(),
-                                                                   [["uuid", "in", extra]], fields)})
+                containers.update({c["uuid"]: c for c in arvados_client.list_all(
+                    list_containers, [["uuid", "in", extra]], fields)})
             for j in stale:
                 j.container_uuid = crs.get(j.cr_uuid, {}).get("container_uuid") or j.container_uuid
         for job in jobs:
@@ -513,23 +526,17 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                  f"with exit status {info.exitStatus}"]
         if status.get("error"):
             lines.append(f"  Arvados: {status['error']}{': ' + status['errorDetail'] if status.get('errorDetail') else ''}")
-        log_ref = (c or {}).get("log") or cr.get("log_uuid")
-        if log_ref:
-            try:
-                import arvados.collection
-
-                logs = arvados.collection.CollectionReader(log_ref, api_client=self.api)
-                for name in ("stderr.txt", "crunch-run.txt"):
-                    if name in logs:
-                        with logs.open(name) as f:
-                            tail = f.read().splitlines()[-_STDERR_TAIL:]
-                        if tail:
-                            lines.append(f"  ---- {name} ({cr.get('log_uuid') or log_ref}) ----")
-                            lines.extend("  " + line for line in tail)
-                        if name == "stderr.txt" and tail:
-                            break
-            except Exception as e:
-                lines.append(f"  (could not read the log collection: {scrub(str(e)).splitlines()[0]})")
+        try:
+            # The request's own log collection: the container's belongs to the dispatcher.
+            log_uuid = cr.get("log_uuid") or arvados_client.call(
+                lambda: self.api.container_requests().get(uuid=job.cr_uuid, select=["uuid", "log_uuid"]),
+                f"look up {job.cr_uuid}", budget=60.0).get("log_uuid")
+            tail = arvados_client.log_tail(self.api, log_uuid, _STDERR_TAIL) if log_uuid else None
+            if tail:
+                lines.append(f"  ---- {tail[0]} ({log_uuid}) ----")
+                lines.extend("  " + line for line in tail[1])
+        except Exception as e:
+            lines.append(f"  (could not read the log collection: {scrub(str(e)).splitlines()[0]})")
         logger.error("%s", scrub("\n".join(lines)))
 
     # -- Toil's queries ------------------------------------------------------------------------
@@ -602,10 +609,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         for job in doomed:
             self._cancel(job.cr_uuid)
 
-    def _cancel(self, cr_uuid: str) -> None:
+    def _cancel(self, cr_uuid: str, budget: float = arvados_client.OUTAGE_BUDGET) -> None:
         """Priority 0 is Arvados' cancel: the container stops unless another request shares it."""
         try:
-            self.api.container_requests().update(uuid=cr_uuid, body={"container_request": {"priority": 0}}).execute()
+            arvados_client.cancel_request(self.api, cr_uuid, budget)
         except Exception as e:
             logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
 
@@ -616,11 +623,12 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             remaining = list(self._jobs.values())
             self._jobs.clear()
             self._by_cr.clear()
+        # Shutting down: a short wait per request through an outage, not the full budget each.
         for job in remaining:
             if not job.final:
-                self._cancel(job.cr_uuid)
+                self._cancel(job.cr_uuid, _SHUTDOWN_BUDGET)
         for cr in self._reattach.values():  # leftovers Toil did not ask for again
-            self._cancel(cr["uuid"])
+            self._cancel(cr["uuid"], _SHUTDOWN_BUDGET)
         with self._lock:
             events, self._events = self._events, None
         if events is not None:
@@ -649,7 +657,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         """Cancel every Committed request with priority > 0 that ``selector`` picks."""
         filters = [selector, ["state", "=", "Committed"], ["priority", ">", 0]]
         try:
-            for cr in _list_all(self.api.container_requests(), filters, ["uuid"]):
+            for cr in arvados_client.list_all(self.api.container_requests().list, filters, ["uuid"]):
                 self._cancel(cr["uuid"])
         except Exception as e:
             logger.warning("%s", describe(e, f"could not cancel {what}"))
@@ -681,34 +689,13 @@ def _is_file_job_store(locator: str | None) -> bool:
     return bool(locator) and Toil.parseLocator(str(locator))[0] == "file"
 
 
-def _largest_instance(cluster: dict) -> tuple[int, int] | None:
-    types = cluster.get("InstanceTypes") or {}
-    if not types:
-        return None
-    cores = max(int(t.get("VCPUs") or 0) for t in types.values())
-    ram = max(int(t.get("RAM") or 0) for t in types.values())
-    return cores, ram
-
-
-def _list_all(resource: Any, filters: list, select: list[str]) -> list[dict]:
-    """All matching records, asking for large uuid sets in chunks (one call per chunk)."""
-    uuid_filter = next((f for f in filters if f[0] == "uuid" and f[1] == "in"), None)
-    if uuid_filter is not None and len(uuid_filter[2]) > _LIST_CHUNK:
-        out: list[dict] = []
-        uuids = list(uuid_filter[2])
-        for i in range(0, len(uuids), _LIST_CHUNK):
-            chunk = [f if f is not uuid_filter else ["uuid", "in", uuids[i:i + _LIST_CHUNK]] for f in filters]
-            out += _list_all(resource, chunk, select)
-        return out
-    items: list[dict] = []
-    offset = 0
-    while True:
-        page = resource.list(filters=filters, select=select, limit=1000, offset=offset, count="none",
-                             order=["uuid"]).execute()
-        items += page["items"]
-        if len(page["items"]) < 1000:
-            return items
-        offset += len(page["items"])
+def _requirement(requirer: Requirer, name: str, default: Any) -> Any:
+    """A requirement of ``requirer``, or ``default`` where neither it nor Toil's config sets one."""
+    try:
+        value = getattr(requirer, name)
+    except AttributeError:
+        return default
+    return default if value is None else value
 
 
 def _update_info(batch_id: int, c: dict | None, cr_uuid: str) -> UpdatedBatchJobInfo:

@@ -78,12 +78,10 @@ def check_workflow_images(uri: str, api: Any | None = None) -> None:
     missing = missing_images(images, lambda image: arvados_client.image_exists(api, image))
     if missing:
         first = missing[0]
-        repo, _, tag = first.partition(":")
-        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        more = f"; {len(missing) - 1} more missing: {', '.join(missing[1:])}" if len(missing) > 1 else ""
         raise arvados_client.ArvadosSetupError(
-            f"image {first}{more} named by a DockerRequirement of {uri.rsplit('/', 1)[-1]} is not in Keep on "
-            f"{arvados_client.api_host()}: upload it with `arv-keepdocker {repo} {tag or 'latest'}` "
-            f"(local cluster: `toil-arvados cluster register-image {first}`), or run with --no-container")
+            arvados_client.missing_image_message(first, f"image (DockerRequirement of {uri.rsplit('/', 1)[-1]})")
+            + f"{more}; or run with --no-container")
     logger.info("All %d images the workflow names are in Keep", len(set(images)))
 
 

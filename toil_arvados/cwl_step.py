@@ -23,13 +23,10 @@ import functools
 import json
 import logging
 import os
-import posixpath
 import random
-import re
 import signal
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from cwltool.job import JobBase
@@ -39,6 +36,7 @@ from cwl_utils.errors import WorkflowException
 from . import arvados_client
 from .arvados_client import ArvadosSetupError, describe
 from .cwl_secrets import SecretExposed, refuse_visible_secrets, split_secret_entries
+from .container_request import unfit
 from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
 from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
@@ -230,13 +228,9 @@ class ArvadosStepJob(JobBase):
         mounts: dict[str, Any] = {}
         stdin = None
         if entries:
-            staging = StagingCollection(api, self._sources(api, runtimeContext), STAGEDIR)
-            try:
-                for e in entries:
-                    staging.add(e)
-                pdh = staging.save(cfg.settings.project_uuid, f"Inputs of {self.name}")
-            finally:
-                staging.close()
+            # Staging only reads inputs and saves a collection of them: safe to redo after an outage.
+            pdh = arvados_client.retrying(lambda: self._stage(api, runtimeContext, entries),
+                                          f"stage the inputs of {self.name}")
             mounts = plan_mounts(entries, STAGEDIR, pdh)
             if self.stdin:
                 stdin = stdin_mount(self.stdin, entries, STAGEDIR, pdh)
@@ -248,7 +242,7 @@ class ArvadosStepJob(JobBase):
             environment=self.environment, mounts=mounts,
             cores=float(res.get("cores") or 1), ram_mib=float(res.get("ram") or 256),
             outdir_mib=float(res.get("outdirSize") or 1024), tmpdir_mib=float(res.get("tmpdirSize") or 1024),
-            cuda_devices=int(res.get("cudaDeviceCount") or 0),
+            cuda_devices=int(res.get("cudaDeviceCount") or 0), **self._cuda(),
             stdin=stdin, stdout=self.stdout, stderr=self.stderr, network=bool(self.networkaccess),
             timelimit=self.timelimit or None, preemptible=self._preemptible(), reuse=self._reuse(),
             outdir=self.builder.outdir, tmpdir=self.builder.tmpdir, secret_mounts=secret_mounts)
@@ -258,6 +252,7 @@ class ArvadosStepJob(JobBase):
         refuse_visible_secrets(secrets, self.name, body)
         if self.toil_job is not None:
             body["properties"][PROPERTY_STEP_JOB_STORE_ID] = str(self.toil_job.jobStoreID)
+        _check_fit(api, body, image)
         cr = _submit(api, body, image)
         logger.info("CWL step %s: container request %s (image %s)", self.name, cr["uuid"], image)
         with _cancel_on_termination(api, cr["uuid"]):
@@ -275,7 +270,7 @@ class ArvadosStepJob(JobBase):
                          status, rcode)
         output = cr.get("output_uuid") or container.get("output")
         if output:
-            _download(api, output, host_out)
+            arvados_client.retrying(lambda: _download(api, output, host_out), f"read the output of {self.name}")
         if self.inplace_update and status == "success":
             self._apply_inplace_updates(entries, host_out)
         if status != "success":
@@ -309,6 +304,26 @@ class ArvadosStepJob(JobBase):
             if os.path.isfile(changed):
                 job_store.update_file(FileID.unpack(e.resolved[len("toilfile:"):]), changed)
                 logger.info("CWL step %s: in-place update of %s written back to the job store", self.name, e.target)
+
+    def _stage(self, api: Any, runtimeContext: Any, entries: list[Entry]) -> str:
+        """One staging collection holding ``entries``; its portable data hash."""
+        staging = StagingCollection(api, self._sources(api, runtimeContext), STAGEDIR)
+        try:
+            for e in entries:
+                staging.add(e)
+            return staging.save(self.native.settings.project_uuid, f"Inputs of {self.name}"[:255])
+        finally:
+            staging.close()
+
+    def _cuda(self) -> dict[str, Any]:
+        """CUDARequirement's minimum driver version and compute capabilities, for ``gpu``."""
+        req, _ = self.get_requirement("http://commonwl.org/cwltool#CUDARequirement")
+        if not req:
+            return {}
+        caps = req.get("cudaComputeCapability") or ()
+        caps = [caps] if isinstance(caps, str) else list(caps)
+        return {"cuda_version_min": str(req.get("cudaVersionMin") or ""),
+                "cuda_compute_capability": tuple(str(c) for c in caps)}
 
     def _entries(self, runtimeContext: Any) -> list[Entry]:
         entries: list[Entry] = []
@@ -376,31 +391,17 @@ class ArvadosStepJob(JobBase):
     def _copy_stderr(self, api: Any, cr: dict, container: dict | None, runtimeContext: Any) -> None:
         """The container's stderr (and crunch log) into Toil's "Failed command standard error"."""
         sink = getattr(runtimeContext, "default_stderr", None)
-        log = (container or {}).get("log") or cr.get("log_uuid")
-        if sink is None or not log:
+        if sink is None or not cr.get("log_uuid"):
             return
         try:
-            import arvados.collection
-
-            logs = arvados.collection.CollectionReader(log, api_client=api, keep_client=api.keep)
-            for name in ("stderr.txt", "crunch-run.txt"):
-                if name in logs:
-                    with logs.open(name) as f:
-                        tail = f.read().splitlines()[-_STDERR_TAIL:]
-                    if tail:
-                        text = "\n".join(_untimestamped(line) for line in tail) + "\n"
-                        sink.write(text.encode("utf-8", "replace") if "b" in getattr(sink, "mode", "b") else text)
-                        sink.flush()
-                        return
+            tail = arvados_client.log_tail(api, cr["log_uuid"], _STDERR_TAIL)
         except Exception as e:  # the failure itself is already reported
-            logger.debug("could not read the log of %s: %s", cr["uuid"], e)
-
-
-_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")
-
-
-def _untimestamped(line: str) -> str:
-    return _TIMESTAMP.sub("", line, count=1)
+            logger.debug("could not read the log of %s: %s", cr["uuid"], arvados_client.scrub(str(e)))
+            return
+        if tail:
+            text = "\n".join(tail[1]) + "\n"
+            sink.write(text.encode("utf-8", "replace") if "b" in getattr(sink, "mode", "b") else text)
+            sink.flush()
 
 
 # -- Arvados calls ----------------------------------------------------------------------------
@@ -410,35 +411,48 @@ def _api() -> Any:
     return arvados_client.connect()
 
 
+@functools.lru_cache(maxsize=1)
+def _cluster_config() -> dict:
+    return arvados_client.cluster_config(_api())
+
+
+def _check_fit(api: Any, body: dict, image: str) -> None:
+    """Refuse at once, in one line, a step no instance type of the cluster can run (Arvados would
+    otherwise cancel its container as unsatisfiable only after queueing it)."""
+    pdh = image if "+" in image else None
+    why = unfit(body["runtime_constraints"], body["mounts"], body["scheduling_parameters"], pdh, _cluster_config())
+    if why is not None:
+        raise WorkflowException(f"CWL step {body['name']} cannot run on this Arvados cluster: {why.detail}")
+
+
 def _submit(api: Any, body: dict, image: str) -> dict:
     try:
-        return api.container_requests().create(body={"container_request": body}).execute()
+        return arvados_client.create_request(api, body, f"submit CWL step {body['name']}")
     except Exception as e:
-        text = str(e)
-        if "image" in text.lower() and ("not found" in text.lower() or "422" in text):
-            repo, _, tag = image.partition(":")
+        # A refused request whose image is not in Keep: say so (and how to fix it), not "422".
+        if arvados_client.error_kind(e) == arvados_client.CONFLICT and not arvados_client.image_exists(api, image):
             raise ArvadosSetupError(
-                f"image {image} of CWL step {body['name']} is not in Keep on {arvados_client.api_host()}: upload it "
-                f"with `arv-keepdocker {repo} {tag or 'latest'}` (local cluster: "
-                f"`toil-arvados cluster register-image {image}`)") from None
+                arvados_client.missing_image_message(image, f"image of CWL step {body['name']}")) from None
         raise ArvadosSetupError(describe(e, f"cannot submit CWL step {body['name']}")) from None
 
 
 def _wait_final(api: Any, cr: dict) -> dict:
     """Poll the request until it is Final: quickly at first (reused containers finish at once),
-    then every couple of seconds, with jitter so many waiting steps don't poll in lockstep."""
+    then every couple of seconds, with jitter so many waiting steps don't poll in lockstep.
+    Each look rides out an API outage (the container runs on meanwhile)."""
     delay = _POLL_START
+    uuid = cr["uuid"]
     while cr.get("state") != "Final":
         time.sleep(delay * random.uniform(0.8, 1.2))
         delay = min(_POLL_MAX, delay * 1.5)
-        cr = api.container_requests().get(uuid=cr["uuid"]).execute()
+        cr = arvados_client.call(lambda: api.container_requests().get(uuid=uuid), f"watch {uuid}")
     return cr
 
 
 def _container(api: Any, uuid: str | None) -> dict | None:
     if not uuid:
         return None
-    return api.containers().get(uuid=uuid).execute()
+    return arvados_client.call(lambda: api.containers().get(uuid=uuid), f"look up {uuid}")
 
 
 class _cancel_on_termination:
@@ -460,8 +474,7 @@ class _cancel_on_termination:
 
     def _cancel(self, signum: int, frame: Any) -> None:
         try:
-            self.api.container_requests().update(uuid=self.cr_uuid, body={"container_request": {"priority": 0}}
-                                                 ).execute()
+            arvados_client.cancel_request(self.api, self.cr_uuid, budget=10.0)  # Toil waits only briefly
         finally:
             raise SystemExit(128 + signum)
 

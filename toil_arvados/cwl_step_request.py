@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .container_request import PROPERTY_WORKFLOW
+from .container_request import PROPERTY_WORKFLOW, gpu_constraints, request_name, scheduling_parameters
 
 MIB = 2**20
 OUTDIR = "/var/spool/cwl"
@@ -44,6 +44,8 @@ class StepInvocation:
     outdir_mib: float = 1024
     tmpdir_mib: float = 1024
     cuda_devices: int = 0
+    cuda_version_min: str = ""  # CUDARequirement cudaVersionMin -> gpu.driver_version
+    cuda_compute_capability: tuple[str, ...] = ()  # cudaComputeCapability -> gpu.hardware_target
     stdin: Mapping[str, Any] | None = None  # a collection mount
     stdout: str | None = None  # file name relative to the output directory
     stderr: str | None = None
@@ -69,6 +71,7 @@ class StepSettings:
     workflow_run: str = ""
     parent_request: str | None = None
     extra_properties: Mapping[str, str] = field(default_factory=dict)
+    preemptible_instances: bool = False  # the cluster has preemptible instance types
 
 
 def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str, tool: str) -> dict[str, Any]:
@@ -90,20 +93,18 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
         "API": bool(inv.network),
     }
     if inv.cuda_devices:
-        rc["gpu"] = {"device_count": int(inv.cuda_devices), "stack": "cuda", "driver_version": "",
-                     "hardware_target": [], "vram": 0}
-    sched: dict[str, Any] = {}
+        rc["gpu"] = gpu_constraints(int(inv.cuda_devices), "cuda", inv.cuda_version_min,
+                                    list(inv.cuda_compute_capability))
+    sched = scheduling_parameters(inv.preemptible, settings.preemptible_instances)
     if inv.timelimit:
         sched["max_run_time"] = int(inv.timelimit)
-    if inv.preemptible is not None:
-        sched["preemptible"] = bool(inv.preemptible)
     properties = {PROPERTY_STEP: step, PROPERTY_TOOL: portable_tool_id(tool), **settings.extra_properties}
     if settings.workflow_run:
         properties[PROPERTY_WORKFLOW_RUN] = settings.workflow_run
     if settings.parent_request:
         properties[PROPERTY_PARENT_REQUEST] = settings.parent_request
     body: dict[str, Any] = {
-        "name": inv.name,
+        "name": request_name(inv.name),
         "owner_uuid": settings.project_uuid,
         "state": "Committed",
         "priority": settings.priority,
@@ -116,7 +117,7 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
         "runtime_constraints": rc,
         "scheduling_parameters": sched,
         "use_existing": bool(inv.reuse and settings.reuse),
-        "output_name": f"Output of {inv.name}",
+        "output_name": request_name(f"Output of {inv.name}"),
         "properties": properties,
     }
     if inv.secret_mounts:

@@ -127,7 +127,9 @@ def session() -> KeepSession:
     with _sessions_lock:
         sess = _sessions.get(key)
         if sess is None:
-            api = arvados.api_from_config("v1", apiconfig=settings, num_retries=NUM_RETRIES)
+            from . import arvados_client  # the one gateway: same client, retries and outage policy
+
+            api = arvados_client.connect()
             keep = arvados.KeepClient(api_client=api, num_retries=NUM_RETRIES, num_prefetch_threads=1,
                                       block_cache=arvados.KeepBlockCache(cache_max=BLOCK_CACHE_BYTES))
             sess = _sessions[key] = KeepSession(api=api, keep=keep, host=host, identity=key)
@@ -135,9 +137,9 @@ def session() -> KeepSession:
 
 
 def _status(e: Exception) -> int | None:
-    resp = getattr(e, "resp", None)
-    status = getattr(resp, "status", None)
-    return int(status) if status is not None else None
+    from .arvados_client import status_of
+
+    return status_of(e)
 
 
 def _reason(e: Exception) -> str:
@@ -385,7 +387,7 @@ def _save_named(sess: KeepSession, url: str, project: str, name: str, staged: An
             return staged
         except arvados.errors.ApiError as e:
             status, reason = _status(e), _reason(e)
-            if status == 422 and "name" in reason.lower():
+            if status in (409, 422) and _find_named_collection(sess, project, name) is not None:
                 continue  # another writer created it first: merge into theirs
             if status in (403, 404, 422):
                 raise KeepAPIError(f"{url}: cannot create collection {name!r} in project {project} on "

@@ -21,13 +21,13 @@ def repo_tag(image: str) -> str:
 
 def find_image(api: Any, image: str) -> Optional[dict]:
     """The newest readable collection registered under *image* (a name or a PDH), or None."""
-    import arvados.util
+    from ..arvados_client import list_all
 
     if "+" in image and len(image.split("+", 1)[0]) == 32:
         found = api.collections().list(filters=[["portable_data_hash", "=", image]], limit=1).execute()["items"]
         return found[0] if found else None
-    links = list(arvados.util.keyset_list_all(api.links().list, filters=[["link_class", "=", "docker_image_repo+tag"],
-                                                ["name", "=", repo_tag(image)]]))
+    links = list_all(api.links().list, [["link_class", "=", "docker_image_repo+tag"],
+                                        ["name", "=", repo_tag(image)]], what="look up image links")
     links.sort(key=lambda l: ((l.get("properties") or {}).get("image_timestamp") or "", l.get("created_at") or ""),
                reverse=True)
     for link in links:

@@ -23,7 +23,7 @@ from typing import IO, Any, Iterator
 import arvados.collection
 from arvados.arvfile import ArvadosFile, WrappableFile
 
-from toil_arvados.arvados_client import NUM_RETRIES
+from toil_arvados.arvados_client import KEEP_RETRIES
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ BUFFER = 1 << 20
 
 def _collection(api: Any, manifest_text: str | None = None) -> arvados.collection.Collection:
     return arvados.collection.Collection(manifest_text, api_client=api, keep_client=api.keep,
-                                         num_retries=NUM_RETRIES)
+                                         num_retries=KEEP_RETRIES)
 
 
 def _text_or_binary(binary: io.BufferedIOBase, encoding: str | None, errors: str | None) -> IO[Any]:

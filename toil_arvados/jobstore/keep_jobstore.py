@@ -84,16 +84,12 @@ class UnknownProjectError(NoSuchJobStoreException, ArvadosSetupError):
             "or arvados:<name> for your home project")
 
 
-def _status(error: BaseException) -> int | None:
-    return getattr(getattr(error, "resp", None), "status", None)
+_status = arvados_client.status_of
 
 
-def _is_duplicate_name(error: BaseException) -> bool:
-    if _status(error) != 422:
-        return False
-    content = getattr(error, "content", b"") or b""
-    text = (content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)) + str(error)
-    return "uplicate" in text or "unique" in text.lower()
+def _is_conflict(error: BaseException) -> bool:
+    """A 409/422 refusal: for a create, usually the name is taken (callers confirm by looking)."""
+    return arvados_client.error_kind(error) == arvados_client.CONFLICT
 
 
 def _like_escape(text: str) -> str:
@@ -201,7 +197,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         try:
             return self._api.collections().create(body=body, select=["uuid", "portable_data_hash"]).execute()
         except Exception as e:
-            if name_is_ours and _is_duplicate_name(e):
+            if name_is_ours and _is_conflict(e):
                 mine = self._by_name(name, ["portable_data_hash"])
                 if mine is not None:
                     return mine
@@ -244,7 +240,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         try:
             self._project = self._api.groups().create(body=body, select=["uuid"]).execute()["uuid"]
         except Exception as e:
-            if _is_duplicate_name(e) and self._find_project() is not None:
+            if _is_conflict(e) and self._find_project() is not None:
                 raise JobStoreExistsException(self.locator, locators.PREFIX) from None
             if _status(e) in (403, 404, 422):
                 raise ArvadosSetupError(arvados_client.describe(
@@ -400,7 +396,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                              name_is_ours=False)
                 return True
             except Exception as e:
-                if _is_duplicate_name(e):
+                # Taken only if a record of that name exists: another 422 must not walk the slots.
+                if _is_conflict(e) and self._by_name(naming.hint_name(slot_path), []) is not None:
                     return False
                 raise
 
@@ -411,9 +408,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         suffix = "|" + basename
         highest = -1
         pattern = _like_escape(prefix) + "%" + _like_escape(suffix)
-        for rec in self._api.collections().list(
-                filters=[["owner_uuid", "=", self.project_uuid], ["name", "like", pattern]],
-                select=["uuid", "name"], limit=PAGE, count="none").execute()["items"]:
+        for rec in arvados_client.list_all(
+                self._api.collections().list,
+                [["owner_uuid", "=", self.project_uuid], ["name", "like", pattern]], ["uuid", "name"]):
             middle = rec["name"][len(prefix):len(rec["name"]) - len(suffix)]
             if middle.isdigit():
                 highest = max(highest, int(middle))
@@ -589,7 +586,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             source = arvados.collection.CollectionReader(locator, api_client=self._api, keep_client=self._api.keep,
                                                          num_retries=NUM_RETRIES)
         except Exception as e:
-            if _status(e) in (403, 404, 422) or "not found" in str(e).lower():
+            if arvados_client.error_kind(e) in (arvados_client.AUTH, arvados_client.NOT_FOUND,
+                                                 arvados_client.CONFLICT):
                 raise FileNotFoundError(src_uri) from None
             raise
         basename = naming.basename_of(path)
@@ -618,7 +616,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 self._shared_uuids[name] = rec["uuid"]
                 return
             except Exception as e:
-                if not _is_duplicate_name(e):
+                if not _is_conflict(e):
                     raise
             existing = self._by_name(naming.shared_name(name), [])
             if existing is not None and self._update(existing["uuid"], manifest_text=manifest_text) is not None:

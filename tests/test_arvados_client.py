@@ -1,0 +1,169 @@
+"""The gateway to Arvados: error kinds by HTTP status, retries, exactly-once creates, paging."""
+from __future__ import annotations
+
+import socket
+
+import httplib2
+import pytest
+from arvados.errors import ApiError, HttpError, KeepReadError, NotFoundError
+
+from toil_arvados import arvados_client as gw
+
+
+def _api_error(status: int) -> ApiError:
+    return ApiError(httplib2.Response({"status": status}), b'{"errors": ["nope"]}')
+
+
+@pytest.mark.parametrize("status,kind", [
+    (401, gw.AUTH), (403, gw.AUTH), (404, gw.NOT_FOUND), (409, gw.CONFLICT), (422, gw.CONFLICT),
+    (500, gw.RETRYABLE), (502, gw.RETRYABLE), (503, gw.RETRYABLE), (429, gw.RETRYABLE), (400, gw.OTHER)])
+def test_api_errors_are_classified_by_status(status: int, kind: str) -> None:
+    assert gw.error_kind(_api_error(status)) == kind
+    assert gw.kind_of_status(status) == kind
+
+
+def test_connection_and_keep_errors_are_classified_by_type() -> None:
+    for error in (ConnectionRefusedError(111, "refused"), socket.timeout("timed out"),
+                  httplib2.ServerNotFoundError("no such host"), TimeoutError()):
+        assert gw.error_kind(error) == gw.RETRYABLE, error
+    assert gw.error_kind(HttpError(503, "busy")) == gw.RETRYABLE
+    assert gw.error_kind(KeepReadError("failed", [("keep0", ConnectionResetError())], "service")) == gw.RETRYABLE
+    assert gw.error_kind(NotFoundError("gone", [("keep0", HttpError(404, "nf"))], "service")) == gw.NOT_FOUND
+    assert gw.error_kind(ValueError("duplicate key")) == gw.OTHER  # never judged by message text
+
+
+def test_retrying_rides_out_retryable_errors_and_stops_on_others() -> None:
+    calls, slept = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise ConnectionRefusedError(111, "refused")
+        return "ok"
+
+    assert gw.retrying(flaky, "test", budget=600, sleep=slept.append) == "ok"
+    assert len(slept) == 3 and slept[1] > slept[0]  # backoff grows
+    with pytest.raises(ApiError):
+        gw.retrying(lambda: (_ for _ in ()).throw(_api_error(422)), "test", sleep=slept.append)
+    with pytest.raises(ConnectionRefusedError):  # budget 0: the fail-fast first contact
+        gw.retrying(lambda: (_ for _ in ()).throw(ConnectionRefusedError()), "test", budget=0, sleep=slept.append)
+
+
+class _FakeRequests:
+    """container_requests() whose first create succeeds on the server but loses its answer."""
+
+    def __init__(self) -> None:
+        self.stored: list[dict] = []
+        self.creates = 0
+
+    def __call__(self) -> "_FakeRequests":
+        return self
+
+    def create(self, body: dict, **_: object) -> "_Exec":
+        def run() -> dict:
+            self.creates += 1
+            record = {"uuid": f"zzzzz-xvhdp-{self.creates:015d}", **body["container_request"]}
+            self.stored.append(record)
+            if self.creates == 1:
+                raise ConnectionResetError(104, "connection reset by peer")
+            return record
+        return _Exec(run)
+
+    def list(self, filters: list, **_: object) -> "_Exec":
+        (field, _op, value), = filters
+        key = field.split(".", 1)[1]
+        return _Exec(lambda: {"items": [r for r in self.stored if r["properties"].get(key) == value]})
+
+
+class _Exec:
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def execute(self, **_: object) -> dict:
+        return self.fn()
+
+
+def test_a_create_whose_answer_was_lost_is_found_not_repeated(monkeypatch) -> None:
+    monkeypatch.setattr(gw.time, "sleep", lambda s: None)
+    fake = _FakeRequests()
+    api = type("Api", (), {"container_requests": fake})()
+    cr = gw.create_request(api, {"name": "step", "properties": {"k": "v"}}, "test")
+    assert fake.creates == 1 and len(fake.stored) == 1  # looked up, not created again
+    assert cr["uuid"] == fake.stored[0]["uuid"] and cr["properties"]["k"] == "v"
+
+
+def test_websocket_filters_are_only_what_arvados_ws_honours() -> None:
+    assert gw.ws_filters(["update"]) == [["event_type", "in", ["update"]]]
+
+
+def test_a_filter_group_is_refused_as_project_in_one_line() -> None:
+    with pytest.raises(gw.ArvadosSetupError) as e:
+        gw.check_project_group({"uuid": "zzzzz-j7d0g-filtergroup0001", "group_class": "filter"})
+    assert "filter group" in str(e.value) and "\n" not in str(e.value)
+    assert gw.check_project_group({"uuid": "zzzzz-j7d0g-000000000000001", "group_class": "project"})
+
+
+def test_untimestamped_strips_crunch_timestamps() -> None:
+    assert gw.untimestamped("2026-12-02T05:00:00.123456789Z boom") == "boom"
+    assert gw.untimestamped("no stamp") == "no stamp"
+
+
+def test_list_all_pages_over_more_than_one_page(api, project: str) -> None:
+    made = {api.collections().create(body={"collection": {"owner_uuid": project, "name": f"c{i}"}}).execute()["uuid"]
+            for i in range(7)}
+    pages = []
+
+    def counted(**kw):
+        pages.append(kw)
+        return api.collections().list(**kw)
+
+    found = gw.list_all(counted, [["owner_uuid", "=", project]], ["uuid", "name"], page_size=3)
+    assert {r["uuid"] for r in found} == made
+    assert len(pages) >= 3 and all(p["limit"] == 3 for p in pages)  # really paged, 3 at a time
+    assert len(found) == 7  # no record twice across page boundaries
+    some = sorted(made)[:5]
+    assert {r["uuid"] for r in gw.list_all(api.collections().list, [["uuid", "in", some]], page_size=2)} == set(some)
+
+
+class _Down:
+    """An SDK resource whose requests fail as if the host were down, ``failures`` times."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def get(self, **_: object) -> _Exec:
+        def run() -> dict:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise ConnectionRefusedError(111, "refused")
+            return {"uuid": "x"}
+        return _Exec(run)
+
+
+def test_patient_client_fails_fast_at_start_up_and_rides_out_outages_after(monkeypatch) -> None:
+    monkeypatch.setattr(gw.time, "sleep", lambda s: None)
+    monkeypatch.delenv(gw.STARTED_ENV, raising=False)
+    down = _Down(failures=3)
+    sdk = type("Sdk", (), {"_rootDesc": {"resources": {"collections": {}}}, "collections": lambda self: down,
+                           "api_token": "t"})()
+    client = gw.PatientClient(sdk)
+    assert client.api_token == "t" and gw.unwrapped(client) is sdk
+    with pytest.raises(ConnectionRefusedError):  # the leader's first contact: say so at once
+        client.collections().get(uuid="x").execute()
+    assert down.calls == 1
+    monkeypatch.setenv(gw.STARTED_ENV, "1")  # the workflow runs: wait for the cluster to return
+    assert client.collections().get(uuid="x").execute() == {"uuid": "x"}
+    assert down.calls == 4
+
+
+def test_a_short_budget_is_not_stretched_by_the_patient_client(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(gw.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(gw.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setenv(gw.STARTED_ENV, "1")
+    down = _Down(failures=10**6)
+    sdk = type("Sdk", (), {"_rootDesc": {"resources": {"collections": {}}}, "collections": lambda self: down})()
+    client = gw.PatientClient(sdk)
+    with pytest.raises(ConnectionRefusedError):
+        gw.call(lambda: client.collections().get(uuid="x"), "cancel", budget=10.0)
+    assert clock[0] <= 10.0  # gave up within its own budget, not the client's ten minutes
