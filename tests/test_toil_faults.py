@@ -230,6 +230,14 @@ def test_restart_reattaches_and_skips_finished_steps(mode: str, api, clean_proje
 
 # -- bad input: one line, non-zero exit, no traceback, no token ------------------------------------
 
+CAT = """cwlVersion: v1.2
+class: CommandLineTool
+baseCommand: cat
+inputs:
+  f: {type: File, inputBinding: {position: 1}}
+outputs: {}
+"""
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,7 +249,7 @@ BAD_TOKEN = "v2/local-gj3su-0123456789abcde/thisisnotavalidsecretatalltoilarvado
 
 @pytest.mark.parametrize("case", ["bad token", "missing token", "unreachable host", "unknown project",
                                   "unknown job store project", "missing worker image", "too many cores",
-                                  "invalid CWL", "filter group as project"])
+                                  "invalid CWL", "filter group as project", "missing keep input"])
 def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env, cluster_env,
                                      tmp_path: Path) -> None:
     project = clean_project
@@ -250,6 +258,7 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
     tool = _write(tmp_path, "echo.cwl", ECHO)
     store = f"file:{tmp_path / 'js'}"
     extra: list[str] = []
+    inputs: list[str] = []  # the workflow's own inputs, after it
     env = dict(env)
     expect: str
     if case == "bad token":
@@ -276,6 +285,12 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
                                                       "owner_uuid": clean_project}},
                                       ensure_unique_name=True).execute()["uuid"]
         expect = f"{project} is a filter group"
+    elif case == "missing keep input":  # imported by reference into a Keep job store: it must exist
+        tool = _write(tmp_path, "cat.cwl", CAT)
+        store = f"arvados:{project}/e2e-missing-input"
+        missing = "9" * 32 + "+99"
+        inputs = ["--f", f"keep:{missing}/missing.txt"]
+        expect = f"no collection {missing}"
     elif case == "invalid CWL":
         tool = _write(tmp_path, "bad.cwl", ECHO + "outputs: []\n")  # a second "outputs" key
         expect = 'duplicate key "outputs"'
@@ -284,7 +299,7 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
         extra = ["--maxCores", "1000"]  # past Toil's own local check: the cluster's limit must say no
         expect = "64 cores"
     done = run([TOIL_CWL_RUNNER, "--batchSystem", "arvados", "--arvadosProject", project, "--jobStore", store,
-                "--outdir", str(tmp_path / "out"), *extra, str(tool)], env, tmp_path, timeout=120)
+                "--outdir", str(tmp_path / "out"), *extra, str(tool), *inputs], env, tmp_path, timeout=120)
     assert done.returncode != 0, done.describe()
     assert "Traceback" not in done.stderr, done.describe()
     line = last_line(done.stderr)

@@ -588,10 +588,16 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         except Exception as e:
             if arvados_client.error_kind(e) in (arvados_client.AUTH, arvados_client.NOT_FOUND,
                                                  arvados_client.CONFLICT):
-                raise FileNotFoundError(src_uri) from None
+                raise FileNotFoundError(
+                    f"{src_uri}: no collection {locator} on {arvados_client.api_host()} that this token "
+                    "can read; check the input's location") from None
             raise
         basename = naming.basename_of(path)
-        manifest_text, size = collection_io.copy_reference(self._api, source, path, basename)
+        try:
+            manifest_text, size = collection_io.copy_reference(self._api, source, path, basename)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{src_uri}: collection {locator} has no file {path!r}; check the "
+                                    "input's location") from None
         logger.info("Imported %s by reference (%d bytes, no copy)", src_uri, size)
         if shared_file_name is not None:
             self._requireValidSharedFileName(shared_file_name)
