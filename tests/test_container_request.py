@@ -166,3 +166,12 @@ def test_a_request_no_instance_type_can_run_is_unfit():
 def test_scratch_unknown_when_the_instance_type_reports_none():
     local = {"InstanceTypes": {"local": {"VCPUs": 2, "RAM": 4 * GIB, "Scratch": 0}}}
     assert unfit({"vcpus": 1, "ram": GIB}, {"/t": {"kind": "tmp", "capacity": 500 * GIB}}, {}, None, local) is None
+
+
+def test_unsupported_accelerators_are_named() -> None:
+    from toil_arvados.container_request import unsupported_accelerator
+
+    assert unsupported_accelerator({"kind": "gpu", "count": 1}) is None
+    assert unsupported_accelerator({"kind": "gpu", "api": "ROCm"}) is None
+    assert "'opencl'" in (unsupported_accelerator({"kind": "gpu", "api": "opencl"}) or "")
+    assert "not 'fpga'" in (unsupported_accelerator({"kind": "fpga"}) or "")

@@ -55,6 +55,7 @@ from .container_request import (
     runtime_constraints,
     scheduling_parameters,
     unfit,
+    unsupported_accelerator,
 )
 
 logger = logging.getLogger(__name__)
@@ -232,10 +233,9 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def _check_accelerator_request(self, requirer: Requirer) -> None:
         for acc in requirer.accelerators:
-            if acc.get("kind") != "gpu":
-                raise InsufficientSystemResources(
-                    requirer, "accelerators", [],
-                    details=[f"Arvados offers GPUs only, not {acc.get('kind')!r} accelerators."])
+            problem = unsupported_accelerator(acc)
+            if problem:
+                raise InsufficientSystemResources(requirer, "accelerators", [], details=[problem])
 
     # -- issuing -------------------------------------------------------------------------------
 

@@ -103,6 +103,21 @@ def runtime_constraints(res: JobResources) -> dict[str, Any]:
     return rc
 
 
+#: The GPU software stacks Arvados 3 schedules (runtime_constraints.gpu.stack).
+GPU_STACKS = ("cuda", "rocm")
+
+
+def unsupported_accelerator(acc: Mapping[str, Any]) -> str | None:
+    """Why Arvados cannot give a job this Toil accelerator request, or None (pure)."""
+    if acc.get("kind") != "gpu":
+        return f"Arvados offers GPUs only, not {acc.get('kind')!r} accelerators."
+    api = str(acc.get("api") or "").lower()
+    if api and api not in GPU_STACKS:
+        return (f"Arvados schedules GPUs for the {' and '.join(GPU_STACKS)} stacks, not {api!r}: ask for "
+                "api 'cuda' or 'rocm' (or no api).")
+    return None
+
+
 def _gpu_stack(accelerators: tuple[Mapping[str, Any], ...]) -> str:
     for a in accelerators:
         if a.get("kind") == "gpu":
