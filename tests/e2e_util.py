@@ -62,7 +62,7 @@ def wait_container_state(api: Any, uuid: str, state: str, timeout: float = 30.0)
 
 
 def collection_files(api: Any, locator: str) -> dict[str, bytes]:
-    """Every file of a collection (uuid or portable data hash): path -> bytes."""
+    """Every file of a collection (uuid, portable data hash or manifest text): path -> bytes."""
     import arvados.collection
 
     reader = arvados.collection.CollectionReader(locator, api_client=api)

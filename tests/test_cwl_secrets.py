@@ -154,9 +154,16 @@ def _api_holders(api: Any, secret: str) -> list[str]:
     for rec in requests + containers + list_all(api.logs(), []):
         if secret in json.dumps(rec):
             holders.append(rec["uuid"])
-    logs = {cr["log_uuid"] for cr in requests if cr.get("log_uuid")} | {c["log"] for c in containers if c.get("log")}
+    # Every log collection, the containers' own (trashed once they end, as crunch-run leaves them)
+    # included: read through the admin's list with include_trash.
+    log_pdhs = {c["log"] for c in containers if c.get("log")}
+    logs = {cr["log_uuid"] for cr in requests if cr.get("log_uuid")}
+    logs |= {coll["uuid"] for coll in api.collections().list(
+        filters=[["portable_data_hash", "in", sorted(log_pdhs)]], include_trash=True, limit=1000,
+        select=["uuid"]).execute()["items"]} if log_pdhs else set()
     for log in sorted(logs):
-        holders += [f"{log}/{name}" for name, data in collection_files(api, log).items()
+        manifest = api.collections().get(uuid=log, include_trash=True).execute()["manifest_text"]
+        holders += [f"{log}/{name}" for name, data in collection_files(api, manifest).items()
                     if secret.encode() in data]
     return holders
 

@@ -205,10 +205,14 @@ def _files(api: Any, pdh: str) -> dict[str, bytes]:
 
 
 def _log(api: Any, cr_or_c: dict, name: str = "crunch-run.txt") -> str:
-    pdh = cr_or_c.get("log")
-    if pdh is None:  # a request: its log collection
-        pdh = api.collections().get(uuid=cr_or_c["log_uuid"]).execute()["portable_data_hash"]
-    return _files(api, pdh).get(name, b"").decode()
+    """A log file of a request or a container, read as a user reads it: through the log collection
+    of the (latest) request of the container (its own is trashed once it ends, as on Arvados)."""
+    uuid = cr_or_c.get("log_uuid")
+    if "log_uuid" not in cr_or_c:  # a container: its request's log, once the request is Final
+        crs = api.container_requests().list(filters=[["container_uuid", "=", cr_or_c["uuid"]]],
+                                            order=["created_at desc"], limit=1).execute()["items"]
+        uuid = wait_final(api, crs[0]["uuid"])["log_uuid"]
+    return _files(api, uuid).get(name, b"").decode()
 
 
 def _run(api: Any, command: list[str], image_name: str = IMAGE, timeout: float = 120, **over: Any) -> tuple[dict, dict]:

@@ -49,6 +49,7 @@ def toil_env(cluster_env: Mapping[str, str]) -> dict[str, str]:
     single_machine starts ``_toil_worker`` by name, so the venv's bin must be on PATH.
     """
     env = dict(os.environ)
+    env.pop("TOIL_ARVADOS_STARTED", None)  # set in this process by in-process batch systems
     env.update(cluster_env)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     return env

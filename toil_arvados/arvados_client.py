@@ -332,6 +332,12 @@ def mark_started() -> None:
     os.environ[STARTED_ENV] = "1"
 
 
+def mark_starting() -> None:
+    """A leader starting: its first contact fails fast even if this process inherited the mark
+    (from a shell, a test runner or a job of another workflow)."""
+    os.environ.pop(STARTED_ENV, None)
+
+
 def connect() -> Any:
     """A thread-safe SDK client for the configured cluster (cached per host and token).
 

@@ -99,6 +99,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         # Toil's set_log_level() silences every non-Toil logger already created (ours included,
         # as the plugin is imported first), which would hide failed jobs' stderr: inherit again.
         logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
+        arvados_client.mark_starting()
         self.api = arvados_client.connect()
         user = arvados_client.check_connection(self.api)
         project = arvados_client.resolve_project(self.api, getattr(config, "arvados_project", None), user)
