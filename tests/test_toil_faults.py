@@ -289,7 +289,8 @@ def test_bad_input_is_one_line_error(case: str, api, cluster, clean_project, env
         tool = _write(tmp_path, "cat.cwl", CAT)
         store = f"arvados:{project}/e2e-missing-input"
         missing = "9" * 32 + "+99"
-        inputs = ["--f", f"keep:{missing}/missing.txt"]
+        job = _write(tmp_path, "job.yml", f"f: {{class: File, location: 'keep:{missing}/missing.txt'}}\n")
+        inputs = [str(job)]
         expect = f"no collection {missing}"
     elif case == "invalid CWL":
         tool = _write(tmp_path, "bad.cwl", ECHO + "outputs: []\n")  # a second "outputs" key
