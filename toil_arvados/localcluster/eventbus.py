@@ -459,8 +459,11 @@ class EventBus:
                 logger.exception("websocket token check failed")
         if not principal:
             logger.info("websocket from %s refused: invalid or missing api_token", request.remote)
-            return web.json_response({"errors": ["Valid API token required"], "status": 401},
-                                     status=401)
+            refusal = web.json_response({"errors": ["Valid API token required"], "status": 401}, status=401)
+            # Close the connection after the refusal: the SDK's websockets client, once its handshake
+            # failed, waits for the server to close before it raises (a kept-alive connection hangs it).
+            refusal.force_close()
+            return refusal
 
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
         await ws.prepare(request)
