@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from e2e_util import container, create_request, request_body, wait_container_state, wait_final, wait_for
+from e2e_util import collection_files, container, create_request, request_body, wait_container_state, wait_final, wait_for
 from toil_arvados.localcluster import control
 from toil_arvados.localcluster.config import ClusterConfig
 from toil_arvados.localcluster.runtime.docker import (MIN_DOCKER_RAM, container_name, create_args,
@@ -175,33 +175,15 @@ def image(dcluster: ClusterConfig, dapi: Any) -> dict[str, str]:
     props = coll["properties"]
     assert props["toil_arvados.stand_in_for"] == f"docker.io/{IMAGE}"
     assert "Debian bookworm packages" in props["toil_arvados.built_from"]
-    (tar_name,) = [name for name in _files(dapi, coll["portable_data_hash"])]
+    import arvados.collection
+
+    (tar_name,) = list(arvados.collection.CollectionReader(coll["portable_data_hash"], api_client=dapi).keys())
     image_id = tar_name.removesuffix(".tar")
     hashes = dapi.links().list(filters=[["link_class", "=", "docker_image_hash"],
                                         ["head_uuid", "=", coll["uuid"]]]).execute()["items"]
     assert [link["name"] for link in hashes] == [f"sha256:{image_id}"]
     docker("image", "rm", "--force", f"sha256:{image_id}")
     return {"id": image_id, "pdh": coll["portable_data_hash"]}
-
-
-def _files(api: Any, pdh: str) -> dict[str, bytes]:
-    import arvados.collection
-
-    reader = arvados.collection.CollectionReader(pdh, api_client=api)
-    out: dict[str, bytes] = {}
-
-    def walk(coll: Any, prefix: str) -> None:
-        for name in coll.keys():
-            item = coll[name]
-            if isinstance(item, arvados.collection.RichCollectionBase):
-                walk(item, prefix + name + "/")
-            elif not name.endswith(".tar"):
-                with coll.open(name, "rb") as f:
-                    out[prefix + name] = f.read()
-            else:
-                out[prefix + name] = b""
-    walk(reader, "")
-    return out
 
 
 def _log(api: Any, cr_or_c: dict, name: str = "crunch-run.txt") -> str:
@@ -212,7 +194,7 @@ def _log(api: Any, cr_or_c: dict, name: str = "crunch-run.txt") -> str:
         crs = api.container_requests().list(filters=[["container_uuid", "=", cr_or_c["uuid"]]],
                                             order=["created_at desc"], limit=1).execute()["items"]
         uuid = wait_final(api, crs[0]["uuid"])["log_uuid"]
-    return _files(api, uuid).get(name, b"").decode()
+    return collection_files(api, uuid).get(name, b"").decode()
 
 
 def _run(api: Any, command: list[str], image_name: str = IMAGE, timeout: float = 120, **over: Any) -> tuple[dict, dict]:
@@ -236,7 +218,7 @@ def test_real_image_runs_in_docker_loaded_from_its_keep_collection(dapi: Any, im
     assert c["state"] == "Complete" and c["exit_code"] == 0, crunch + _log(dapi, c, "stderr.txt")
     assert f"runtime: docker (image sha256:{image['id']}" in crunch
     assert f"loading image {image['id']}.tar into Docker" in crunch  # from Keep, not the engine
-    assert _files(dapi, c["output"])["version"].decode().startswith("12.")
+    assert collection_files(dapi, c["output"])["version"].decode().startswith("12.")
     assert "done" in _log(dapi, c, "stdout.txt")
     # Loaded once: the next container finds the image in the engine.
     _, c2 = _run(dapi, ["true"])
@@ -270,7 +252,7 @@ def test_mounts_are_bind_mounted_at_their_paths(dapi: Any, image: dict) -> None:
     }
     _, c = _run(dapi, ["sh", "-c", script], mounts=mounts)
     assert c["state"] == "Complete" and c["exit_code"] == 0, _log(dapi, c, "stderr.txt") + _log(dapi, c)
-    out = _files(dapi, c["output"])
+    out = collection_files(dapi, c["output"])
     # The json mount under output_path is output too (pre-populated output), with its content.
     assert out == {"upper.txt": b"TO UPPER\n", "copied.txt": b"keep data\n", "seen.json": b'{"x": 1}',
                    "note.txt": b"a note\n", "tmp-ok": b"t\n", "cwl.input.json": b'{"x": 1}'}
@@ -308,7 +290,7 @@ def test_stream_mounts_file_mounts_and_prepopulated_output(dapi: Any, image: dic
     }
     _, c = _run(dapi, ["sh", "-c", script], mounts=mounts)
     assert c["state"] == "Complete" and c["exit_code"] == 0, _log(dapi, c, "stderr.txt") + _log(dapi, c)
-    assert _files(dapi, c["output"]) == {
+    assert collection_files(dapi, c["output"]) == {
         "out.txt": b"input data\n", "err.txt": b"input.txt sub deep\n", "seen.txt": b"input data\n",
         "staged/a.txt": b"input data\n", "ro_dir/deep.txt": b"deep\n",
         "rw_dir/input.txt": b"changed\n", "rw_file.txt": b"top\nappended\n", "lit/note.txt": b"a note\n"}

@@ -37,6 +37,7 @@ from . import arvados_client
 from .arvados_client import ArvadosSetupError, describe
 from .cwl_secrets import SecretExposed, refuse_visible_secrets, split_secret_entries
 from .container_request import unfit
+from .images.keep import repo_tag as normalize_image
 from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
 from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
@@ -85,13 +86,6 @@ def image_name(docker_requirement: Mapping[str, Any] | None, default_image: str)
                 "`arv-keepdocker IMAGE TAG`, and name it with dockerPull")
     name = str(docker_requirement.get("dockerImageId") or docker_requirement.get("dockerPull") or default_image)
     return normalize_image(name)
-
-
-def normalize_image(name: str) -> str:
-    if "@" in name:
-        return name
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
 
 
 # -- path mapping -----------------------------------------------------------------------------

@@ -15,7 +15,10 @@ _CHUNK = 1 << 20
 
 
 def repo_tag(image: str) -> str:
-    """``name`` -> ``name:latest``, as arv-keepdocker and Docker complete a bare name."""
+    """``name`` -> ``name:latest``, as arv-keepdocker and Docker complete a bare name (a
+    ``name@digest`` or a name whose last component has a tag is kept)."""
+    if "@" in image:
+        return image
     return image if ":" in image.rsplit("/", 1)[-1] else image + ":latest"
 
 
