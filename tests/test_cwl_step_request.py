@@ -10,7 +10,7 @@ from cwl_utils.errors import WorkflowException
 
 from toil_arvados.cwl_images import docker_requirements, load_process, missing_images
 from toil_arvados.cwl_staging import Entry, collection_path, plan_mounts, stdin_mount
-from toil_arvados.cwl_step import NativeStepConfig, image_name, normalize_image
+from toil_arvados.cwl_step import image_name, normalize_image
 from toil_arvados.cwl_step_request import (
     PROPERTY_PARENT_REQUEST,
     PROPERTY_STEP,
@@ -118,12 +118,6 @@ def test_images_follow_arvados_cwl_runner_naming() -> None:
     assert normalize_image("registry:5000/x/y") == "registry:5000/x/y:latest"
     with pytest.raises(WorkflowException, match="arv-keepdocker"):
         image_name({"dockerFile": "FROM debian"}, "d")
-
-
-def test_settings_travel_to_step_processes_through_the_environment() -> None:
-    cfg = NativeStepConfig(settings=StepSettings(project_uuid="p", priority=3, parent_request="cr"),
-                           default_image="img:1")
-    assert NativeStepConfig.from_env(cfg.to_env()) == cfg
 
 
 def test_every_docker_requirement_of_a_workflow_is_found(tmp_path: Path) -> None:

@@ -1,19 +1,18 @@
 """``--batchSystem arvados``: every Toil job is an Arvados container request.
 
-Toil stays the workflow engine and Arvados the scheduler: this class only describes each job
-precisely (:mod:`container_request`), submits it, and reports back when Arvados says it ended.
+Toil stays the workflow engine and Arvados the scheduler: this class only routes each job to the
+part that runs it, and reports back when Arvados says it ended:
 
-Completion comes from the Arvados event bus (websocket), so a finished job is noticed within a
-fraction of a second without polling each job. A reconciler thread backs it up with one batched
-``list`` call for all in-flight requests every ``--arvadosPollInterval`` seconds (and the SDK
-falls back to polling the logs table if the websocket is unavailable), so a missed event delays a
-job but never loses it. Jobs Toil marks ``local`` (CWL's small bookkeeping jobs) run on the
-leader, as with Toil's other cluster batch systems.
+* Toil worker jobs become container requests running Toil's worker in the worker image
+  (:mod:`container_request` describes them);
+* CWL CommandLineTool jobs (unless ``--noArvadosNativeSteps``) are run by the leader itself
+  (:mod:`step_engine`): each submits the tool's own command line as a container request, so
+  Arvados can reuse the step across runs and Workbench shows it under one request per run;
+* jobs Toil marks ``local`` (CWL's small bookkeeping jobs) run on the leader, as with Toil's
+  other cluster batch systems.
 
-CWL CommandLineTool jobs are not run in a worker container at all (unless
-``--noArvadosNativeSteps``): each runs in a small leader-side process that submits the tool's own
-command line as a container request and waits (:mod:`toil_arvados.cwl_step`), so Arvados can
-reuse the step across workflow runs and Workbench shows it under one parent request per run.
+Every request of the run is followed by one :class:`~toil_arvados.request_tracker.RequestTracker`
+(event bus, backed by batched polling every ``--arvadosPollInterval`` seconds).
 """
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ import sys
 import threading
 import time
 from argparse import ArgumentParser, _ArgumentGroup
-from dataclasses import dataclass
 from typing import Any
 
 from toil.batchSystems.abstractBatchSystem import (
@@ -34,7 +32,6 @@ from toil.batchSystems.abstractBatchSystem import (
     UpdatedBatchJobInfo,
 )
 from toil.batchSystems.cleanup_support import BatchSystemCleanupSupport
-from toil.batchSystems.singleMachine import SingleMachineBatchSystem
 from toil.batchSystems.options import OptionSetter
 from toil.common import Config
 from toil.job import JobDescription, Requirer
@@ -44,7 +41,8 @@ from . import arvados_client
 from .images.worker import check_worker_image, default_image_name
 from .timestamps import parse_timestamp
 from .arvados_client import ArvadosSetupError, describe, scrub
-from .cwl_step_request import PROPERTY_STEP_JOB_STORE_ID, PROPERTY_WORKFLOW_RUN, StepSettings
+from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
+from .request_tracker import RequestTracker
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
     PROPERTY_WORKFLOW,
@@ -61,25 +59,9 @@ from .container_request import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKER_IMAGE = default_image_name()
-DEFAULT_MAX_STEPS = 32
-# Step processes get job IDs from their own counter, started far above the one container and
-# local jobs share, so the leader never sees one ID twice.
-_STEP_ID_BASE = 1 << 40
 _STDERR_TAIL = 40  # lines of a failed job's stderr copied into Toil's log
 _SHUTDOWN_BUDGET = 30.0  # seconds a cancel at shutdown waits through an outage
-_WATCHED_KINDS = ("arvados#containerRequest", "arvados#container")
-_COALESCE_SECONDS = 0.05
-_LOCAL_POLL_SECONDS = 0.1  # how often getUpdatedBatchJob also looks at the leader-local jobs  # gather completions arriving together into one batched lookup
-
-
-@dataclass
-class _Job:
-    batch_id: int
-    cr_uuid: str
-    container_uuid: str | None
-    issued_at: float
-    started_at: float | None = None
-    final: bool = False
+_LOCAL_POLL_SECONDS = 0.1  # how often getUpdatedBatchJob also looks at the leader-local jobs
 
 
 class ArvadosBatchSystem(BatchSystemCleanupSupport):
@@ -134,31 +116,14 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         # Start-up checks passed: from here on, every process of this run rides out API outages.
         arvados_client.mark_started()
         self._parent_request: str | None = None
-        self._step_jobs: dict[int, str] = {}  # batch id of a step process -> its job store id
-        self.stepBatch: SingleMachineBatchSystem | None = None
-        if self.native_steps:
-            # The step processes only wait, so they ask for no cores or memory of the leader:
-            # how many run at once is bounded by --arvadosMaxSteps alone.
-            self.stepBatch = SingleMachineBatchSystem(
-                config, maxCores, maxMemory, maxDisk,
-                max_jobs=int(getattr(config, "arvados_max_steps", None) or DEFAULT_MAX_STEPS))
-            self.stepBatch.jobIndex = _STEP_ID_BASE
+        self._steps: Any = None  # step_engine.NativeSteps, made when the first step comes
         self._lock = threading.RLock()
-        self._jobs: dict[int, _Job] = {}
-        self._by_cr: dict[str, int] = {}
+        self._jobs: dict[int, str] = {}  # batch id of a worker job -> its request
         self._updates: queue.Queue[UpdatedBatchJobInfo] = queue.Queue()
-        self._finishing: set[int] = set()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._reattach: dict[str, dict] = {}  # job store id -> running request (after --restart)
         if getattr(config, "restart", False):
             self._load_reattachable()
-        # Connecting to the event bus must not hold up the workflow: the SDK's websocket handshake
-        # has been seen to wait forever (CWL conformance run), and polling covers until it is up.
-        self._events: Any = None
-        threading.Thread(target=self._connect_events, name="arvados-events", daemon=True).start()
-        self._reconciler = threading.Thread(target=self._reconcile_loop, name="arvados-reconciler", daemon=True)
-        self._reconciler.start()
+        self.tracker = RequestTracker(self.api, self.poll_interval)
         logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
 
     # -- options -------------------------------------------------------------------------------
@@ -201,9 +166,6 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         parser.add_argument("--noArvadosStepReuse", dest="arvados_step_reuse", default=True, action="store_false",
                             help="Never let Arvados reuse finished containers for CWL steps (by default it "
                                  "does, unless a tool says WorkReuse: false)")
-        parser.add_argument("--arvadosMaxSteps", dest="arvados_max_steps", default=DEFAULT_MAX_STEPS, type=int,
-                            help="CWL steps in flight at once; each waits in a small leader-side process "
-                                 "(default: %(default)s)")
         parser.add_argument("--arvadosMaxAttempts", dest="arvados_max_attempts", default=None, type=int,
                             help="container_count_max for each request: how often Arvados itself retries a "
                                  "container lost to infrastructure (default: the cluster's setting)")
@@ -212,7 +174,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
     def setOptions(cls, setOption: OptionSetter) -> None:
         for name in ("arvados_project", "arvados_worker_image", "arvados_worker_python", "arvados_priority",
                      "arvados_reuse", "arvados_poll_interval", "arvados_max_attempts", "arvados_native_steps",
-                     "arvados_default_image", "arvados_step_reuse", "arvados_max_steps"):
+                     "arvados_default_image", "arvados_step_reuse"):
             setOption(name)
 
     # -- resources -----------------------------------------------------------------------------
@@ -242,15 +204,15 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def issueBatchJob(self, command: str, job_desc: JobDescription,
                       job_environment: dict[str, str] | None = None) -> int:
-        if self.stepBatch is not None and job_desc.local and not self.config.run_local_jobs_on_workers:
+        if self.native_steps and job_desc.local and not self.config.run_local_jobs_on_workers:
             # Leader-side jobs (workflow expansion, expressions) start through our entrypoint too:
             # they then die with the leader, and accept what native steps support (in-place updates).
             command = _leader_side_command(command, "--cwl-local")
         local_id = self.handleLocalJob(command, job_desc)
         if local_id is not None:
             return local_id
-        if self.stepBatch is not None and job_desc.jobName == "CWLJob":
-            return self._issue_step(command, job_desc, job_environment)
+        if self.native_steps and job_desc.jobName == "CWLJob":
+            return self._issue_step(job_desc)
         self.check_resource_request(job_desc)
         self._check_job_store_reachable(command)
         # From the counter the local (leader-side) jobs use too: Toil's leader keys every issued job
@@ -283,14 +245,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 cr = arvados_client.create_request(self.api, body, f"submit {job_desc}")
             except Exception as e:
                 raise ArvadosSetupError(describe(e, f"cannot submit {job_desc} as a container request")) from None
-        job = _Job(batch_id, cr["uuid"], cr.get("container_uuid"), time.time(),
-                   started_at=time.time() if cr.get("_container_state") == "Running" else None)
         with self._lock:
-            self._jobs[batch_id] = job
-            self._by_cr[cr["uuid"]] = batch_id
+            self._jobs[batch_id] = cr["uuid"]
+        self.tracker.track(cr, lambda final, c: self._worker_final(batch_id, final, c),
+                           running=cr.get("_container_state") == "Running")
         logger.debug("Issued %s as %s (batch id %d)", job_desc, cr["uuid"], batch_id)
-        if cr.get("state") == "Final":  # e.g. reused a finished container at once
-            self._mark_final(batch_id)
         return batch_id
 
     def _check_job_store_reachable(self, command: str) -> None:
@@ -302,27 +261,30 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 "running in Arvados containers cannot see: use --jobStore arvados:<name> (a Keep "
                 "job store in your home project) or arvados:<project-uuid>/<name>")
 
-    def _issue_step(self, command: str, job_desc: JobDescription, job_environment: dict[str, str] | None) -> int:
-        """Run a CWL tool job on the leader, where it submits the tool as a container request."""
-        from .cwl_step import SETTINGS_ENV, NativeStepConfig
-
-        assert self.stepBatch is not None
+    def _issue_step(self, job_desc: JobDescription) -> int:
+        """Hand a CWL tool job to the native step engine, which submits the tool itself."""
         self.check_resource_request(job_desc)  # the container will need what the tool asks for
-        settings = self.step_settings
-        parent = self._workflow_request()
-        if parent:
-            settings = StepSettings(**{**settings.__dict__, "parent_request": parent})
-        env = dict(self.environment)
-        env.update(job_environment or {})
-        env[SETTINGS_ENV] = NativeStepConfig(settings=settings, default_image=self.step_image).to_env()
-        waiter = job_desc.scale("cores", 0).scale("memory", 0).scale("disk", 0)
-        waiter.accelerators = []
-        step_command = _leader_side_command(command, "--cwl-steps")
-        batch_id: int = self.stepBatch.issueBatchJob(step_command, waiter, env)
-        with self._lock:
-            self._step_jobs[batch_id] = str(job_desc.jobStoreID)
+        batch_id = self.getNextJobID()
+        self._native_steps().issue(batch_id, str(job_desc.jobStoreID), str(job_desc))
         logger.debug("Issued CWL step %s to run as its own container request (batch id %d)", job_desc, batch_id)
         return batch_id
+
+    def _native_steps(self) -> Any:
+        """The step engine, made at the first step (with the run's parent request)."""
+        with self._lock:
+            if self._steps is None:
+                from .cwl_step import StepContext
+                from .step_engine import NativeSteps
+
+                settings = self.step_settings
+                parent = self._workflow_request()
+                if parent:
+                    settings = StepSettings(**{**settings.__dict__, "parent_request": parent})
+                context = StepContext(api=self.api, settings=settings, default_image=self.step_image,
+                                      cluster=self.cluster)
+                self._steps = NativeSteps(self.config.jobStore, getattr(self.config, "workDir", None),
+                                          self.tracker, context, self._updates.put)
+            return self._steps
 
     def _workflow_request(self) -> str | None:
         """The run's parent request, which every step request names in its properties.
@@ -393,145 +355,29 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _connect_events(self) -> None:
-        events = self._subscribe()
-        if events is None:
-            return
+    def _worker_final(self, batch_id: int, cr: dict, c: dict | None) -> None:
+        """The tracker's callback for a worker job's request."""
+        info = _update_info(batch_id, c, cr["uuid"])
+        if info.exitStatus != 0:
+            self._log_failure(batch_id, cr, c, info)
         with self._lock:
-            stopped = self._stop.is_set()
-            if not stopped:
-                self._events = events
-        if stopped:  # shut down while connecting
-            try:
-                events.close()
-            except Exception:
-                pass
+            if self._jobs.pop(batch_id, None) is None:
+                return  # killed meanwhile: Toil must not hear of it
+        self._updates.put(info)
 
-    def _subscribe(self) -> Any:
-        # Only ``event_type`` is filtered by the server (as Arvados' ws does); _on_event picks the
-        # kinds. Without the event bus the reconciler's batched polling carries on alone.
-        try:
-            return arvados_client.subscribe_events(self.api, ["update"], self._on_event)
-        except Exception as e:
-            logger.warning("%s; relying on polling every %.0fs", describe(e, "no event bus"), self.poll_interval)
-            return None
-
-    def _on_event(self, event: dict) -> None:
-        uuid = event.get("object_uuid")
-        if not uuid or event.get("object_kind") not in _WATCHED_KINDS:
-            return
-        state = ((event.get("properties") or {}).get("new_attributes") or {}).get("state")
-        with self._lock:
-            batch_id = self._by_cr.get(uuid)
-            if batch_id is not None and state == "Final":
-                self._mark_final(batch_id)
-                return
-            if state == "Running":
-                for job in self._jobs.values():
-                    if job.container_uuid == uuid and job.started_at is None:
-                        job.started_at = time.time()
-
-    def _mark_final(self, batch_id: int) -> None:
-        with self._lock:
-            job = self._jobs.get(batch_id)
-            if job is None or job.final:
-                return
-            job.final = True
-            self._finishing.add(batch_id)
-        self._wake.set()
-
-    def _reconcile_loop(self) -> None:
-        last_full = time.monotonic()
-        while not self._stop.is_set():
-            self._wake.wait(timeout=min(self.poll_interval, 1.0))
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                if time.monotonic() - last_full >= self.poll_interval:
-                    last_full = time.monotonic()
-                    self._reconcile_all()
-                if self._finishing:
-                    self._report_finished()
-            except Exception as e:  # a passing API hiccup: the next round retries
-                logger.warning("%s", describe(e, "Arvados state reconciliation failed"))
-
-    def _reconcile_all(self) -> None:
-        """One batched look at every in-flight request: catches anything the event bus missed."""
-        with self._lock:
-            in_flight = {job.cr_uuid: job for job in self._jobs.values() if not job.final}
-        if not in_flight:
-            return
-        crs = arvados_client.list_all(self.api.container_requests().list, [["uuid", "in", list(in_flight)]],
-                                      ["uuid", "state", "container_uuid"])
-        containers = {}
-        c_uuids = [cr["container_uuid"] for cr in crs if cr.get("container_uuid")]
-        if c_uuids:
-            containers = {c["uuid"]: c for c in arvados_client.list_all(
-                self.api.containers().list, [["uuid", "in", c_uuids]], ["uuid", "state"])}
-        with self._lock:
-            for cr in crs:
-                job = in_flight[cr["uuid"]]
-                job.container_uuid = cr.get("container_uuid")
-                c = containers.get(job.container_uuid or "")
-                if c and c["state"] in ("Running", "Complete") and job.started_at is None:
-                    job.started_at = time.time()
-                if cr["state"] == "Final":
-                    self._mark_final(job.batch_id)
-
-    def _report_finished(self) -> None:
-        # Let the other requests that end in the same instant arrive, so one batched call serves them.
-        self._stop.wait(_COALESCE_SECONDS)
-        with self._lock:
-            batch_ids, self._finishing = list(self._finishing), set()
-            jobs = [self._jobs[b] for b in batch_ids if b in self._jobs]
-        if not jobs:
-            return
-        fields = ["uuid", "state", "exit_code", "started_at", "finished_at", "runtime_status", "log"]
-        list_containers = self.api.containers().list
-        known = [j.container_uuid for j in jobs if j.container_uuid]
-        containers = {c["uuid"]: c for c in arvados_client.list_all(list_containers, [["uuid", "in", known]],
-                                                                    fields)} if known else {}
-        # A request whose container we don't know, or which Arvados retried with a new container,
-        # needs its current container_uuid: one more batched call for just those.
-        stale = [j for j in jobs if containers.get(j.container_uuid or "", {}).get("state") not in ("Complete", "Cancelled")]
-        crs: dict[str, dict] = {}
-        if stale:
-            crs = {cr["uuid"]: cr for cr in arvados_client.list_all(
-                self.api.container_requests().list, [["uuid", "in", [j.cr_uuid for j in stale]]],
-                ["uuid", "container_uuid", "log_uuid", "state"])}
-            extra = [cr["container_uuid"] for cr in crs.values()
-                     if cr.get("container_uuid") and cr["container_uuid"] not in containers]
-            if extra:
-                containers.update({c["uuid"]: c for c in arvados_client.list_all(
-                    list_containers, [["uuid", "in", extra]], fields)})
-            for j in stale:
-                j.container_uuid = crs.get(j.cr_uuid, {}).get("container_uuid") or j.container_uuid
-        for job in jobs:
-            cr = crs.get(job.cr_uuid, {"uuid": job.cr_uuid})
-            c = containers.get(job.container_uuid or "")
-            info = _update_info(job.batch_id, c, job.cr_uuid)
-            if info.exitStatus != 0:
-                self._log_failure(job, cr, c, info)
-            with self._lock:
-                if self._jobs.pop(job.batch_id, None) is None:
-                    continue  # killed meanwhile: Toil must not hear of it
-                self._by_cr.pop(job.cr_uuid, None)
-            self._updates.put(info)
-
-    def _log_failure(self, job: _Job, cr: dict, c: dict | None, info: UpdatedBatchJobInfo) -> None:
+    def _log_failure(self, batch_id: int, cr: dict, c: dict | None, info: UpdatedBatchJobInfo) -> None:
         """Put the failed worker's stderr (from its log collection) into Toil's log."""
         reason = BatchJobExitReason.to_string(info.exitReason or 0)
         status = (c or {}).get("runtime_status") or {}
-        lines = [f"Arvados job {job.cr_uuid} (batch id {job.batch_id}) ended {reason} "
+        lines = [f"Arvados job {cr['uuid']} (batch id {batch_id}) ended {reason} "
                  f"with exit status {info.exitStatus}"]
         if status.get("error"):
             lines.append(f"  Arvados: {status['error']}{': ' + status['errorDetail'] if status.get('errorDetail') else ''}")
         try:
             # The request's own log collection: the container's belongs to the dispatcher.
             log_uuid = cr.get("log_uuid") or arvados_client.call(
-                lambda: self.api.container_requests().get(uuid=job.cr_uuid, select=["uuid", "log_uuid"]),
-                f"look up {job.cr_uuid}", budget=60.0).get("log_uuid")
+                lambda: self.api.container_requests().get(uuid=cr["uuid"], select=["uuid", "log_uuid"]),
+                f"look up {cr['uuid']}", budget=60.0).get("log_uuid")
             tail = arvados_client.log_tail(self.api, log_uuid, _STDERR_TAIL) if log_uuid else None
             if tail:
                 lines.append(f"  ---- {tail[0]} ({log_uuid}) ----")
@@ -545,30 +391,22 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
     def getIssuedBatchJobIDs(self) -> list[int]:
         with self._lock:
             remote = list(self._jobs)
-        return remote + self.getIssuedLocalJobIDs() + self._step_ids()
+        steps = self._steps.issued() if self._steps is not None else []
+        return remote + self.getIssuedLocalJobIDs() + steps
 
     def getRunningBatchJobIDs(self) -> dict[int, float]:
+        started = self.tracker.started()
         now = time.time()
         with self._lock:
-            running = {j.batch_id: now - j.started_at for j in self._jobs.values()
-                       if j.started_at is not None and not j.final}
+            running = {b: now - started[cr] for b, cr in self._jobs.items() if cr in started}
         running.update(self.getRunningLocalJobIDs())
-        if self.stepBatch is not None:
-            running.update(self.stepBatch.getRunningBatchJobIDs())
+        if self._steps is not None:
+            running.update(self._steps.running())
         return running
 
-    def _step_ids(self) -> list[int]:
-        return list(self.stepBatch.getIssuedBatchJobIDs()) if self.stepBatch is not None else []
-
     def _updated_leader_side(self) -> UpdatedBatchJobInfo | None:
-        """A finished local job or step process, if any (never waits)."""
-        local = self.getUpdatedLocalJob(0)
-        if local is None and self.stepBatch is not None:
-            local = self.stepBatch.getUpdatedBatchJob(0)
-            if local is not None:
-                with self._lock:
-                    self._step_jobs.pop(local.jobID, None)
-        return local
+        """A finished local job, if any (never waits)."""
+        return self.getUpdatedLocalJob(0)
 
     def getUpdatedBatchJob(self, maxWait: int) -> UpdatedBatchJobInfo | None:
         local = self._updated_leader_side()
@@ -587,28 +425,20 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                     return None
 
     def getSchedulingStatusMessage(self) -> str | None:
-        with self._lock:
-            waiting = sum(1 for j in self._jobs.values() if j.started_at is None)
+        waiting = self.tracker.queued()
         return f"{waiting} container requests are queued on Arvados" if waiting else None
 
     # -- stopping ------------------------------------------------------------------------------
 
     def killBatchJobs(self, jobIDs: list[int]) -> None:
         self.killLocalJobs(jobIDs)
-        if self.stepBatch is not None:
-            steps = set(self._step_ids())
-            doomed_steps = [b for b in jobIDs if b in steps]
-            if doomed_steps:
-                self.stepBatch.killBatchJobs(doomed_steps)  # SIGKILL: the process cannot clean up
-                with self._lock:
-                    job_ids = [self._step_jobs.pop(b) for b in doomed_steps if b in self._step_jobs]
-                self._cancel_step_requests(job_ids)
+        if self._steps is not None:
+            self._steps.kill(jobIDs)
         with self._lock:
             doomed = [self._jobs.pop(b) for b in jobIDs if b in self._jobs]
-            for job in doomed:
-                self._by_cr.pop(job.cr_uuid, None)
-        for job in doomed:
-            self._cancel(job.cr_uuid)
+        for cr_uuid in doomed:
+            self.tracker.forget(cr_uuid)
+            self._cancel(cr_uuid)
 
     def _cancel(self, cr_uuid: str, budget: float = arvados_client.OUTAGE_BUDGET) -> None:
         """Priority 0 is Arvados' cancel: the container stops unless another request shares it."""
@@ -618,41 +448,20 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
 
     def shutdown(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        with self._lock:
-            remaining = list(self._jobs.values())
-            self._jobs.clear()
-            self._by_cr.clear()
+        if self._steps is not None:
+            self._steps.shutdown()  # no pass starts or submits after this
         # Shutting down: a short wait per request through an outage, not the full budget each.
-        for job in remaining:
-            if not job.final:
-                self._cancel(job.cr_uuid, _SHUTDOWN_BUDGET)
+        for cr_uuid in self.tracker.stop():
+            self._cancel(cr_uuid, _SHUTDOWN_BUDGET)
+        with self._lock:
+            self._jobs.clear()
         for cr in self._reattach.values():  # leftovers Toil did not ask for again
             self._cancel(cr["uuid"], _SHUTDOWN_BUDGET)
-        with self._lock:
-            events, self._events = self._events, None
-        if events is not None:
-            try:
-                events.close()
-            except Exception:
-                pass
-        self._reconciler.join(timeout=5)
-        if self.stepBatch is not None:
-            self.stepBatch.shutdown()
-            self._cancel_orphan_steps()
+        if self._steps is not None:
+            # Step requests the tracker did not know of yet (a pass submitting as we stopped).
+            self._cancel_committed([f"properties.{PROPERTY_WORKFLOW_RUN}", "=", str(self.config.workflowID)],
+                                   "step requests left running")
         self.shutdownLocal()
-
-    def _cancel_step_requests(self, job_store_ids: list[str]) -> None:
-        """Cancel what killed step processes had submitted (one list call)."""
-        if job_store_ids:
-            self._cancel_committed([f"properties.{PROPERTY_STEP_JOB_STORE_ID}", "in", job_store_ids],
-                                   "the requests of killed steps")
-
-    def _cancel_orphan_steps(self) -> None:
-        """Step requests of this run still committed (their process was killed): cancel them."""
-        self._cancel_committed([f"properties.{PROPERTY_WORKFLOW_RUN}", "=", str(self.config.workflowID)],
-                               "step requests left running")
 
     def _cancel_committed(self, selector: list, what: str) -> None:
         """Cancel every Committed request with priority > 0 that ``selector`` picks."""

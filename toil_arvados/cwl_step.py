@@ -1,15 +1,15 @@
 """Native CWL steps: a CommandLineTool runs as its own Arvados container request.
 
 Toil's ``CWLJob`` normally runs cwltool inside a worker, and cwltool runs the tool's command
-there. For ``--batchSystem arvados`` the batch system runs that ``CWLJob`` on the leader instead
-(it only waits), in a process where :func:`install` has taught Toil's ``ToilCommandLineTool``
-two things:
+there. For ``--batchSystem arvados`` the leader runs that ``CWLJob`` itself
+(:mod:`toil_arvados.step_engine`), with its tool an :class:`ArvadosCommandLineTool`:
 
 * its jobs are :class:`ArvadosStepJob`: cwltool still builds the command line, environment,
   InitialWorkDir and output bindings exactly as for a Docker run (container paths
   ``/var/spool/cwl``, ``/tmp``, ``/var/lib/cwl``), but "running" means submitting that command
-  as a container request in the tool's image and waiting for Arvados to finish it (or reuse a
-  finished identical container);
+  as a container request in the tool's image; the first pass of the job ends there
+  (:class:`~toil_arvados.step_runner.StepSubmitted`), and the second, once Arvados has finished
+  the request (or reused a finished identical container), binds its outputs;
 * its path mapper leaves ``toilfile:``/``toildir:``/``keep:`` locations as they are instead of
   downloading them, so inputs reach the container as Keep collection mounts
   (:mod:`cwl_staging`), by reference.
@@ -19,17 +19,16 @@ The output collection is then read back so cwltool's own output binding (globs, 
 """
 from __future__ import annotations
 
-import functools
-import json
+import contextvars
 import logging
 import os
-import random
-import signal
-import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from cwltool.job import JobBase
+from toil.cwl.cwltoil import ToilCommandLineTool, ToilPathMapper
 from cwltool.pathmapper import MapperEnt
 from cwl_utils.errors import WorkflowException
 
@@ -41,33 +40,53 @@ from .images.keep import repo_tag as normalize_image
 from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
 from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
+from .step_runner import StepSubmitted
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_ENV = "TOIL_ARVADOS_STEP_SETTINGS"
 _STDERR_TAIL = 40
-_POLL_START, _POLL_MAX = 0.2, 2.0
+
+FinishedRequest = tuple[dict, "dict | None"]  # a Final request and its container
+
+
+@dataclass
+class StepContext:
+    """What the step engine gives the steps of one run: the Arvados client, where and how to
+    submit, and the requests that have finished (by the Toil job store id of their step)."""
+
+    api: Any
+    settings: StepSettings
+    default_image: str
+    cluster: dict
+    finished: dict[str, FinishedRequest] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class NativeStepConfig:
-    """What the leader tells each step process (through :data:`SETTINGS_ENV`)."""
+class StepPass:
+    """The pass the calling thread is running: for which job, in which run."""
 
-    settings: StepSettings
-    default_image: str
+    context: StepContext
+    job_store_id: str
 
-    def to_env(self) -> str:
-        data = asdict(self)
-        return json.dumps(data, sort_keys=True)
 
-    @classmethod
-    def from_env(cls, text: str | None = None) -> "NativeStepConfig":
-        raw = text if text is not None else os.environ.get(SETTINGS_ENV)
-        if not raw:
-            raise ArvadosSetupError(f"{SETTINGS_ENV} is not set: native CWL steps run only under --batchSystem arvados")
-        data = json.loads(raw)
-        data["settings"] = StepSettings(**data["settings"])
-        return cls(**data)
+_current: contextvars.ContextVar[StepPass | None] = contextvars.ContextVar("toil_arvados_step", default=None)
+
+
+@contextmanager
+def step_pass(context: StepContext, job_store_id: str) -> Iterator[None]:
+    """Run a pass of the step job ``job_store_id`` (see :mod:`step_runner`) in this thread."""
+    token = _current.set(StepPass(context, job_store_id))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current_pass() -> StepPass:
+    p = _current.get()
+    if p is None:
+        raise ArvadosSetupError("a native CWL step ran outside the step engine (--batchSystem arvados only)")
+    return p
 
 
 def image_name(docker_requirement: Mapping[str, Any] | None, default_image: str) -> str:
@@ -94,47 +113,41 @@ def _passthrough(location: str) -> bool:
     return location.startswith(("toilfile:", "toildir:", "keep:"))
 
 
-def _step_path_mapper_class() -> type:
-    """Toil's path mapper, minus downloading what is already in a store (built lazily: Toil's
-    CWL module is imported only in processes that run CWL)."""
-    from toil.cwl.cwltoil import ToilPathMapper
+class StepPathMapper(ToilPathMapper):
+    """Toil's path mapper, minus downloading what is already in a store: keeps job store and
+    Keep locations as they are, with reproducible staging dirs."""
 
-    class StepPathMapper(ToilPathMapper):  # type: ignore[misc, valid-type]
-        """Keeps job store and Keep locations as they are, with reproducible staging dirs."""
+    def setup(self, referenced_files: Any, basedir: str) -> None:
+        # cwltool names each input's staging dir after a random UUID; a container's command
+        # line and mounts must not differ between runs, or Arvados cannot reuse it.
+        for n, fob in enumerate(referenced_files):
+            stagedir = os.path.join(self.stagedir, f"stg{n}") if self.separateDirs else self.stagedir
+            self.visit(fob, stagedir, basedir, copy=bool(fob.get("writable", False)), staged=True)
 
-        def setup(self, referenced_files: Any, basedir: str) -> None:
-            # cwltool names each input's staging dir after a random UUID; a container's command
-            # line and mounts must not differ between runs, or Arvados cannot reuse it.
-            for n, fob in enumerate(referenced_files):
-                stagedir = os.path.join(self.stagedir, f"stg{n}") if self.separateDirs else self.stagedir
-                self.visit(fob, stagedir, basedir, copy=bool(fob.get("writable", False)), staged=True)
-
-        def visit(self, obj: Any, stagedir: str, basedir: str, copy: bool = False, staged: bool = False) -> None:
-            location = obj.get("location", "")
-            if obj.get("class") not in ("File", "Directory") or not _passthrough(location):
-                super().visit(obj, stagedir, basedir, copy=copy, staged=staged)
-                return
-            stagedir = obj.get("dirname") or stagedir
-            if location in self._pathmap:
-                tgt = self._pathmap[location].target
-            else:
-                tgt = os.path.join(stagedir, obj["basename"])
-                n = 2
-                while self.reversemap(tgt) is not None:
-                    tgt = os.path.join(stagedir, f"{obj['basename']}_{n}")
-                    n += 1
-            if obj["class"] == "Directory":
-                if location not in self._pathmap:
-                    self._pathmap[location] = MapperEnt(location, tgt, "WritableDirectory" if copy else "Directory",
-                                                        staged)
-                # The collection holds the whole tree: its entries are not staged separately.
-                self.visitlisting(obj.get("listing", []), tgt, basedir, copy=copy, staged=False)
-            else:
-                if location not in self._pathmap:
-                    self._pathmap[location] = MapperEnt(location, tgt, "WritableFile" if copy else "File", staged)
-                self.visitlisting(obj.get("secondaryFiles", []), stagedir, basedir, copy=copy, staged=staged)
-
-    return StepPathMapper
+    def visit(self, obj: Any, stagedir: str, basedir: str, copy: bool = False, staged: bool = False) -> None:
+        location = obj.get("location", "")
+        if obj.get("class") not in ("File", "Directory") or not _passthrough(location):
+            super().visit(obj, stagedir, basedir, copy=copy, staged=staged)
+            return
+        stagedir = obj.get("dirname") or stagedir
+        if location in self._pathmap:
+            tgt = self._pathmap[location].target
+        else:
+            tgt = os.path.join(stagedir, obj["basename"])
+            n = 2
+            while self.reversemap(tgt) is not None:
+                tgt = os.path.join(stagedir, f"{obj['basename']}_{n}")
+                n += 1
+        if obj["class"] == "Directory":
+            if location not in self._pathmap:
+                self._pathmap[location] = MapperEnt(location, tgt, "WritableDirectory" if copy else "Directory",
+                                                    staged)
+            # The collection holds the whole tree: its entries are not staged separately.
+            self.visitlisting(obj.get("listing", []), tgt, basedir, copy=copy, staged=False)
+        else:
+            if location not in self._pathmap:
+                self._pathmap[location] = MapperEnt(location, tgt, "WritableFile" if copy else "File", staged)
+            self.visitlisting(obj.get("secondaryFiles", []), stagedir, basedir, copy=copy, staged=staged)
 
 
 def _keeping_store_uris(make_fs_access: Any) -> Any:
@@ -168,7 +181,6 @@ def _keeping_store_uris(make_fs_access: Any) -> Any:
 class ArvadosStepJob(JobBase):
     """One CommandLineTool invocation, run as an Arvados container request."""
 
-    native: NativeStepConfig
     use_docker_requirement: bool = True
     file_store: Any = None
     toil_job: Any = None
@@ -181,10 +193,10 @@ class ArvadosStepJob(JobBase):
         # With --no-container the tool runs in the default image, with that image's own PATH.
         env: dict[str, str] = {}
         # EnvVarRequirements of the input document (cwl:requirements): Toil's CWLJob evaluates
-        # them into the environment and names them in preserve_environment.
-        for key in getattr(runtimeContext, "preserve_environment", None) or ():
-            if key in os.environ:
-                env[key] = os.environ[key]
+        # them into preserve_environment (a dict; the process environment is shared by threads).
+        preserved = getattr(runtimeContext, "preserve_environment", None) or {}
+        if isinstance(preserved, Mapping):
+            env.update({str(k): str(v) for k, v in preserved.items()})
         env.update(envVarReq)
         env.update(self._required_env())
         self.environment = env
@@ -200,7 +212,7 @@ class ArvadosStepJob(JobBase):
         except SecretExposed as e:  # the tool's own doing: the step fails, as a failing command would
             logger.error("%s", e)
             status = "permanentFail"
-        except (ArvadosSetupError, WorkflowException):
+        except (ArvadosSetupError, WorkflowException, StepSubmitted):
             raise
         except Exception as e:
             logger.error("CWL step %s failed: %s", self.name, arvados_client.scrub(f"{type(e).__name__}: {e}"))
@@ -213,17 +225,54 @@ class ArvadosStepJob(JobBase):
     # -- submission ----------------------------------------------------------------------------
 
     def _run_container(self, runtimeContext: Any, host_out: str) -> tuple[str, int | None]:
-        api = _api()
-        cfg = self.native
+        """Submit the request (first pass) or take the finished one (second pass); then judge it."""
+        current = current_pass()
+        ctx = current.context
+        entries = self._entries(runtimeContext)
+        finished = ctx.finished.get(current.job_store_id)
+        if finished is None:
+            finished = self._submit(ctx, runtimeContext, entries, current.job_store_id)
+        cr, container = finished
+        if (container or {}).get("state") != "Complete":
+            self._report_unfinished(ctx.api, cr, container, runtimeContext)
+            return "permanentFail", None
+        rcode = container.get("exit_code")
+        status = process_status(rcode, list(self.successCodes), list(self.temporaryFailCodes),
+                                list(self.permanentFailCodes))
+        if status != "success":
+            logger.error("CWL step %s: container request %s ended %s (exit code %s)", self.name, cr["uuid"],
+                         status, rcode)
+        output = cr.get("output_uuid") or container.get("output")
+        if output:
+            arvados_client.retrying(lambda: _download(ctx.api, output, host_out), f"read the output of {self.name}")
+        if self.inplace_update and status == "success":
+            self._apply_inplace_updates(entries, host_out)
+        if status != "success":
+            self._copy_stderr(ctx.api, cr, container, runtimeContext)
+        return status, int(rcode if rcode is not None else 1)
+
+    def _submit(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry], job_store_id: str) -> FinishedRequest:
+        """Submit this step's request; raise :class:`StepSubmitted` unless it is Final at once
+        (Arvados reused a finished container), in which case it is returned with its container."""
+        body, image = self._request_body(ctx, runtimeContext, entries)
+        body["properties"][PROPERTY_STEP_JOB_STORE_ID] = job_store_id
+        _check_fit(ctx.cluster, body, image)
+        cr = _submit(ctx.api, body, image)
+        logger.info("CWL step %s: container request %s (image %s)", self.name, cr["uuid"], image)
+        if cr.get("state") != "Final":
+            raise StepSubmitted(cr)
+        return cr, _container(ctx.api, cr.get("container_uuid"))
+
+    def _request_body(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry]) -> tuple[dict, str]:
         docker_req, _ = self.get_requirement("DockerRequirement")
-        image = image_name(docker_req if self.use_docker_requirement else None, cfg.default_image)
+        image = image_name(docker_req if self.use_docker_requirement else None, ctx.default_image)
         secrets = getattr(runtimeContext, "secret_store", None)
-        entries, secret_mounts = split_secret_entries(self._entries(runtimeContext), secrets, self.name)
+        entries, secret_mounts = split_secret_entries(entries, secrets, self.name)
         mounts: dict[str, Any] = {}
         stdin = None
         if entries:
             # Staging only reads inputs and saves a collection of them: safe to redo after an outage.
-            pdh = arvados_client.retrying(lambda: self._stage(api, runtimeContext, entries),
+            pdh = arvados_client.retrying(lambda: self._stage(ctx, runtimeContext, entries),
                                           f"stage the inputs of {self.name}")
             mounts = plan_mounts(entries, STAGEDIR, pdh)
             if self.stdin:
@@ -242,34 +291,9 @@ class ArvadosStepJob(JobBase):
             outdir=self.builder.outdir, tmpdir=self.builder.tmpdir, secret_mounts=secret_mounts)
         step = str(getattr(runtimeContext, "name", None) or self.name)
         tool = str(getattr(self, "tool_id", "") or "")
-        body = step_request_body(inv, cfg.settings, step=step, tool=tool)
+        body = step_request_body(inv, ctx.settings, step=step, tool=tool)
         refuse_visible_secrets(secrets, self.name, body)
-        if self.toil_job is not None:
-            body["properties"][PROPERTY_STEP_JOB_STORE_ID] = str(self.toil_job.jobStoreID)
-        _check_fit(api, body, image)
-        cr = _submit(api, body, image)
-        logger.info("CWL step %s: container request %s (image %s)", self.name, cr["uuid"], image)
-        with _cancel_on_termination(api, cr["uuid"]):
-            cr = _wait_final(api, cr)
-        container = _container(api, cr.get("container_uuid"))
-        state = (container or {}).get("state")
-        if state != "Complete":
-            self._report_unfinished(api, cr, container, runtimeContext)
-            return "permanentFail", None
-        rcode = container.get("exit_code")
-        status = process_status(rcode, list(self.successCodes), list(self.temporaryFailCodes),
-                                list(self.permanentFailCodes))
-        if status != "success":
-            logger.error("CWL step %s: container request %s ended %s (exit code %s)", self.name, cr["uuid"],
-                         status, rcode)
-        output = cr.get("output_uuid") or container.get("output")
-        if output:
-            arvados_client.retrying(lambda: _download(api, output, host_out), f"read the output of {self.name}")
-        if self.inplace_update and status == "success":
-            self._apply_inplace_updates(entries, host_out)
-        if status != "success":
-            self._copy_stderr(api, cr, container, runtimeContext)
-        return status, int(rcode if rcode is not None else 1)
+        return body, image
 
     def _apply_inplace_updates(self, entries: list[Entry], host_out: str) -> None:
         """InplaceUpdateRequirement: write what the tool changed back to the input file itself.
@@ -299,13 +323,13 @@ class ArvadosStepJob(JobBase):
                 job_store.update_file(FileID.unpack(e.resolved[len("toilfile:"):]), changed)
                 logger.info("CWL step %s: in-place update of %s written back to the job store", self.name, e.target)
 
-    def _stage(self, api: Any, runtimeContext: Any, entries: list[Entry]) -> str:
+    def _stage(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry]) -> str:
         """One staging collection holding ``entries``; its portable data hash."""
-        staging = StagingCollection(api, self._sources(api, runtimeContext), STAGEDIR)
+        staging = StagingCollection(ctx.api, self._sources(ctx.api, runtimeContext), STAGEDIR)
         try:
             for e in entries:
                 staging.add(e)
-            return staging.save(self.native.settings.project_uuid, f"Inputs of {self.name}"[:255])
+            return staging.save(ctx.settings.project_uuid, f"Inputs of {self.name}"[:255])
         finally:
             staging.close()
 
@@ -400,21 +424,11 @@ class ArvadosStepJob(JobBase):
 
 # -- Arvados calls ----------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _api() -> Any:
-    return arvados_client.connect()
-
-
-@functools.lru_cache(maxsize=1)
-def _cluster_config() -> dict:
-    return arvados_client.cluster_config(_api())
-
-
-def _check_fit(api: Any, body: dict, image: str) -> None:
+def _check_fit(cluster: dict, body: dict, image: str) -> None:
     """Refuse at once, in one line, a step no instance type of the cluster can run (Arvados would
     otherwise cancel its container as unsatisfiable only after queueing it)."""
     pdh = image if "+" in image else None
-    why = unfit(body["runtime_constraints"], body["mounts"], body["scheduling_parameters"], pdh, _cluster_config())
+    why = unfit(body["runtime_constraints"], body["mounts"], body["scheduling_parameters"], pdh, cluster)
     if why is not None:
         raise WorkflowException(f"CWL step {body['name']} cannot run on this Arvados cluster: {why.detail}")
 
@@ -430,47 +444,10 @@ def _submit(api: Any, body: dict, image: str) -> dict:
         raise ArvadosSetupError(describe(e, f"cannot submit CWL step {body['name']}")) from None
 
 
-def _wait_final(api: Any, cr: dict) -> dict:
-    """Poll the request until it is Final: quickly at first (reused containers finish at once),
-    then every couple of seconds, with jitter so many waiting steps don't poll in lockstep.
-    Each look rides out an API outage (the container runs on meanwhile)."""
-    delay = _POLL_START
-    uuid = cr["uuid"]
-    while cr.get("state") != "Final":
-        time.sleep(delay * random.uniform(0.8, 1.2))
-        delay = min(_POLL_MAX, delay * 1.5)
-        cr = arvados_client.call(lambda: api.container_requests().get(uuid=uuid), f"watch {uuid}")
-    return cr
-
-
 def _container(api: Any, uuid: str | None) -> dict | None:
     if not uuid:
         return None
     return arvados_client.call(lambda: api.containers().get(uuid=uuid), f"look up {uuid}")
-
-
-class _cancel_on_termination:
-    """If Toil kills this step's process (workflow aborted, job killed), cancel the request."""
-
-    def __init__(self, api: Any, cr_uuid: str) -> None:
-        self.api, self.cr_uuid = api, cr_uuid
-        self._old: Any = None
-
-    def __enter__(self) -> None:
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._cancel)
-        except ValueError:  # not the main thread: the leader's shutdown cancels instead
-            self._old = None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-    def _cancel(self, signum: int, frame: Any) -> None:
-        try:
-            arvados_client.cancel_request(self.api, self.cr_uuid, budget=10.0)  # Toil waits only briefly
-        finally:
-            raise SystemExit(128 + signum)
 
 
 def _download(api: Any, locator: str, dest: str) -> None:
@@ -496,53 +473,48 @@ def _download(api: Any, locator: str, dest: str) -> None:
     walk(reader, dest)
 
 
-# -- installing into Toil ---------------------------------------------------------------------
+# -- the tool ----------------------------------------------------------------------------------
 
-def install() -> None:
-    """Make this process's CWL CommandLineTools run as native Arvados steps."""
-    from toil.cwl import cwltoil
+class ArvadosCommandLineTool(ToilCommandLineTool):
+    """Toil's CommandLineTool whose jobs are Arvados container requests (see the module docstring)."""
 
-    cls = cwltoil.ToilCommandLineTool
-    if getattr(cls, "_toil_arvados_native", False):
-        return
-
-    config = NativeStepConfig.from_env()
-    original_job = cls.job
-    mapper_class = _step_path_mapper_class()
-
-    def make_job_runner(self: Any, runtimeContext: Any) -> type:
+    def make_job_runner(self, runtimeContext: Any) -> type:
         return ArvadosStepJob
 
-    def make_path_mapper(self: Any, reffiles: Any, stagedir: str, runtimeContext: Any, separateDirs: bool) -> Any:
-        mapper = mapper_class(reffiles, runtimeContext.basedir, stagedir, separateDirs,
-                              get_file=getattr(runtimeContext, "toil_get_file", None), streaming_allowed=False)
+    def make_path_mapper(self, reffiles: Any, stagedir: str, runtimeContext: Any, separateDirs: bool) -> Any:
+        mapper = StepPathMapper(reffiles, runtimeContext.basedir, stagedir, separateDirs,
+                                get_file=getattr(runtimeContext, "toil_get_file", None), streaming_allowed=False)
         self._path_mappers.append(mapper)
         return mapper
 
-    def job(self: Any, job_order: Any, output_callbacks: Any, runtimeContext: Any) -> Any:
-        # Toil's worker quiets loggers that are not Toil's when it starts; the step's own reports
-        # (request uuid, failures) must reach the job's log.
-        logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
+    def job(self, job_order: Any, output_callbacks: Any, runtimeContext: Any) -> Any:
+        ctx = current_pass().context
         rc = runtimeContext.copy()
         honour_docker = bool(rc.use_container)  # --no-container: a DockerRequirement's image is not used
         rc.use_container = True  # ... but the command always sees container paths
-        rc.toil_arvados_no_container = not honour_docker
-        rc.default_container = config.default_image
+        rc.default_container = ctx.default_image
         rc.find_default_container = None
         rc.docker_outdir, rc.docker_tmpdir, rc.docker_stagedir = OUTDIR, TMPDIR, STAGEDIR
         if rc.make_fs_access is not None:
             rc.make_fs_access = _keeping_store_uris(rc.make_fs_access)
-        for j in original_job(self, job_order, output_callbacks, rc):
+        for j in super().job(job_order, output_callbacks, rc):
             if isinstance(j, ArvadosStepJob):
-                j.native = config
                 j.use_docker_requirement = honour_docker
                 j.file_store = self._toil_file_store
                 j.toil_job = self._toil_job
                 j.tool_id = self.tool.get("id", "")
             yield j
 
-    cls.make_job_runner = make_job_runner
-    cls.make_path_mapper = make_path_mapper
-    cls.job = job
-    cls._toil_arvados_native = True
-    logger.debug("CWL CommandLineTools in this process run as Arvados container requests")
+
+def adopt(job: Any) -> None:
+    """Make a loaded Toil ``CWLJob`` run its CommandLineTool as a native step.
+
+    Anything else the leader is given to run must not run a command on the leader: an
+    ExpressionTool's job only evaluates expressions; any other tool is refused."""
+    from toil.cwl.cwltoil import ToilExpressionTool
+
+    tool = getattr(job, "cwltool", None)
+    if type(tool) is ToilCommandLineTool:
+        tool.__class__ = ArvadosCommandLineTool
+    elif tool is not None and not isinstance(tool, (ArvadosCommandLineTool, ToilExpressionTool)):
+        raise ArvadosSetupError(f"{job}: a {type(tool).__name__} cannot run as a native Arvados step")

@@ -1,8 +1,7 @@
-"""``python -m toil_arvados.worker [--cwl-steps] COMMAND``: how Toil jobs start under ``--batchSystem arvados``.
+"""``python -m toil_arvados.worker [--cwl-local] COMMAND``: how Toil jobs start under ``--batchSystem arvados``.
 
-It is the entrypoint of every Arvados container Toil submits, and (with ``--cwl-steps``) of the
-leader-side processes that run a CWL CommandLineTool as its own container request
-(:mod:`toil_arvados.cwl_step`).
+It is the entrypoint of every Arvados container Toil submits, and (with ``--cwl-local``) of the
+leader-side processes that run CWL's small bookkeeping jobs (workflow expansion, expressions).
 
 Toil's worker must open the job store named on its command line, and Toil 9 only knows the
 ``arvados:`` job store once this plugin has registered it. So the container runs this module
@@ -18,12 +17,11 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cwl_steps = bool(argv) and argv[0] == "--cwl-steps"
     cwl_local = bool(argv) and argv[0] == "--cwl-local"
-    if cwl_steps or cwl_local:
+    if cwl_local:
         argv.pop(0)
     if len(argv) != 1:
-        print("usage: python -m toil_arvados.worker [--cwl-steps|--cwl-local] 'COMMAND'", file=sys.stderr)
+        print("usage: python -m toil_arvados.worker [--cwl-local] 'COMMAND'", file=sys.stderr)
         return 2
     command = argv[0]
     words = shlex.split(command)
@@ -36,16 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise
         else:
             register_job_store()
-        if cwl_steps:
-            from toil_arvados.cwl_step import install
-
-            _exit_with_leader()
-            install()
         if cwl_local:
             _exit_with_leader()
-        if not (cwl_steps or cwl_local):
+        else:
             _prepare_user_script()
-        if (cwl_steps or cwl_local) and os.environ.get("TOIL_ARVADOS_INPLACE_UPDATES") == "1":
+        if cwl_local and os.environ.get("TOIL_ARVADOS_INPLACE_UPDATES") == "1":
             from toil_arvados.cwl_images import allow_inplace_updates
 
             allow_inplace_updates()
@@ -77,13 +70,9 @@ def _prepare_user_script() -> None:
 
 
 def _exit_with_leader() -> None:
-    """A step process must not outlive its leader (``kill -9``, a crash).
-
-    Left running, it would finish its job in the job store while a restarted leader runs the same
-    job again. Its container request stays: the restarted leader's identical request gets the
-    still-running container (Arvados reuse), so no work is lost. SIGHUP, not SIGTERM, because
-    SIGTERM (Toil killing the job) means "cancel the request".
-    """
+    """A leader-side job process must not outlive its leader (``kill -9``, a crash): left
+    running, it would finish its job in the job store while a restarted leader runs the same job
+    again."""
     import ctypes
     import signal
 

@@ -1,0 +1,214 @@
+"""One tracker for every container request of a run: worker jobs and CWL steps alike.
+
+Nothing waits per request. The Arvados event bus (websocket) says when a request or its
+container changes state; a reconciler thread backs it up with one batched ``list`` of all
+requests in flight every ``poll_interval`` seconds (a missed event delays a job, never loses
+it). When requests end, one batched lookup fetches their containers (exit code, runtime
+status, times) and each request's ``on_final`` callback runs with both records, in the
+reconciler thread: callbacks must be quick (hand real work to a pool).
+
+Thread safety: every public method may be called from any thread; the state is guarded by
+one lock, and callbacks run without holding it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import arvados_client
+from .arvados_client import describe
+
+logger = logging.getLogger(__name__)
+
+_WATCHED_KINDS = ("arvados#containerRequest", "arvados#container")
+_COALESCE_SECONDS = 0.05  # gather requests ending together into one batched lookup
+CONTAINER_FIELDS = ["uuid", "state", "exit_code", "started_at", "finished_at", "runtime_status", "log", "output"]
+REQUEST_FIELDS = ["uuid", "state", "container_uuid", "log_uuid", "output_uuid"]
+
+FinalCallback = Callable[[dict, "dict | None"], None]
+
+
+@dataclass
+class Tracked:
+    """A request in flight and what to do when it is Final."""
+
+    cr_uuid: str
+    container_uuid: str | None
+    on_final: FinalCallback
+    started_at: float | None = None
+    final: bool = False
+    cr: dict = field(default_factory=dict)
+
+
+class RequestTracker:
+    """Follows container requests until they are Final; see the module docstring."""
+
+    def __init__(self, api: Any, poll_interval: float) -> None:
+        self.api = api
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._tracked: dict[str, Tracked] = {}
+        self._finishing: set[str] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._events: Any = None
+        # Connecting to the event bus must not hold anything up: polling covers until it is up.
+        threading.Thread(target=self._connect_events, name="arvados-events", daemon=True).start()
+        self._reconciler = threading.Thread(target=self._reconcile_loop, name="arvados-reconciler", daemon=True)
+        self._reconciler.start()
+
+    # -- what callers do -------------------------------------------------------------------
+
+    def track(self, cr: dict, on_final: FinalCallback, running: bool = False) -> None:
+        """Follow ``cr`` (a request record as ``create`` returned it) until it is Final."""
+        item = Tracked(cr["uuid"], cr.get("container_uuid"), on_final,
+                       started_at=time.time() if running else None)
+        with self._lock:
+            self._tracked[item.cr_uuid] = item
+        if cr.get("state") == "Final":  # e.g. it reused a finished container at once
+            self._mark_final(item.cr_uuid)
+
+    def forget(self, cr_uuid: str) -> bool:
+        """Stop following ``cr_uuid`` (its callback will not run); whether it was followed."""
+        with self._lock:
+            self._finishing.discard(cr_uuid)
+            return self._tracked.pop(cr_uuid, None) is not None
+
+    def started(self) -> dict[str, float]:
+        """Requests whose container has started: uuid -> when we noticed."""
+        with self._lock:
+            return {t.cr_uuid: t.started_at for t in self._tracked.values()
+                    if t.started_at is not None and not t.final}
+
+    def in_flight(self) -> list[str]:
+        with self._lock:
+            return [t.cr_uuid for t in self._tracked.values() if not t.final]
+
+    def queued(self) -> int:
+        with self._lock:
+            return sum(1 for t in self._tracked.values() if t.started_at is None and not t.final)
+
+    def stop(self) -> list[str]:
+        """Stop following anything; the requests that were still in flight."""
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            left = [t.cr_uuid for t in self._tracked.values() if not t.final]
+            self._tracked.clear()
+            events, self._events = self._events, None
+        if events is not None:
+            try:
+                events.close()
+            except Exception:
+                pass
+        self._reconciler.join(timeout=5)
+        return left
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _connect_events(self) -> None:
+        try:
+            # Only ``event_type`` is filtered by the server (as Arvados' ws does); _on_event picks kinds.
+            events = arvados_client.subscribe_events(self.api, ["update"], self._on_event)
+        except Exception as e:
+            logger.warning("%s; relying on polling every %.0fs", describe(e, "no event bus"), self.poll_interval)
+            return
+        with self._lock:
+            stopped = self._stop.is_set()
+            if not stopped:
+                self._events = events
+        if stopped:
+            try:
+                events.close()
+            except Exception:
+                pass
+
+    def _on_event(self, event: dict) -> None:
+        uuid = event.get("object_uuid")
+        if not uuid or event.get("object_kind") not in _WATCHED_KINDS:
+            return
+        state = ((event.get("properties") or {}).get("new_attributes") or {}).get("state")
+        if state == "Final":
+            self._mark_final(uuid)
+        elif state == "Running":
+            with self._lock:
+                for t in self._tracked.values():
+                    if t.container_uuid == uuid and t.started_at is None:
+                        t.started_at = time.time()
+
+    def _mark_final(self, cr_uuid: str) -> None:
+        with self._lock:
+            t = self._tracked.get(cr_uuid)
+            if t is None or t.final:
+                return
+            t.final = True
+            self._finishing.add(cr_uuid)
+        self._wake.set()
+
+    # -- reconciliation ------------------------------------------------------------------------
+
+    def _reconcile_loop(self) -> None:
+        last_full = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(timeout=min(self.poll_interval, 1.0))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if time.monotonic() - last_full >= self.poll_interval:
+                    last_full = time.monotonic()
+                    self._reconcile_all()
+                if self._finishing:
+                    self._finish()
+            except Exception as e:  # a passing API hiccup: the next round retries
+                logger.warning("%s", describe(e, "Arvados state reconciliation failed"))
+
+    def _reconcile_all(self) -> None:
+        """One batched look at every request in flight: catches what the event bus missed."""
+        uuids = self.in_flight()
+        if not uuids:
+            return
+        crs = arvados_client.list_all(self.api.container_requests().list, [["uuid", "in", uuids]],
+                                      ["uuid", "state", "container_uuid"])
+        c_uuids = [cr["container_uuid"] for cr in crs if cr.get("container_uuid")]
+        states = {c["uuid"]: c["state"] for c in arvados_client.list_all(
+            self.api.containers().list, [["uuid", "in", c_uuids]], ["uuid", "state"])} if c_uuids else {}
+        now = time.time()
+        with self._lock:
+            for cr in crs:
+                t = self._tracked.get(cr["uuid"])
+                if t is None:
+                    continue
+                t.container_uuid = cr.get("container_uuid")
+                if states.get(t.container_uuid or "") in ("Running", "Complete") and t.started_at is None:
+                    t.started_at = now
+        for cr in crs:
+            if cr["state"] == "Final":
+                self._mark_final(cr["uuid"])
+
+    def _finish(self) -> None:
+        # Let requests ending in the same instant arrive, so one batched call serves them all.
+        self._stop.wait(_COALESCE_SECONDS)
+        with self._lock:
+            done = [self._tracked[u] for u in self._finishing if u in self._tracked]
+            self._finishing = set()
+        if not done:
+            return
+        crs = {cr["uuid"]: cr for cr in arvados_client.list_all(
+            self.api.container_requests().list, [["uuid", "in", [t.cr_uuid for t in done]]], REQUEST_FIELDS)}
+        c_uuids = [cr["container_uuid"] for cr in crs.values() if cr.get("container_uuid")]
+        containers = {c["uuid"]: c for c in arvados_client.list_all(
+            self.api.containers().list, [["uuid", "in", c_uuids]], CONTAINER_FIELDS)} if c_uuids else {}
+        for t in done:
+            cr = crs.get(t.cr_uuid, {"uuid": t.cr_uuid})
+            with self._lock:
+                if self._tracked.pop(t.cr_uuid, None) is None:
+                    continue  # forgotten meanwhile (killed): nobody must hear of it
+            try:
+                t.on_final(cr, containers.get(cr.get("container_uuid") or ""))
+            except Exception:
+                logger.exception("handling the end of %s failed", t.cr_uuid)

@@ -1,0 +1,166 @@
+"""Run one Toil job's body in this (the leader's) process, as Toil's worker would.
+
+Native CWL steps need no worker container and no worker process: their job only prepares a
+container request and, once Arvados has finished it, binds its outputs. So the leader runs the
+job itself, in a pool thread, in two passes (:mod:`toil_arvados.step_engine`):
+
+1. the *submit* pass runs the job until its tool's request is submitted; the tool then raises
+   :class:`StepSubmitted` and nothing is committed (the job store is untouched);
+2. the *collect* pass, once the request is Final, runs the job again from its description;
+   the tool finds its finished request instead of submitting, binds the outputs, and the job
+   completes and is committed exactly as Toil's worker commits it.
+
+A request Arvados satisfies at once (reuse of a finished container) completes in the first
+pass. Re-running the job's preparation costs milliseconds; holding a thread or a process per
+waiting step (as Toil's worker model would) costs far more at thousands of steps.
+
+Differences from Toil's worker, and why: no ``chdir`` (threads share the working directory),
+no job state file (it lets a later worker clean up after a crashed one; a crashed leader takes
+its threads with it), no disk usage scan (the tool's disk is in its container), and promise
+files are tracked per thread (:func:`toil_patches.promise_files_per_thread`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from toil.fileStores import FileID
+from toil.fileStores.nonCachingFileStore import NonCachingFileStore
+from toil.job import Job, Promise
+from toil.lib.io import make_public_dir
+
+from . import toil_patches
+from .arvados_client import ArvadosSetupError, scrub
+
+logger = logging.getLogger(__name__)
+
+
+class StepSubmitted(BaseException):
+    """Raised by a step's tool once its request is submitted and not yet Final.
+
+    A ``BaseException`` so that neither cwltool's executor nor the job's own code mistakes it
+    for a failure of the tool: it unwinds the whole job without a commit."""
+
+    def __init__(self, cr: dict) -> None:
+        super().__init__(cr["uuid"])
+        self.cr = cr
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """How a pass ended: ``submitted`` (a request to wait for), or an exit code as a worker's."""
+
+    exit_code: int
+    submitted: dict | None = None
+
+
+class StepFileStore(NonCachingFileStore):
+    """Toil's non-caching file store, minus what only a worker process may do (see the module
+    docstring)."""
+
+    @contextmanager
+    def open(self, job: Job) -> Iterator[None]:
+        self.localTempDir = make_public_dir(self.localTempDir, suggested_name="job")
+        try:
+            yield
+        finally:
+            shutil.rmtree(self.localTempDir, ignore_errors=True)
+
+
+_tmpdir_lock = threading.Lock()
+
+
+@contextmanager
+def _keeping_tmpdir() -> Iterator[None]:
+    """Toil's CWL job points ``TMPDIR`` of the whole process at its temp dir, which goes away
+    with the job: the leader's own setting comes back afterwards."""
+    original = os.environ.get("TMPDIR")
+    try:
+        yield
+    finally:
+        with _tmpdir_lock:
+            if original is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = original
+
+
+class StepRunner:
+    """Runs job bodies from ``job_store`` in the calling thread. Thread-safe: each call has
+    its own job, file store and temp dir."""
+
+    def __init__(self, job_store: Any, work_dir: str, adopt: Callable[[Job], None]) -> None:
+        """``adopt`` is applied to each job as it is loaded (e.g. to make a CWL job's tool a
+        native step)."""
+        toil_patches.promise_files_per_thread()
+        self.job_store = job_store
+        self.adopt = adopt
+        self.work_dir = work_dir
+        os.makedirs(work_dir, exist_ok=True)
+
+    def run_pass(self, job_store_id: str, name: str) -> PassResult:
+        """One pass over the job (see the module docstring); never raises for a failing job."""
+        Promise.filesToDelete.clear()  # what an earlier, abandoned pass of this thread read
+        try:
+            with _keeping_tmpdir():
+                self._run(job_store_id)
+            return PassResult(0)
+        except StepSubmitted as s:
+            return PassResult(0, submitted=s.cr)
+        except ArvadosSetupError as e:
+            logger.error("%s: %s", name, e)
+            return PassResult(1)
+        except Exception as e:
+            return PassResult(self._failure(e, name))
+        finally:
+            Promise.filesToDelete.clear()
+
+    def _run(self, job_store_id: str) -> None:
+        desc = self.job_store.load_job(job_store_id)
+        if not desc.has_body():  # already done (e.g. by a leader before --restart)
+            return
+        job = Job.loadJob(self.job_store, desc)
+        self.adopt(job)
+        file_store = StepFileStore(self.job_store, desc, self.work_dir, lambda: True)
+        with file_store.open(job):
+            job._runner(jobGraph=None, jobStore=self.job_store, fileStore=file_store, defer=_no_defer)
+            self._commit(job, file_store)
+        for message in file_store.logging_messages:
+            logger.log(int(message.get("level", logging.INFO)), "%s", message.get("text"))
+
+    @staticmethod
+    def _commit(job: Job, file_store: StepFileStore) -> None:
+        """What Toil's job executor does after a successful body: drop the promise files the
+        job read, then commit its description (the body link cut, return values saved)."""
+        for file_id in Promise.filesToDelete:
+            file_store.deleteGlobalFile(FileID(file_id, 0))
+        Promise.filesToDelete.clear()
+        file_store.startCommit(jobState=True)
+
+    @staticmethod
+    def _failure(e: Exception, name: str) -> int:
+        """The exit code Toil's worker would report for ``e``, after logging it in one place."""
+        from toil.cwl.utils import CWL_UNSUPPORTED_REQUIREMENT_EXCEPTION, CWL_UNSUPPORTED_REQUIREMENT_EXIT_CODE
+
+        if isinstance(e, CWL_UNSUPPORTED_REQUIREMENT_EXCEPTION):
+            logger.error("%s: %s", name, scrub(str(e)))
+            return CWL_UNSUPPORTED_REQUIREMENT_EXIT_CODE
+        from cwl_utils.errors import WorkflowException
+
+        if isinstance(e, WorkflowException):
+            logger.error("%s failed: %s", name, scrub(str(e)))
+        else:
+            logger.error("%s failed: %s", name, scrub(f"{type(e).__name__}: {e}"), exc_info=logger.isEnabledFor(logging.DEBUG))
+        return 1
+
+
+def _no_defer(function: Any, *args: Any, **kwargs: Any) -> None:
+    """Deferred functions (cleanup a job registers to run even if its worker dies) run at once
+    after the job; CWL steps register none."""
+    raise ArvadosSetupError("a native CWL step registered a deferred function, which the leader cannot run")
