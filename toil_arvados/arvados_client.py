@@ -220,6 +220,29 @@ def list_all(method: Callable[..., Any], filters: list, select: list[str] | None
     return retrying(lambda: list(arvados.util.keyset_list_all(fn, **kwargs)), what, budget)
 
 
+def get_many(method: Callable[..., Any], uuids: list[str], select: list[str] | None = None, *,
+             what: str = "look up", budget: float = OUTAGE_BUDGET) -> list[dict]:
+    """The records among ``uuids`` that exist and are visible, usually in one call per chunk.
+
+    Each uuid matches at most one record, so a page holding as many records as uuids asked
+    for, or fewer than the server's page limit, is complete; only otherwise (the server cut the
+    page) does it fall back to keyset paging, which always costs one more call."""
+    out: list[dict] = []
+    for i in range(0, len(uuids), _UUID_CHUNK):
+        chunk = list(uuids[i:i + _UUID_CHUNK])
+        kwargs: dict[str, Any] = {"filters": [["uuid", "in", chunk]], "limit": len(chunk), "count": "none",
+                                  "order": ["uuid asc"]}
+        if select is not None:
+            kwargs["select"] = list({*select, "uuid"})
+        page = retrying(lambda: unwrapped(method(**kwargs)).execute(), what, budget)
+        items = page.get("items") or []
+        if len(items) == len(chunk) or len(items) < int(page.get("limit") or len(chunk)):
+            out += items
+        else:
+            out += list_all(method, [["uuid", "in", chunk]], select, what=what, budget=budget)
+    return out
+
+
 def cancel_request(api: Any, cr_uuid: str, budget: float = OUTAGE_BUDGET) -> None:
     """Priority 0 is Arvados' cancel: the container stops unless another request shares it."""
     call(lambda: api.container_requests().update(uuid=cr_uuid, body={"container_request": {"priority": 0}}),
@@ -318,7 +341,7 @@ def api_host() -> str:
     return os.environ.get("ARVADOS_API_HOST") or arvados.config.get("ARVADOS_API_HOST", "")
 
 
-# Set (in the leader's environment, inherited by its step processes and given to workers) once
+# Set (in the leader's environment, inherited by its local job processes and given to workers) once
 # the leader's first contact succeeded: from then on even connecting rides out an outage.
 STARTED_ENV = "TOIL_ARVADOS_STARTED"
 

@@ -301,8 +301,8 @@ class ArvadosStepJob(JobBase):
         The container changed a writable copy (Arvados copies writable mounts); the copy's final
         content is in the output collection. Replacing the content of the input's own job store
         file makes the change visible to every later step that reads that file, as an in-place
-        update must. Only files of the Keep job store, whose records are mutable and which no
-        step process caches, are updated; Toil directories carry their listing in their location,
+        update must. Only files of the Keep job store, whose records are mutable and which
+        the leader updates through its own job store, are updated; Toil directories carry their listing in their location,
         so files added to a directory in place cannot be shown to other steps.
         """
         from toil.fileStores import FileID

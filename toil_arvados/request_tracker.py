@@ -172,11 +172,10 @@ class RequestTracker:
         uuids = self.in_flight()
         if not uuids:
             return
-        crs = arvados_client.list_all(self.api.container_requests().list, [["uuid", "in", uuids]],
-                                      ["uuid", "state", "container_uuid"])
+        crs = arvados_client.get_many(self.api.container_requests().list, uuids, ["uuid", "state", "container_uuid"])
         c_uuids = [cr["container_uuid"] for cr in crs if cr.get("container_uuid")]
-        states = {c["uuid"]: c["state"] for c in arvados_client.list_all(
-            self.api.containers().list, [["uuid", "in", c_uuids]], ["uuid", "state"])} if c_uuids else {}
+        states = {c["uuid"]: c["state"] for c in arvados_client.get_many(
+            self.api.containers().list, c_uuids, ["uuid", "state"])} if c_uuids else {}
         now = time.time()
         with self._lock:
             for cr in crs:
@@ -198,11 +197,11 @@ class RequestTracker:
             self._finishing = set()
         if not done:
             return
-        crs = {cr["uuid"]: cr for cr in arvados_client.list_all(
-            self.api.container_requests().list, [["uuid", "in", [t.cr_uuid for t in done]]], REQUEST_FIELDS)}
+        crs = {cr["uuid"]: cr for cr in arvados_client.get_many(
+            self.api.container_requests().list, [t.cr_uuid for t in done], REQUEST_FIELDS)}
         c_uuids = [cr["container_uuid"] for cr in crs.values() if cr.get("container_uuid")]
-        containers = {c["uuid"]: c for c in arvados_client.list_all(
-            self.api.containers().list, [["uuid", "in", c_uuids]], CONTAINER_FIELDS)} if c_uuids else {}
+        containers = {c["uuid"]: c for c in arvados_client.get_many(
+            self.api.containers().list, c_uuids, CONTAINER_FIELDS)} if c_uuids else {}
         for t in done:
             cr = crs.get(t.cr_uuid, {"uuid": t.cr_uuid})
             with self._lock:

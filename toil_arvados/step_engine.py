@@ -88,6 +88,8 @@ class NativeSteps:
                 step.killed = True
         for step in doomed:
             self.context.finished.pop(step.job_store_id, None)
+            if self._runner is not None:
+                self._runner.forget(step.job_store_id)
             if step.cr_uuid and self.tracker.forget(step.cr_uuid):
                 _cancel(self.context.api, step.cr_uuid)
 

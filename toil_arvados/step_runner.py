@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -101,17 +102,26 @@ class StepRunner:
         toil_patches.promise_files_per_thread()
         self.job_store = job_store
         self.adopt = adopt
+        # What a submit pass read, for its collect pass: the job store is not read twice. The
+        # leader leaves an issued job's description alone, and a body never changes.
+        self._read: dict[str, tuple[bytes, bytes]] = {}  # job store id -> (description, body) pickles
         self.work_dir = work_dir
         os.makedirs(work_dir, exist_ok=True)
 
     def run_pass(self, job_store_id: str, name: str) -> PassResult:
         """One pass over the job (see the module docstring); never raises for a failing job."""
         Promise.filesToDelete.clear()  # what an earlier, abandoned pass of this thread read
+        read = self._read.pop(job_store_id, None)
         try:
+            if read is None:
+                read = self._load(job_store_id)
+                if read is None:  # already done (e.g. by a leader before --restart)
+                    return PassResult(0)
             with _keeping_tmpdir():
-                self._run(job_store_id)
+                self._run(read)
             return PassResult(0)
         except StepSubmitted as s:
+            self._read[job_store_id] = read
             return PassResult(0, submitted=s.cr)
         except ArvadosSetupError as e:
             logger.error("%s: %s", name, e)
@@ -121,11 +131,20 @@ class StepRunner:
         finally:
             Promise.filesToDelete.clear()
 
-    def _run(self, job_store_id: str) -> None:
+    def forget(self, job_store_id: str) -> None:
+        """Drop what a submit pass kept for a job that will not be collected (killed)."""
+        self._read.pop(job_store_id, None)
+
+    def _load(self, job_store_id: str) -> tuple[bytes, bytes] | None:
+        """The job's description and body, pickled; None if it has no body left to run."""
         desc = self.job_store.load_job(job_store_id)
-        if not desc.has_body():  # already done (e.g. by a leader before --restart)
-            return
-        job = Job.loadJob(self.job_store, desc)
+        if not desc.has_body():
+            return None
+        return pickle.dumps(desc, protocol=pickle.HIGHEST_PROTOCOL), toil_patches.read_job_body(self.job_store, desc)
+
+    def _run(self, read: tuple[bytes, bytes]) -> None:
+        desc = pickle.loads(read[0])
+        job = toil_patches.job_from_body(desc, read[1])
         self.adopt(job)
         file_store = StepFileStore(self.job_store, desc, self.work_dir, lambda: True)
         with file_store.open(job):

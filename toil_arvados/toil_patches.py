@@ -81,3 +81,35 @@ def promise_files_per_thread() -> None:
             raise ToilVersionError("Toil's Promise.filesToDelete is not the empty set this patch replaces")
         Promise.filesToDelete = PerThreadSet()  # type: ignore[assignment]
         _applied.add("promise_files")
+
+
+# -- Toil internals used as they are ---------------------------------------------------------------
+
+def read_job_body(job_store: Any, desc: Any) -> bytes:
+    """The pickled body of the job ``desc`` describes: the reading half of ``Job.loadJob``.
+
+    Split from the unpickling so the leader can run a step job twice (submit, then collect)
+    while reading its body from the job store once."""
+    check_toil_version()
+    file_store_id, _module = desc.get_body()
+    if file_store_id == "firstJob":
+        stream = job_store.read_shared_file_stream(file_store_id)
+    else:
+        stream = job_store.read_file_stream(file_store_id)
+    with stream as f:
+        return bytes(f.read())
+
+
+def job_from_body(desc: Any, body: bytes) -> Any:
+    """The :class:`toil.job.Job` in ``body``, attached to ``desc``: the unpickling half of
+    ``Job.loadJob`` (same steps, same order)."""
+    import io
+
+    from toil.job import Job
+
+    _file_store_id, module_descriptor = desc.get_body()
+    user_module = Job._loadUserModule(module_descriptor)
+    job = Job._unpickle(user_module, io.BytesIO(body), requireInstanceOf=Job)
+    job._description = desc
+    job._registry = {job.jobStoreID: job}
+    return job

@@ -1,0 +1,223 @@
+"""The leader-side step engine's parts, without a server: Toil's job run in two passes from a
+real (file) job store, the per-thread promise bookkeeping, the Toil version guard, and the
+request tracker's batching (with a fake API).
+
+Why: the engine runs Toil job bodies in leader threads, where Toil's worker never runs them;
+these tests pin down what that must preserve (nothing committed by a submit pass, everything
+committed by the collect pass, the body read once, no job seeing another's promise files).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from toil.common import Config, Toil
+from toil.job import Job, Promise
+
+from toil_arvados import toil_patches
+from toil_arvados.request_tracker import RequestTracker
+from toil_arvados.step_runner import StepRunner, StepSubmitted
+
+SUBMITTED: dict[str, bool] = {}
+
+
+class TwoPassJob(Job):
+    """Stands for a native step: "submits" on its first run, returns a value on its second."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(memory="10M", cores=0.1, disk="1M")
+        self.key = key
+
+    def run(self, file_store: Any) -> str:
+        if not SUBMITTED.get(self.key):
+            SUBMITTED[self.key] = True
+            raise StepSubmitted({"uuid": f"cr-{self.key}", "state": "Committed"})
+        return f"output of {self.key}"
+
+
+class FailingJob(Job):
+    def run(self, file_store: Any) -> None:
+        raise ValueError("the tool broke")
+
+
+class CountingStore:
+    """A job store wrapper that counts body reads."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.stream_reads = 0
+
+    def read_file_stream(self, *a: Any, **k: Any) -> Any:
+        self.stream_reads += 1
+        return self._store.read_file_stream(*a, **k)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _job_store(tmp_path: Path, root: Job) -> tuple[Any, str, str]:
+    """A file job store holding ``root`` as its root job; (store, root id, return value file)."""
+    options = Job.Runner.getDefaultOptions(f"file:{tmp_path / 'js'}")
+    options.workDir = str(tmp_path)
+    config = Config()
+    config.setOptions(options)
+    store = Toil.getJobStore(config.jobStore)
+    store.initialize(config)
+    root.prepareForPromiseRegistration(store)
+    promise = root.rv()
+    locator, file_id = promise.job.registerPromise(promise.path)
+    desc = root.saveAsRootJob(store)
+    return store, str(desc.jobStoreID), file_id
+
+
+def test_submit_pass_commits_nothing_and_collect_pass_completes_the_job(tmp_path: Path) -> None:
+    SUBMITTED.clear()
+    store, job_id, rv_file = _job_store(tmp_path, TwoPassJob("a"))
+    counting = CountingStore(store)
+    runner = StepRunner(counting, str(tmp_path / "work"), adopt=lambda job: None)
+
+    with store.read_file_stream(rv_file) as f:
+        unfulfilled = f.read()
+    first = runner.run_pass(job_id, "step a")
+    assert first.submitted == {"uuid": "cr-a", "state": "Committed"}
+    assert store.load_job(job_id).has_body(), "the submit pass must leave the job to run again"
+    with store.read_file_stream(rv_file) as f:
+        assert f.read() == unfulfilled, "the submit pass must not fulfil the job's promise"
+
+    second = runner.run_pass(job_id, "step a")
+    assert second == type(second)(0)
+    assert not store.load_job(job_id).has_body(), "the collect pass must commit the job"
+    from toil.common import safeUnpickleFromStream
+
+    with store.read_file_stream(rv_file) as f:
+        assert safeUnpickleFromStream(f) == "output of a"
+    assert counting.stream_reads == 1, "the body is read from the job store once for both passes"
+    assert not list((tmp_path / "work").iterdir()), "each pass removes its temp dir"
+
+
+def test_a_failing_job_is_an_exit_code_not_an_exception(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store, job_id, _ = _job_store(tmp_path, FailingJob())
+    runner = StepRunner(store, str(tmp_path / "work"), adopt=lambda job: None)
+    result = runner.run_pass(job_id, "step b")
+    assert result.exit_code == 1 and result.submitted is None
+    assert "step b failed: ValueError: the tool broke" in caplog.text
+    assert store.load_job(job_id).has_body(), "a failed job stays for Toil to retry"
+
+
+def test_adopt_sees_every_loaded_job_and_may_refuse_it(tmp_path: Path) -> None:
+    from toil_arvados.arvados_client import ArvadosSetupError
+
+    SUBMITTED.clear()
+    store, job_id, _ = _job_store(tmp_path, TwoPassJob("c"))
+
+    def refuse(job: Job) -> None:
+        raise ArvadosSetupError(f"{type(job).__name__} refused")
+
+    result = StepRunner(store, str(tmp_path / "work"), adopt=refuse).run_pass(job_id, "step c")
+    assert result.exit_code == 1 and not SUBMITTED, "a refused job must not run"
+
+
+def test_promise_files_are_per_thread() -> None:
+    toil_patches.promise_files_per_thread()
+    toil_patches.promise_files_per_thread()  # idempotent
+    files = Promise.filesToDelete
+    assert isinstance(files, toil_patches.PerThreadSet)
+    files.clear()
+    files.add("mine")
+    seen: list[list[str]] = []
+
+    def other() -> None:
+        files.add("theirs")
+        seen.append(list(files))
+        files.clear()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [["theirs"]]
+    assert list(files) == ["mine"], "another thread's clear() must not drop this thread's files"
+    files.clear()
+
+
+def test_toil_version_guard_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import toil.version
+
+    toil_patches.check_toil_version()
+    monkeypatch.setattr(toil.version, "baseVersion", "10.0.0")
+    with pytest.raises(toil_patches.ToilVersionError, match=r"toil\[cwl\]==9\.6\.0"):
+        toil_patches.check_toil_version()
+
+
+class _FakeList:
+    def __init__(self, api: "FakeApi", kind: str) -> None:
+        self.api, self.kind = api, kind
+
+    def list(self, filters: list, select: Any = None, limit: int = 100, **kw: Any) -> Any:
+        assert len(filters) == 1 and filters[0][:2] == ["uuid", "in"], filters
+        uuids = filters[0][2]
+        self.api.calls.append((self.kind, tuple(uuids)))
+        records = [self.api.records[self.kind][u] for u in uuids if u in self.api.records[self.kind]]
+        return _Exec({"items": records[:limit], "limit": limit})
+
+
+class _Exec:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def execute(self, **kw: Any) -> Any:
+        return self.value
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+        self.records: dict[str, dict[str, dict]] = {"cr": {}, "c": {}}
+
+    def container_requests(self) -> _FakeList:
+        return _FakeList(self, "cr")
+
+    def containers(self) -> _FakeList:
+        return _FakeList(self, "c")
+
+
+def test_tracker_reports_requests_final_at_creation_with_one_batched_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from toil_arvados import arvados_client
+
+    def no_events(*a: Any, **k: Any) -> Any:
+        raise ConnectionError("no event bus here")
+
+    monkeypatch.setattr(arvados_client, "subscribe_events", no_events)
+    api = FakeApi()
+    for i in range(3):
+        api.records["cr"][f"cr{i}"] = {"uuid": f"cr{i}", "state": "Final", "container_uuid": f"c{i}"}
+        api.records["c"][f"c{i}"] = {"uuid": f"c{i}", "state": "Complete", "exit_code": i}
+    done = threading.Event()
+    ended: dict[str, int] = {}
+
+    def on_final(cr: dict, c: dict | None) -> None:
+        ended[cr["uuid"]] = c["exit_code"]
+        if len(ended) == 3:
+            done.set()
+
+    tracker = RequestTracker(api, poll_interval=3600)
+    try:
+        for i in range(3):
+            tracker.track({"uuid": f"cr{i}", "state": "Final", "container_uuid": f"c{i}"}, on_final)
+        assert done.wait(10), "requests Final at creation must be reported without polling"
+    finally:
+        tracker.stop()
+    assert ended == {"cr0": 0, "cr1": 1, "cr2": 2}
+    assert len(api.calls) <= 4, f"ending requests are looked up in batches, not one by one: {api.calls}"
+
+
+def test_get_many_costs_one_call_per_chunk_when_complete() -> None:
+    from toil_arvados.arvados_client import get_many
+
+    api = FakeApi()
+    for i in range(5):
+        api.records["c"][f"c{i}"] = {"uuid": f"c{i}", "state": "Queued"}
+    found = get_many(api.containers().list, ["c0", "c1", "c2", "c3", "c4", "gone"], ["state"])
+    assert sorted(r["uuid"] for r in found) == ["c0", "c1", "c2", "c3", "c4"]
+    assert len(api.calls) == 1, "fewer records than the page limit is a complete answer"
