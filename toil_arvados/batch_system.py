@@ -62,6 +62,11 @@ DEFAULT_WORKER_IMAGE = default_image_name()
 _STDERR_TAIL = 40  # lines of a failed job's stderr copied into Toil's log
 _SHUTDOWN_BUDGET = 30.0  # seconds a cancel at shutdown waits through an outage
 _LOCAL_POLL_SECONDS = 0.1  # how often getUpdatedBatchJob also looks at the leader-local jobs
+# Toil's CWL bookkeeping jobs (marked local): the step engine runs them in the leader's threads
+# instead of a process each (a second of imports apiece). They only evaluate expressions and add
+# jobs; anything else Toil marks local (e.g. a user's Python job) still gets its own process.
+IN_LEADER_JOBS = frozenset({"CWLWorkflow", "CWLScatter", "CWLGather", "ResolveIndirect", "CWLJobWrapper",
+                            "CWLJob", "CWLLoop", "CWLLoopAccumulate"})
 
 
 class ArvadosBatchSystem(BatchSystemCleanupSupport):
@@ -204,15 +209,15 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def issueBatchJob(self, command: str, job_desc: JobDescription,
                       job_environment: dict[str, str] | None = None) -> int:
-        if self.native_steps and job_desc.local and not self.config.run_local_jobs_on_workers:
-            # Leader-side jobs (workflow expansion, expressions) start through our entrypoint too:
-            # they then die with the leader, and accept what native steps support (in-place updates).
+        leader_side = job_desc.local and not self.config.run_local_jobs_on_workers
+        if self.native_steps and (job_desc.jobName in IN_LEADER_JOBS if leader_side else job_desc.jobName == "CWLJob"):
+            return self._issue_step(job_desc, check=not leader_side)
+        if self.native_steps and leader_side:
+            # Other leader-side jobs start through our entrypoint too: they then die with the leader.
             command = _leader_side_command(command, "--cwl-local")
         local_id = self.handleLocalJob(command, job_desc)
         if local_id is not None:
             return local_id
-        if self.native_steps and job_desc.jobName == "CWLJob":
-            return self._issue_step(job_desc)
         self.check_resource_request(job_desc)
         self._check_job_store_reachable(command)
         # From the counter the local (leader-side) jobs use too: Toil's leader keys every issued job
@@ -261,9 +266,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 "running in Arvados containers cannot see: use --jobStore arvados:<name> (a Keep "
                 "job store in your home project) or arvados:<project-uuid>/<name>")
 
-    def _issue_step(self, job_desc: JobDescription) -> int:
-        """Hand a CWL tool job to the native step engine, which submits the tool itself."""
-        self.check_resource_request(job_desc)  # the container will need what the tool asks for
+    def _issue_step(self, job_desc: JobDescription, check: bool) -> int:
+        """Hand a CWL job to the leader's step engine: a tool's job submits the tool itself;
+        CWL's bookkeeping jobs (``check`` False) just run there, without a process of their own."""
+        if check:
+            self.check_resource_request(job_desc)  # the container will need what the tool asks for
         batch_id = self.getNextJobID()
         self._native_steps().issue(batch_id, str(job_desc.jobStoreID), str(job_desc))
         logger.debug("Issued CWL step %s to run as its own container request (batch id %d)", job_desc, batch_id)

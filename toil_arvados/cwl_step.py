@@ -509,12 +509,15 @@ class ArvadosCommandLineTool(ToilCommandLineTool):
 def adopt(job: Any) -> None:
     """Make a loaded Toil ``CWLJob`` run its CommandLineTool as a native step.
 
-    Anything else the leader is given to run must not run a command on the leader: an
-    ExpressionTool's job only evaluates expressions; any other tool is refused."""
-    from toil.cwl.cwltoil import ToilExpressionTool
+    Nothing the leader runs may run a command on the leader: an ExpressionTool's job only
+    evaluates expressions, CWL's other bookkeeping jobs only add jobs; a CWLJob of any other
+    kind of tool is refused."""
+    from toil.cwl.cwltoil import CWLJob, ToilExpressionTool
 
-    tool = getattr(job, "cwltool", None)
+    if not isinstance(job, CWLJob):
+        return
+    tool = job.cwltool
     if type(tool) is ToilCommandLineTool:
         tool.__class__ = ArvadosCommandLineTool
-    elif tool is not None and not isinstance(tool, (ArvadosCommandLineTool, ToilExpressionTool)):
+    elif not isinstance(tool, (ArvadosCommandLineTool, ToilExpressionTool)):
         raise ArvadosSetupError(f"{job}: a {type(tool).__name__} cannot run as a native Arvados step")
