@@ -21,9 +21,9 @@ cli_errors.install()  # setup errors (bad token, unknown project, ...) print as 
 import sys  # noqa: E402
 
 if "toil.cwl.cwltoil" in sys.modules:  # toil-cwl-runner: check images in Keep instead of pulling them
-    from toil_arvados import cwl_images
+    from toil_arvados import toil_patches
 
-    cwl_images.install()
+    toil_patches.cwl_runner_patches()
 
 try:
     from toil_arvados.jobstore.registration import register_job_store

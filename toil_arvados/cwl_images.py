@@ -10,13 +10,9 @@ needs it is submitted, possibly hours in.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
-
-_installed = False
 
 
 def docker_requirements(process: Any) -> Iterator[dict]:
@@ -83,51 +79,6 @@ def check_workflow_images(uri: str, api: Any | None = None) -> None:
             arvados_client.missing_image_message(first, f"image (DockerRequirement of {uri.rsplit('/', 1)[-1]})")
             + f"{more}; or run with --no-container")
     logger.info("All %d images the workflow names are in Keep", len(set(images)))
-
-
-def install() -> None:
-    """Route Toil's CWL pre-pull through :func:`check_workflow_images` for ``arvados``."""
-    global _installed
-    if _installed:
-        return
-    from toil.cwl import cwltoil
-
-    original = cwltoil.try_prepull
-
-    def try_prepull(cwl_tool_uri: str, runtime_context: Any, batchsystem: str) -> None:
-        if batchsystem == "arvados":
-            check_workflow_images(cwl_tool_uri)
-            return
-        original(cwl_tool_uri, runtime_context, batchsystem)
-
-    cwltoil.try_prepull = try_prepull
-    _installed = True
-    if native_steps_on_keep(sys.argv[1:], os.environ):
-        os.environ[INPLACE_ENV] = "1"  # for the leader-side job processes, which check again
-        allow_inplace_updates()
-
-
-INPLACE_ENV = "TOIL_ARVADOS_INPLACE_UPDATES"
-
-
-def allow_inplace_updates() -> None:
-    """Let Toil accept InplaceUpdateRequirement: native steps on a Keep job store write a tool's
-    in-place change back to the input's own file (see ``ArvadosStepJob._apply_inplace_updates``).
-
-    Toil refuses the requirement unless --bypass-file-store; it checks in the leader and again in
-    the (leader-side) jobs that expand workflows, so each of those processes calls this.
-    """
-    from toil.cwl import cwltoil
-
-    original_scan = cwltoil.scan_for_unsupported_requirements
-    if getattr(original_scan, "_toil_arvados", False):
-        return
-
-    def scan_for_unsupported_requirements(tool: Any, bypass_file_store: bool = False) -> None:
-        original_scan(tool, bypass_file_store=True)
-
-    scan_for_unsupported_requirements._toil_arvados = True  # type: ignore[attr-defined]
-    cwltoil.scan_for_unsupported_requirements = scan_for_unsupported_requirements
 
 
 def native_steps_on_keep(argv: list[str], environ: Mapping[str, str]) -> bool:

@@ -83,6 +83,77 @@ def promise_files_per_thread() -> None:
         _applied.add("promise_files")
 
 
+def cwl_runner_patches() -> None:
+    """What ``toil-cwl-runner --batchSystem arvados`` needs of Toil's CWL runner. Idempotent.
+
+    * Toil pre-pulls every DockerRequirement image with Docker or Singularity before a run; on
+      Arvados images live in Keep, so the pre-pull becomes a check that each one is there
+      (:func:`toil_arvados.cwl_images.check_workflow_images`), failing in one line if not.
+    * Toil refuses InplaceUpdateRequirement unless ``--bypass-file-store``; native steps on a
+      Keep job store write a tool's in-place change back to the input's own file
+      (``ArvadosStepJob._apply_inplace_updates``), so it is accepted there. Toil checks in the
+      leader and again in the leader-side jobs that expand workflows: those that run in their
+      own process learn it from :data:`INPLACE_ENV`.
+    """
+    import os
+    import sys
+
+    from .cwl_images import native_steps_on_keep
+
+    with _lock:
+        if "cwl_runner" in _applied:
+            return
+        check_toil_version()
+        _route_prepull()
+        if native_steps_on_keep(sys.argv[1:], os.environ):
+            os.environ[INPLACE_ENV] = "1"
+            _accept_inplace_updates()
+        _applied.add("cwl_runner")
+
+
+INPLACE_ENV = "TOIL_ARVADOS_INPLACE_UPDATES"
+
+
+def inplace_updates_in_job_process() -> None:
+    """In a leader-side job process: accept in-place updates if the leader did (see above)."""
+    import os
+
+    if os.environ.get(INPLACE_ENV) == "1":
+        with _lock:
+            check_toil_version()
+            _accept_inplace_updates()
+
+
+def _route_prepull() -> None:
+    from toil.cwl import cwltoil
+
+    from .cwl_images import check_workflow_images
+
+    original = cwltoil.try_prepull
+
+    def try_prepull(cwl_tool_uri: str, runtime_context: Any, batchsystem: str) -> None:
+        if batchsystem == "arvados":
+            check_workflow_images(cwl_tool_uri)
+            return
+        original(cwl_tool_uri, runtime_context, batchsystem)
+
+    cwltoil.try_prepull = try_prepull
+
+
+def _accept_inplace_updates() -> None:
+    from toil.cwl import cwltoil
+
+    original_scan = cwltoil.scan_for_unsupported_requirements
+    if getattr(original_scan, "_toil_arvados", False):
+        return
+
+    def scan_for_unsupported_requirements(tool: Any, bypass_file_store: bool = False) -> None:
+        original_scan(tool, bypass_file_store=True)
+
+    scan_for_unsupported_requirements._toil_arvados = True  # type: ignore[attr-defined]
+    cwltoil.scan_for_unsupported_requirements = scan_for_unsupported_requirements
+
+
 # -- Toil internals used as they are ---------------------------------------------------------------
 
 def read_job_body(job_store: Any, desc: Any) -> bytes:

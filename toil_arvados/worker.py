@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             _exit_with_leader()
         else:
             _prepare_user_script()
-        if cwl_local and os.environ.get("TOIL_ARVADOS_INPLACE_UPDATES") == "1":
-            from toil_arvados.cwl_images import allow_inplace_updates
+        if cwl_local:
+            from toil_arvados.toil_patches import inplace_updates_in_job_process
 
-            allow_inplace_updates()
+            inplace_updates_in_job_process()
         from toil.worker import main as toil_worker_main
 
         result = toil_worker_main(words)
