@@ -9,6 +9,9 @@ every container). Per run: wall time, CPU seconds and peak RSS of the runner and
 (``os.wait4``), API calls per step by endpoint and containers created (counted at the server), and
 whether the outputs are right. Table on stdout, figures in ``bench/out/scale.json``.
 
+CPU and RSS are the runner's processes only: with toil-arvados and a-c-r the steps run in the
+cluster's containers (not counted), with single_machine in the runner's own children (counted).
+
     .venv/bin/python bench/scale.py [--sizes 100 1000] [--huge] [--words 20] [--timeout S]
 """
 from __future__ import annotations
@@ -72,8 +75,9 @@ class Workload:
     steps: int
     inputs: Callable[[str], dict]  # runner -> the job's inputs
     check: Callable[[Any, str, dict], str | None]  # (api, runner, output object) -> problem or None
-    cold: bool = True  # a first run: reuse off, so it never picks up another runner's containers
-    expect_new_containers: bool = True  # False for the rerun: every step must be reused
+    # A rerun runs with reuse on and must create no container; a first run has reuse off, so it
+    # never picks up another runner's identical containers (Arvados reuses across projects).
+    rerun: bool = False
 
 
 @dataclass
@@ -173,10 +177,10 @@ def command(s: Session, runner: str, w: Workload, label: str, inputs: Path) -> l
     if runner == "toil-arvados":
         return [str(TOIL_CWL_RUNNER), "--batchSystem", "arvados", "--arvadosProject", project,
                 "--jobStore", f"arvados:{project}/{label}", "--outdir", str(s.work / f"out-{label}"),
-                "--logLevel", "WARNING", *(["--noArvadosStepReuse"] if w.cold else []),
+                "--logLevel", "WARNING", *([] if w.rerun else ["--noArvadosStepReuse"]),
                 str(w.workflow), str(inputs)]
     return [str(s.acr), "--local", "--api=containers", f"--project-uuid={project}",
-            *(["--disable-reuse"] if w.cold else []), str(w.workflow), str(inputs)]
+            *([] if w.rerun else ["--disable-reuse"]), str(w.workflow), str(inputs)]
 
 
 def container_count(api) -> int:
@@ -221,7 +225,7 @@ def output_problem(s: Session, w: Workload, runner: str, stdout: Path, r: Result
     problem = w.check(s.api, runner, out)
     if problem:
         return f"wrong output: {problem}"
-    if runner != "single_machine" and not w.expect_new_containers and r.containers_created:
+    if runner != "single_machine" and w.rerun and r.containers_created:
         return f"not reused: {r.containers_created} new containers"
     return None
 
@@ -284,8 +288,7 @@ def demo_workloads(s: Session) -> list[Workload]:
 
     steps = 2 * len(s.words) + 1
     return [Workload("demo", DEMO / "workflow.cwl", steps, inputs, check),
-            Workload("demo-rerun", DEMO / "workflow.cwl", steps, inputs, check, cold=False,
-                     expect_new_containers=False)]
+            Workload("demo-rerun", DEMO / "workflow.cwl", steps, inputs, check, rerun=True)]
 
 
 # --------------------------------------------------------------------------- setup
