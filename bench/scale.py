@@ -198,10 +198,10 @@ def run_one(s: Session, w: Workload, runner: str, timeout: float) -> Result:
     calls1, containers1 = stats(s.cfg)["calls_by_endpoint"], container_count(s.api)
     r = Result(workload=w.name, runner=runner, status="ok", timeout_s=timeout, steps=w.steps)
     r.containers_created = containers1 - containers0
-    calls = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0)}
+    calls = call_deltas(calls0, calls1)
     r.api_calls = sum(calls.values())
     r.api_calls_per_step = round(r.api_calls / w.steps, 2)
-    r.calls_per_step_by_endpoint = {k: round(v / w.steps, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+    r.calls_per_step_by_endpoint = {k: round(v / w.steps, 2) for k, v in calls.items()}
     if m.timed_out:
         r.status = "timeout"
         cancel_project(s.api, s.projects.get(runner))
@@ -216,13 +216,22 @@ def run_one(s: Session, w: Workload, runner: str, timeout: float) -> Result:
     return r
 
 
+def call_deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Calls made between two snapshots of the counters, by endpoint, most called first."""
+    deltas = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+    return dict(sorted(deltas.items(), key=lambda kv: -kv[1]))
+
+
 def output_problem(s: Session, w: Workload, runner: str, stdout: Path, r: Result) -> str | None:
     """Why the run's outputs (or its reuse) are wrong, or None."""
     try:
         out = json.loads(stdout.read_text())
     except ValueError:
         return f"wrong output: stdout is not a CWL output object ({tail(stdout, 3)!r})"
-    problem = w.check(s.api, runner, out)
+    try:
+        problem = w.check(s.api, runner, out)
+    except Exception as e:  # an output that cannot be read is a wrong output, not a crash
+        problem = f"cannot read it: {type(e).__name__}: {e}"
     if problem:
         return f"wrong output: {problem}"
     if runner != "single_machine" and w.rerun and r.containers_created:
@@ -271,7 +280,7 @@ def scatter_workload(work: Path, n: int) -> Workload:
 
 
 def expected_report(words: list[str], header: bytes) -> bytes:
-    """What single_machine's demo report is: the header, then ``<WORD> <bytes>`` per word."""
+    """What single_machine's demo report is: the header, then ``<word> <bytes of its shout>`` per word."""
     return header + "".join(f"{w} {len(w) + 1}\n" for w in words).encode()
 
 
@@ -280,7 +289,9 @@ def demo_workloads(s: Session) -> list[Workload]:
     want = expected_report(s.words, (DEMO / "header.txt").read_bytes())
 
     def check(api, runner: str, out: dict) -> str | None:
-        got = read_output(api, out.get("report") or {})
+        if not isinstance(out.get("report"), dict):
+            return "no report in the output object"
+        got = read_output(api, out["report"])
         return None if got == want else f"report differs from single_machine's: {got[:200]!r}"
 
     def inputs(runner: str) -> dict:
