@@ -26,21 +26,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import list_all  # noqa: E402
 from toil_arvados.localcluster import control  # noqa: E402
 
 DEMO = REPO / "toil_arvados" / "demo"
 WORKFLOW = DEMO / "workflow.cwl"
 CHANGED_HEADER = "changed header: word bytes\n"
-
-
-def list_all(method, **kwargs) -> list[dict]:
-    """Every item of a list call, paged by offset (the runs are the only writers meanwhile)."""
-    items: list[dict] = []
-    while True:
-        page = method(offset=len(items), limit=1000, **kwargs).execute()
-        items.extend(page["items"])
-        if not page["items"] or len(items) >= page["items_available"]:
-            return items
 
 
 def parse_time(text: str) -> float:

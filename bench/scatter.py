@@ -14,17 +14,16 @@ import argparse
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import stats  # noqa: E402
 from toil_arvados.localcluster import control  # noqa: E402
 
 WORKFLOW = """\
@@ -49,16 +48,6 @@ steps:
     in: {x: n}
     out: [out]
 """
-
-
-def stats(cfg) -> dict:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    req = urllib.request.Request(f"https://{cfg.api_host}/_health/stats",
-                                 headers={"Authorization": f"Bearer {cfg.root_token}"})
-    with urllib.request.urlopen(req, context=ctx) as r:
-        return json.load(r)
 
 
 def run(batch_system: str, n: int, work: Path, env: dict, jobstore: str, project: str | None) -> float:
