@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 
 import httplib2
@@ -32,6 +33,14 @@ def test_connection_and_keep_errors_are_classified_by_type() -> None:
     assert gw.error_kind(KeepReadError("failed", [("keep0", ConnectionResetError())], "service")) == gw.RETRYABLE
     assert gw.error_kind(NotFoundError("gone", [("keep0", HttpError(404, "nf"))], "service")) == gw.NOT_FOUND
     assert gw.error_kind(ValueError("duplicate key")) == gw.OTHER  # never judged by message text
+
+
+def test_an_untrusted_certificate_is_named_with_its_fix() -> None:
+    error = ssl.SSLCertVerificationError("[req-1] Could not connect to https://h/discovery/v1/apis/arvados/v1/rest\n"
+                                         "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    line = gw.describe(error, "cannot reach the Arvados API at h")
+    assert "ARVADOS_API_HOST_INSECURE=1" in line and "\n" not in line
+    assert "ARVADOS_API_HOST_INSECURE" not in gw.describe(ConnectionRefusedError(111, "refused"), "cannot reach")
 
 
 def test_retrying_rides_out_retryable_errors_and_stops_on_others() -> None:
