@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import threading
 
 import httplib2
 import pytest
-from arvados.errors import ApiError, HttpError, KeepReadError, NotFoundError
+from arvados.errors import ApiError, HttpError, KeepReadError, KeepWriteError, NotFoundError
+from arvados.keep import KeepClient
 
 from toil_arvados import arvados_client as gw
 
@@ -30,6 +33,14 @@ def test_connection_and_keep_errors_are_classified_by_type() -> None:
     assert gw.error_kind(KeepReadError("failed", [("keep0", ConnectionResetError())], "service")) == gw.RETRYABLE
     assert gw.error_kind(NotFoundError("gone", [("keep0", HttpError(404, "nf"))], "service")) == gw.NOT_FOUND
     assert gw.error_kind(ValueError("duplicate key")) == gw.OTHER  # never judged by message text
+
+
+def test_an_untrusted_certificate_is_named_with_its_fix() -> None:
+    error = ssl.SSLCertVerificationError("[req-1] Could not connect to https://h/discovery/v1/apis/arvados/v1/rest\n"
+                                         "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    line = gw.describe(error, "cannot reach the Arvados API at h")
+    assert "ARVADOS_API_HOST_INSECURE=1" in line and "\n" not in line
+    assert "ARVADOS_API_HOST_INSECURE" not in gw.describe(ConnectionRefusedError(111, "refused"), "cannot reach")
 
 
 def test_retrying_rides_out_retryable_errors_and_stops_on_others() -> None:
@@ -167,3 +178,118 @@ def test_a_short_budget_is_not_stretched_by_the_patient_client(monkeypatch) -> N
     with pytest.raises(ConnectionRefusedError):
         gw.call(lambda: client.collections().get(uuid="x"), "cancel", budget=10.0)
     assert clock[0] <= 10.0  # gave up within its own budget, not the client's ten minutes
+
+
+# -- Keep block transfers ride out an outage through the gateway -----------------------------------
+
+KEEP_OUTAGE = 5 * 60.0  # what the plugin must ride out (issue 10); the clock is fake, nothing waits
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> list[float]:
+    """A clock that moves only when the code under test sleeps (any thread)."""
+    now = [0.0]
+    lock = threading.Lock()
+
+    def sleep(seconds: float) -> None:
+        with lock:
+            now[0] += seconds
+
+    monkeypatch.setattr(gw.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(gw.time, "sleep", sleep)
+    return now
+
+
+class _KeepDown:
+    """A real (local-store) SDK Keep client behind a Keep that refuses every connection, as the
+    SDK reports it, until the clock reaches ``until``. Records each attempt's ``num_retries``."""
+
+    def __init__(self, store: KeepClient, clock: list[float], until: float) -> None:
+        self.store, self.clock, self.until = store, clock, until
+        self.attempts: list[int | None] = []
+
+    def _answer(self, error: type, num_retries: int | None) -> None:
+        self.attempts.append(num_retries)
+        if self.clock[0] < self.until:
+            raise error("no Keep service answered", [("http://keep0:25107/", ConnectionRefusedError(111, "refused"))],
+                        "service")
+
+    def get(self, locator: str, num_retries: int | None = None, **kwargs: object) -> bytes:
+        self._answer(KeepReadError, num_retries)
+        return self.store.get(locator, num_retries=num_retries, **kwargs)
+
+    def put(self, data: bytes, num_retries: int | None = None, **kwargs: object) -> str:
+        self._answer(KeepWriteError, num_retries)
+        return self.store.put(data, num_retries=num_retries, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+
+def _sdk_with_keep(keep: object) -> object:
+    return type("Sdk", (), {"_rootDesc": {"resources": {"collections": {}}}, "keep": keep, "api_token": "t"})()
+
+
+def test_keep_transfers_ride_out_a_five_minute_outage_with_backoff(monkeypatch, fake_clock, tmp_path) -> None:
+    monkeypatch.setenv(gw.STARTED_ENV, "1")
+    store = KeepClient(local_store=str(tmp_path))
+    locator = store.put(b"pickled job")
+    down = _KeepDown(store, fake_clock, until=KEEP_OUTAGE)
+    keep = gw.PatientClient(_sdk_with_keep(down)).keep
+
+    assert keep.get(locator, num_retries=8) == b"pickled job"
+    assert fake_clock[0] >= KEEP_OUTAGE
+    # Backoff, not a busy loop; and one retry policy: the SDK's own loop is never asked to retry.
+    assert 5 < len(down.attempts) < 30 and set(down.attempts) == {0}
+
+    down.until = fake_clock[0] + KEEP_OUTAGE
+    written = keep.put(b"new block", num_retries=8)
+    assert store.get(written) == b"new block" and fake_clock[0] >= down.until
+
+
+def test_keep_job_store_files_are_written_and_read_through_a_keep_outage(monkeypatch, fake_clock, tmp_path) -> None:
+    """The job store's own path (collection_io: the SDK's block manager in background threads)."""
+    from toil_arvados.jobstore import collection_io
+
+    monkeypatch.setenv(gw.STARTED_ENV, "1")
+    down = _KeepDown(KeepClient(local_store=str(tmp_path)), fake_clock, until=KEEP_OUTAGE)
+    api = gw.PatientClient(_sdk_with_keep(down))
+    writer = collection_io.OneFileWriter(api, "job")
+    writer.write_bytes(b"job description")
+    manifest = writer.manifest_text()
+    assert fake_clock[0] >= KEEP_OUTAGE
+
+    down.until = fake_clock[0] + KEEP_OUTAGE
+    assert collection_io.read_all(api, manifest, "job") == b"job description"
+    assert fake_clock[0] >= 2 * KEEP_OUTAGE
+
+
+def test_keep_gives_up_after_the_budget_and_at_once_on_a_missing_block(monkeypatch, fake_clock, tmp_path) -> None:
+    monkeypatch.setenv(gw.STARTED_ENV, "1")
+    store = KeepClient(local_store=str(tmp_path))
+    down = _KeepDown(store, fake_clock, until=float("inf"))
+    keep = gw.PatientClient(_sdk_with_keep(down)).keep
+    with pytest.raises(KeepWriteError):  # Keep never returns: the error, after the budget, not never
+        keep.put(b"x")
+    assert KEEP_OUTAGE <= fake_clock[0] <= gw.OUTAGE_BUDGET
+
+    class Missing:  # every Keep service answers 404, as the SDK reports it
+        calls = 0
+
+        def get(self, locator: str, **_: object) -> bytes:
+            self.calls += 1
+            raise NotFoundError(f"{locator} not found", [("http://keep0:25107/", HttpError(404, "nf"))], "service")
+
+    missing = Missing()
+    before = fake_clock[0]
+    with pytest.raises(NotFoundError):
+        gw.PatientClient(_sdk_with_keep(missing)).keep.get("acbd18db4cc2f85cedef654fccc4a4d8+3")
+    assert missing.calls == 1 and fake_clock[0] == before  # a 404 is not an outage
+
+
+def test_keep_fails_fast_at_start_up(monkeypatch, fake_clock, tmp_path) -> None:
+    monkeypatch.delenv(gw.STARTED_ENV, raising=False)
+    down = _KeepDown(KeepClient(local_store=str(tmp_path)), fake_clock, until=float("inf"))
+    with pytest.raises(KeepReadError):
+        gw.PatientClient(_sdk_with_keep(down)).keep.get("acbd18db4cc2f85cedef654fccc4a4d8+3")
+    assert down.attempts == [gw.CONNECT_RETRIES] and fake_clock[0] == 0.0  # only the SDK's short retries

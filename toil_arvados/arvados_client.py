@@ -12,6 +12,8 @@ Two retry policies, because the two situations differ:
 * every later call (:func:`call`, :func:`retrying`) rides out an API or Keep outage: connection
   errors and 5xx are retried with capped exponential backoff for up to :data:`OUTAGE_BUDGET`
   seconds, so a cluster restart or a load balancer hiccup does not fail a running workflow.
+  Keep block transfers (:class:`PatientKeepClient`, the ``keep`` of a :func:`connect` client)
+  follow the same policy instead of the SDK Keep client's own ~4 minutes of retries.
 
 Errors are told apart by HTTP status (:func:`error_kind`), never by message text.
 """
@@ -22,6 +24,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import threading
 import time
 import uuid as uuidlib
@@ -30,9 +33,6 @@ from typing import Any, Callable, TypeVar
 logger = logging.getLogger(__name__)
 
 NUM_RETRIES = 5
-# Keep transfers of the job store: the SDK's Keep client backs off 2, 4, ... 60 s between tries,
-# so 8 tries ride out about 4 minutes of Keep being away.
-KEEP_RETRIES = 8
 # The first contact (the discovery document) retries less: with NUM_RETRIES the SDK's randomised
 # exponential backoff keeps a leader pointed at a dead host waiting 30-60 s before it can say so.
 CONNECT_RETRIES = 3
@@ -111,13 +111,15 @@ def is_retryable(error: BaseException) -> bool:
 # -- retries -----------------------------------------------------------------------------------
 
 def retrying(fn: Callable[[], T], what: str, budget: float = OUTAGE_BUDGET,
-             sleep: Callable[[float], None] = time.sleep) -> T:
+             sleep: Callable[[float], None] | None = None) -> T:
     """``fn()``, retried through connection errors and 5xx with capped exponential backoff.
 
     Only for idempotent work (reads, updates to a fixed value, Keep transfers); creates go
     through :func:`create_request`, which first looks for what an earlier attempt made. Gives
     up, re-raising the last error, when the next wait would pass ``budget`` seconds.
+    ``sleep`` defaults to ``time.sleep`` looked up at call time (tests replace the clock).
     """
+    sleep = sleep or time.sleep
     deadline = time.monotonic() + budget
     delay = _BACKOFF_START
     failing_since: float | None = None
@@ -267,7 +269,8 @@ def log_tail(api: Any, log_collection_ref: str, lines: int, budget: float = 60.0
     import arvados.collection
 
     def read() -> tuple[str, list[str]] | None:
-        logs = arvados.collection.CollectionReader(log_collection_ref, api_client=unwrapped(api), keep_client=api.keep)
+        logs = arvados.collection.CollectionReader(log_collection_ref, api_client=unwrapped(api),
+                                                   keep_client=unwrapped(api).keep)  # ``budget`` is the whole wait
         for name in _LOG_FILES:
             if name in logs:
                 with logs.open(name) as f:
@@ -392,6 +395,12 @@ def connect() -> Any:
     return client
 
 
+def _outage_budget() -> float:
+    """How long a call of this process waits out an outage: the full budget in a started
+    workflow, nothing beyond one attempt at start-up (fail fast)."""
+    return OUTAGE_BUDGET if started() else 0.0
+
+
 class PatientClient:
     """The SDK client, with every ``execute()`` riding out an outage once the workflow started.
 
@@ -399,13 +408,21 @@ class PatientClient:
     the outage policy without change: a resource method's request retries connection errors and
     5xx through :func:`retrying` — for up to :data:`OUTAGE_BUDGET` in a started workflow
     (:func:`started`), not at all beyond the SDK's own retries before (fail fast at start-up).
+    Its ``keep`` is a :class:`PatientKeepClient`, so Keep block transfers do the same.
     Creates whose repetition matters go through :func:`create_request`, which unwraps it.
-    Everything else (``keep``, ``api_token``, ...) is the SDK client's own.
+    Everything else (``api_token``, ...) is the SDK client's own.
     """
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self._resources = set((getattr(client, "_rootDesc", None) or {}).get("resources", {}))
+        self._keep: PatientKeepClient | None = None
+
+    @property
+    def keep(self) -> "PatientKeepClient":
+        if self._keep is None:
+            self._keep = PatientKeepClient(self._client.keep)
+        return self._keep
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -434,11 +451,51 @@ class _PatientRequest:
         self._request, self._what = request, what
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return retrying(lambda: self._request.execute(*args, **kwargs), self._what,
-                        OUTAGE_BUDGET if started() else 0.0)
+        return retrying(lambda: self._request.execute(*args, **kwargs), self._what, _outage_budget())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
+
+
+class PatientKeepClient:
+    """The SDK's Keep client, with block reads and writes riding out a Keep (or API) outage.
+
+    The SDK's own loop (``num_retries``, backoff from 2 s) gives up after about 4 minutes at the
+    job store's setting and stretches any budget of ours; instead each transfer here is one
+    attempt of the SDK client (every Keep service tried once), repeated by :func:`retrying` —
+    the same backoff and :data:`OUTAGE_BUDGET` as API calls. At start-up (before
+    :func:`started`) a transfer gets the SDK's short fail-fast retries only. A block that is not
+    there (404) fails at once. Everything else (block cache, prefetch...) is the SDK client's.
+    """
+
+    def __init__(self, keep: Any) -> None:
+        self._keep = keep
+
+    def get(self, locator: str, **kwargs: Any) -> Any:
+        return self._transfer(self._keep.get, f"Keep read {_block_name(locator)}", locator, **kwargs)
+
+    def head(self, locator: str, **kwargs: Any) -> Any:
+        return self._transfer(self._keep.head, f"Keep check {_block_name(locator)}", locator, **kwargs)
+
+    def put(self, data: Any, **kwargs: Any) -> Any:
+        return self._transfer(self._keep.put, "Keep write", data, **kwargs)
+
+    def _transfer(self, method: Callable[..., T], what: str, *args: Any, **kwargs: Any) -> T:
+        kwargs["num_retries"] = 0 if started() else CONNECT_RETRIES
+        return retrying(lambda: method(*args, **kwargs), what, _outage_budget())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._keep, name)
+
+
+def patient_keep(keep: Any) -> PatientKeepClient:
+    """``keep`` (an SDK KeepClient made with its own options) under the gateway's outage policy."""
+    return keep if isinstance(keep, PatientKeepClient) else PatientKeepClient(keep)
+
+
+def _block_name(locator: str) -> str:
+    """A block's hash, for logs: the permission signature in a locator is a credential."""
+    return str(locator).split("+", 1)[0]
 
 
 def unwrapped(obj: Any) -> Any:
@@ -447,6 +504,8 @@ def unwrapped(obj: Any) -> Any:
         return obj._request
     if isinstance(obj, PatientClient):
         return obj._client
+    if isinstance(obj, PatientKeepClient):
+        return obj._keep
     return obj
 
 
@@ -482,6 +541,9 @@ def describe(error: BaseException, context: str) -> str:
         hint = ": check ARVADOS_API_TOKEN (it is missing, wrong or expired)"
     elif status == 403:
         hint = ": the token lacks permission for this"
+    elif isinstance(error, ssl.SSLCertVerificationError):  # the SDK re-raises it with its own message
+        hint = (": the cluster's TLS certificate is not trusted here (install its CA; for a self-signed "
+                "one, e.g. the local cluster's, set ARVADOS_API_HOST_INSECURE=1)")
     elif status is None and error_kind(error) == RETRYABLE:
         hint = ": check ARVADOS_API_HOST and that the cluster is up"
     return scrub(f"{context}: {detail}{hint}")

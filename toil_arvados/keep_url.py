@@ -130,8 +130,9 @@ def session() -> KeepSession:
             from . import arvados_client  # the one gateway: same client, retries and outage policy
 
             api = arvados_client.connect()
-            keep = arvados.KeepClient(api_client=api, num_retries=NUM_RETRIES, num_prefetch_threads=1,
-                                      block_cache=arvados.KeepBlockCache(cache_max=BLOCK_CACHE_BYTES))
+            keep = arvados_client.patient_keep(arvados.KeepClient(
+                api_client=api, num_retries=NUM_RETRIES, num_prefetch_threads=1,
+                block_cache=arvados.KeepBlockCache(cache_max=BLOCK_CACHE_BYTES)))
             sess = _sessions[key] = KeepSession(api=api, keep=keep, host=host, identity=key)
         return sess
 

@@ -23,16 +23,15 @@ from typing import IO, Any, Iterator
 import arvados.collection
 from arvados.arvfile import ArvadosFile, WrappableFile
 
-from toil_arvados.arvados_client import KEEP_RETRIES
-
 logger = logging.getLogger(__name__)
 
 BUFFER = 1 << 20
 
 
 def _collection(api: Any, manifest_text: str | None = None) -> arvados.collection.Collection:
-    return arvados.collection.Collection(manifest_text, api_client=api, keep_client=api.keep,
-                                         num_retries=KEEP_RETRIES)
+    """``api`` is the gateway's client (:func:`toil_arvados.arvados_client.connect`): its ``keep``
+    rides out a Keep outage with the same policy as API calls."""
+    return arvados.collection.Collection(manifest_text, api_client=api, keep_client=api.keep)
 
 
 def _text_or_binary(binary: io.BufferedIOBase, encoding: str | None, errors: str | None) -> IO[Any]:
