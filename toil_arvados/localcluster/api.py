@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import schema, validation
+from . import indexes, schema, validation
 from .auth import Authorizer, Caller
 from .filters import FilterError, apply_list
 from .store import Store
@@ -108,6 +108,15 @@ def _decode_param(value: str) -> Any:
     return value
 
 
+def list_filters(params: dict[str, Any]) -> list:
+    """A list call's filters: ``filters`` plus the legacy ``where`` hash as ``=``/``in`` filters."""
+    filters = list(params.get("filters") or [])
+    where = params.get("where")
+    if isinstance(where, dict):
+        filters += [[k, "in" if isinstance(v, list) else "=", v] for k, v in where.items()]
+    return filters
+
+
 def singular_of(table: str) -> str:
     """``container_requests`` -> ``container_request``: the body key googleapiclient uses."""
     return {"api_client_authorizations": "api_client_authorization", "keep_services": "keep_service",
@@ -180,19 +189,23 @@ class Resource:
     list_omits: frozenset[str] = frozenset()
 
     async def list(self, req: Request) -> dict:
-        records = [r for r in self.store.records(self.table) if self.visible(req, r)]
+        records = [r for r in self.candidates(self.table, list_filters(req.params)) if self.visible(req, r)]
         items, available = self.select_list(req, records)
         shaped = [self._shape(req, r) for r in items]
         if self.list_omits and not req.params.get("select"):
             shaped = [{k: v for k, v in r.items() if k not in self.list_omits} for r in shaped]
         return self.list_envelope(req, shaped, available)
 
+    def candidates(self, table: str, filters: list) -> list[dict]:
+        """The records of ``table`` a list with ``filters`` must look at, in table order: those an
+        index finds for one of the filters (:mod:`indexes`), else all of them. A superset of the
+        matches: the filters still run on each, so the result is what a full scan gives."""
+        found = indexes.candidates(table, filters, self.store)
+        return self.store.records(table) if found is None else found
+
     def select_list(self, req: Request, records: list[dict]) -> tuple[list[dict], int | None]:
         p = req.params
-        filters = list(p.get("filters") or [])
-        where = p.get("where")
-        if isinstance(where, dict):
-            filters += [[k, "in" if isinstance(v, list) else "=", v] for k, v in where.items()]
+        filters = list_filters(p)
         try:
             return apply_list(
                 records, filters=filters, order=p.get("order"), limit=_int(p.get("limit"), 100, "limit"),
@@ -293,11 +306,8 @@ class Resource:
         owner, name = attrs.get("owner_uuid"), attrs["name"]
 
         def taken(n: str) -> bool:
-            return any(
-                r.get("owner_uuid") == owner and r.get("name") == n and r["uuid"] != exclude
-                and not r.get("is_trashed")
-                for r in self.store.records(self.table)
-            )
+            return any(r["uuid"] != exclude and not r.get("is_trashed")
+                       for r in self.store.lookup(self.table, "owner_name", (owner, n)))
 
         if not taken(name):
             return None

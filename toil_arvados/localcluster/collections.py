@@ -131,7 +131,7 @@ class Collections(Trashable):
         from .uuids import is_pdh
 
         if is_pdh(uuid):  # Arvados serves a collection by content hash too
-            for rec in self.store.records("collections"):
+            for rec in self.store.lookup("collections", "portable_data_hash", uuid):
                 if rec.get("portable_data_hash") == uuid and self.authz.can_read(req.user, rec) \
                         and (not rec.get("is_trashed") or req.flag("include_trash")):
                     shown = self._shape(req, rec)

@@ -107,7 +107,7 @@ class Dispatcher:
         retries its requests up to ``container_count_max``. Leaving either state expires the
         container's token. A Running container's logs so far become its log collection."""
         release_leftovers(self.work_root)  # scratch filesystems still mounted in work directories
-        for c in self.store.records("containers"):
+        for c in self.store.lookup_many("containers", "state", ("Locked", "Running")):
             if c["state"] == "Locked":
                 logger.info("requeueing %s: it was Locked when the cluster stopped", c["uuid"])
                 self.lifecycle.update_container(c["uuid"], {"state": "Queued", "locked_by_uuid": None})
@@ -134,7 +134,7 @@ class Dispatcher:
                 logger.info("cancelling %s: priority is 0", run.container_uuid)
                 if run.proc is not None:
                     run.proc.kill()
-        queued = sorted((c for c in self.store.records("containers")
+        queued = sorted((c for c in self.store.lookup("containers", "state", "Queued")
                          if c["state"] == "Queued" and (c.get("priority") or 0) > 0),
                         key=lambda c: (-c["priority"], c["created_at"]))
         for c in queued:
@@ -380,8 +380,8 @@ class Dispatcher:
 
     def _manifest_of(self, pdh: str) -> str:
         """The stored (unsigned) manifest of the collection with content hash *pdh*."""
-        # A snapshot (list() copies atomically): this runs in a thread while the loop adds records.
-        manifest = next((c["manifest_text"] for c in list(self.store.records("collections"))
+        # The lookup returns a snapshot: this runs in a worker thread while the loop adds records.
+        manifest = next((c["manifest_text"] for c in self.store.lookup("collections", "portable_data_hash", pdh)
                          if c.get("portable_data_hash") == pdh), None)
         if manifest is None:
             raise RuntimeError(f"collection {pdh} not found")

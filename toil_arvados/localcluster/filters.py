@@ -378,6 +378,10 @@ def _column_value(record: dict | None, column: str, ctype: str) -> Any:
     return value
 
 
+#: The public name: the store's indexes key records by it, so they agree with the filters.
+column_value = _column_value
+
+
 class _Compiler:
     def __init__(self, schema: Schema, joins: Mapping[str, Join]) -> None:
         self.schema = schema

@@ -1,0 +1,157 @@
+"""Secondary indexes of the object store, and the list planner that uses them.
+
+A workflow run makes thousands of container requests and collections, and the API server, the
+life cycle and the dispatcher look records up by key for each of them (a name in a project, a
+content hash, a queue state, a list of UUIDs). Scanning every record for each lookup made each
+call cost O(records), so a run cost O(records²). The store keeps these indexes up to date on
+every committed change; lookups then cost what they return.
+
+Everything here is pure: an :class:`IndexSpec` says how to compute a record's key, and
+:func:`plan` picks, from a ``list`` call's filters, the index that bounds the records that can
+match. The planner only ever narrows to a *superset* of the matches (the full filters still run
+on what it returns), so results are exactly what a scan gives.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable, Protocol
+
+from . import reuse
+from .filters import COLUMN_TYPES, column_value, parse_filters, FilterError
+
+#: A record's key in an index; None leaves the record out of that index.
+KeyFunction = Callable[[dict], Hashable | None]
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """One index: records of ``table`` grouped by ``key(record)``.
+
+    ``column`` names the string column a column index is on: such an index keys records by the
+    column's value *as a filter compares it* (:func:`filters.column_value`), which is what lets
+    the planner answer ``=``/``in`` filters from it exactly.
+    """
+
+    table: str
+    name: str
+    key: KeyFunction
+    column: str | None = None
+
+
+def column_index(table: str, column: str) -> IndexSpec:
+    """An index on a string column, usable by the list planner."""
+    if COLUMN_TYPES.get(table, {}).get(column) != "string":
+        raise ValueError(f"{table}.{column} is not a string column: the planner cannot use an index on it")
+    return IndexSpec(table, column, lambda r: column_value(r, column, "string"), column)
+
+
+def owner_name_key(record: dict) -> Hashable | None:
+    """(owner, name) as the per-owner unique-name check compares them (plain equality)."""
+    return (record.get("owner_uuid"), record.get("name")) if record.get("name") else None
+
+
+def token_digest(secret: str) -> str:
+    """What tokens are indexed by: a digest, so a lookup's timing says nothing about how much
+    of a guessed secret was right (each candidate is then compared in constant time)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _token_key(record: dict) -> str:
+    return token_digest(str(record.get("api_token") or ""))
+
+
+#: Every index the store keeps. Column indexes serve ``list`` filters as well as the server's own
+#: lookups; the others serve one lookup each.
+INDEXES: tuple[IndexSpec, ...] = (
+    column_index("collections", "owner_uuid"),
+    column_index("collections", "portable_data_hash"),
+    IndexSpec("collections", "owner_name", owner_name_key),
+    column_index("groups", "owner_uuid"),
+    IndexSpec("groups", "owner_name", owner_name_key),
+    column_index("container_requests", "owner_uuid"),
+    column_index("container_requests", "state"),
+    column_index("container_requests", "container_uuid"),
+    column_index("container_requests", "requesting_container_uuid"),
+    column_index("containers", "state"),
+    # Reuse candidates: containers that run the same command the same way (reuse.reuse_key).
+    IndexSpec("containers", "reuse_key", reuse.reuse_key),
+    column_index("workflows", "owner_uuid"),
+    column_index("links", "head_uuid"),
+    column_index("links", "tail_uuid"),
+    column_index("links", "name"),
+    column_index("logs", "object_uuid"),
+    IndexSpec("api_client_authorizations", "token", _token_key),
+)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+class IndexedRecords(Protocol):
+    """What the planner needs of the store."""
+
+    def index_of(self, table: str, column: str) -> IndexSpec | None: ...
+    def count(self, table: str, index: str, keys: Iterable[Hashable]) -> int: ...
+    def lookup_many(self, table: str, index: str, keys: Iterable[Hashable]) -> list[dict]: ...
+    def get_many(self, table: str, uuids: Iterable[str]) -> list[dict]: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Read the records of ``table`` whose ``column`` is one of ``keys`` (``uuid``: by id)."""
+
+    column: str
+    keys: tuple[str, ...]
+
+
+def plan(table: str, filters: Any, store: IndexedRecords) -> Plan | None:
+    """The most selective index lookup the filters allow, or None (scan every record).
+
+    A filter qualifies when it names one indexed string column (or ``uuid``) with ``=`` and a
+    string, or ``in`` and a list: a record matches it only if the column's value is one of the
+    strings, so the lookup returns every record that can match. Anything else (``any``, joins,
+    subproperties, other operators, malformed filters) is left to the scan, which also reports
+    invalid filters exactly as before.
+    """
+    try:
+        parsed = parse_filters(filters)
+    except FilterError:
+        return None
+    best: tuple[int, Plan] | None = None
+    for f in parsed:
+        candidate = _plannable(table, f, store)
+        if candidate is None:
+            continue
+        size = (len(candidate.keys) if candidate.column == "uuid"
+                else store.count(table, candidate.column, candidate.keys))
+        if best is None or size < best[0]:
+            best = (size, candidate)
+    return best[1] if best else None
+
+
+def _plannable(table: str, f: Any, store: IndexedRecords) -> Plan | None:
+    if not isinstance(f, (list, tuple)) or len(f) != 3:
+        return None
+    column, operator, operand = f
+    if not isinstance(column, str) or not isinstance(operator, str):
+        return None
+    if column != "uuid" and store.index_of(table, column) is None:
+        return None
+    op = operator.lower()
+    if op == "=" and isinstance(operand, str):
+        return Plan(column, (operand,))
+    if op == "in" and isinstance(operand, list):
+        # Only strings can equal a string column's value; other elements match nothing.
+        return Plan(column, tuple(dict.fromkeys(x for x in operand if isinstance(x, str))))
+    return None
+
+
+def candidates(table: str, filters: Any, store: IndexedRecords) -> list[dict] | None:
+    """The records a list with ``filters`` needs to look at (table order), or None for all."""
+    p = plan(table, filters, store)
+    if p is None:
+        return None
+    if p.column == "uuid":
+        return store.get_many(table, p.keys)
+    return store.lookup_many(table, p.column, p.keys)
