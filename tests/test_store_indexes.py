@@ -94,10 +94,12 @@ def test_indexes_are_rebuilt_when_the_store_is_opened_again(tmp_path):
         reopened.close()
 
 
-def test_unhashable_values_are_found_by_the_fallback_scan(store):
+def test_non_string_values_are_indexed_as_filters_compare_them(store):
     odd = _collection(store, "odd", pdh="p")
     store.update(odd["uuid"], {"name": ["not", "a", "string"]})  # only the store's own writes can do this
-    assert store.lookup("collections", "owner_name", (OWNER_A, ["not", "a", "string"])) == [store.get(odd["uuid"])]
+    # A string column holding a list compares as its JSON text (as Arvados' serialized columns).
+    assert store.lookup("collections", "owner_name", (OWNER_A, '["not","a","string"]')) == [store.get(odd["uuid"])]
+    assert store.lookup("collections", "owner_name", (OWNER_A, ["not", "a", "string"])) == []
 
 
 def test_get_many_keeps_table_order_and_drops_unknown_or_foreign_uuids(store):
@@ -131,6 +133,8 @@ def test_planner_uses_the_most_selective_indexed_filter(store):
         _collection(store, f"c{i}", owner=OWNER_A, pdh="shared" if i else "rare")
     p = indexes.plan("collections", [["owner_uuid", "=", OWNER_A], ["portable_data_hash", "=", "rare"]], store)
     assert p == indexes.Plan("portable_data_hash", ("rare",))
+    p = indexes.plan("collections", [["owner_uuid", "=", OWNER_A], ["name", "=", "c3"]], store)
+    assert p == indexes.Plan("owner_name", ((OWNER_A, "c3"),))
     uuids = [r["uuid"] for r in store.records("collections")][:2]
     p = indexes.plan("collections", [["owner_uuid", "=", OWNER_A], ["uuid", "in", uuids + [7, None]]], store)
     assert p == indexes.Plan("uuid", tuple(uuids))
@@ -165,7 +169,7 @@ def _records(store: Store) -> None:
 
 def _filters(uuids: list[str]) -> list[list]:
     out = []
-    for column in ("portable_data_hash", "owner_uuid", "uuid"):
+    for column in ("portable_data_hash", "owner_uuid", "uuid", "name"):
         keys = uuids[:3] if column == "uuid" else _VALUES
         for op in ("=", "in", "IN", "!=", "not in"):
             for v in keys:
@@ -174,6 +178,9 @@ def _filters(uuids: list[str]) -> list[list]:
             out.append([[column, op, []]])
     out.append([["portable_data_hash", "in", ["p0", "p1"]], ["owner_uuid", "=", OWNER_B]])
     out.append([["uuid", "in", uuids[:5]], ["portable_data_hash", "=", "p1"]])
+    for owner, name in itertools.product([OWNER_A, OWNER_B, "", 5], ["c1", "c4", "", "C1", 5, None]):
+        out.append([["owner_uuid", "=", owner], ["name", "=", name]])
+        out.append([["name", "in", [name]], ["owner_uuid", "in", [owner]]])
     return out
 
 
@@ -225,3 +232,36 @@ def test_concurrent_writers_leave_indexes_equal_to_a_scan(store):
         assert store.lookup("collections", "portable_data_hash", pdh) == _scan(
             store, "collections", "portable_data_hash", pdh)
     assert sum(len(store.lookup("collections", "portable_data_hash", f"p{i}")) for i in range(4)) == 240
+
+
+# --------------------------------------------------------------------------- dispatcher queue
+
+
+def test_dispatcher_sizes_each_queued_container_once_per_version(tmp_path, monkeypatch):
+    """A scheduling pass runs after every change while thousands may be queued: a container is
+    checked against the instance types again only when it changed, never once per pass."""
+    from types import SimpleNamespace
+
+    from toil_arvados.localcluster import dispatcher as dispatcher_module, sizing
+    from toil_arvados.localcluster.containers import Lifecycle
+
+    store = Store(tmp_path / "db.sqlite3", "local", SYSUSER)
+    cfg = SimpleNamespace(state_dir=str(tmp_path), container_count_max=3, cores=0, ram=0,
+                          reserve_extra_ram=0,
+                          instance_types=lambda: {"local": {"VCPUs": 4, "RAM": 8 << 30, "Scratch": 1 << 40}})
+    d = dispatcher_module.Dispatcher(store, Lifecycle(store, cfg), cfg, blockstore=None, runtime=None, api_env={})
+    queued = [store.create("containers", {"state": "Queued", "priority": 1, "runtime_constraints": {"vcpus": 1},
+                                          "created_at": f"2026-01-01T00:00:0{i}Z"}) for i in range(3)]
+    store.create("containers", {"state": "Complete", "priority": 1})
+    sized = []
+    real = sizing.choose_instance_types
+    monkeypatch.setattr(sizing, "choose_instance_types", lambda t, c, r: (sized.append(c["uuid"]), real(t, c, r))[1])
+    d._schedule()
+    assert sorted(sized) == sorted(c["uuid"] for c in queued)  # the Complete one is not in the queue
+    sized.clear()
+    d._schedule()
+    assert sized == []
+    store.update(queued[1]["uuid"], {"priority": 5})
+    d._schedule()
+    assert sized == [queued[1]["uuid"]]
+    store.close()

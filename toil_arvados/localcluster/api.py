@@ -306,7 +306,8 @@ class Resource:
         owner, name = attrs.get("owner_uuid"), attrs["name"]
 
         def taken(n: str) -> bool:
-            return any(r["uuid"] != exclude and not r.get("is_trashed")
+            return any(r.get("owner_uuid") == owner and r.get("name") == n and r["uuid"] != exclude
+                       and not r.get("is_trashed")
                        for r in self.store.lookup(self.table, "owner_name", (owner, n)))
 
         if not taken(name):

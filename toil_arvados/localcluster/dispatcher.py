@@ -66,6 +66,9 @@ class Dispatcher:
         self.running: dict[str, _Running] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        # Queued containers found to fit an instance type: uuid -> the etag of that version. A
+        # pass runs after every change, with up to thousands queued; each is sized once per version.
+        self._fits: dict[str, str] = {}
         store.add_listener(self._on_event)
 
     # -- scheduling ---------------------------------------------------------------------------
@@ -137,10 +140,14 @@ class Dispatcher:
         queued = sorted((c for c in self.store.lookup("containers", "state", "Queued")
                          if c["state"] == "Queued" and (c.get("priority") or 0) > 0),
                         key=lambda c: (-c["priority"], c["created_at"]))
+        known, self._fits = self._fits, {}
         for c in queued:
             rc = c.get("runtime_constraints") or {}
             vcpus, ram = int(rc.get("vcpus") or 1), int(rc.get("ram") or 0)
-            problem = self._unsatisfiable(c)
+            sized = c.get("etag") and known.get(c["uuid"]) == c["etag"]
+            problem = None if sized else self._unsatisfiable(c)
+            if problem is None:
+                self._fits[c["uuid"]] = c.get("etag")
             if problem:
                 self._cancel_unsatisfiable(c, problem)
                 continue

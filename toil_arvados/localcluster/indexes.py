@@ -47,8 +47,10 @@ def column_index(table: str, column: str) -> IndexSpec:
 
 
 def owner_name_key(record: dict) -> Hashable | None:
-    """(owner, name) as the per-owner unique-name check compares them (plain equality)."""
-    return (record.get("owner_uuid"), record.get("name")) if record.get("name") else None
+    """(owner, name) as filters compare them: the per-owner unique-name check and the frequent
+    ``owner_uuid = P, name = N`` list (a job store finding a file in its project) use it."""
+    name = column_value(record, "name", "string")
+    return None if name is None else (column_value(record, "owner_uuid", "string"), name)
 
 
 def token_digest(secret: str) -> str:
@@ -92,6 +94,7 @@ class IndexedRecords(Protocol):
     """What the planner needs of the store."""
 
     def index_of(self, table: str, column: str) -> IndexSpec | None: ...
+    def has_index(self, table: str, index: str) -> bool: ...
     def count(self, table: str, index: str, keys: Iterable[Hashable]) -> int: ...
     def lookup_many(self, table: str, index: str, keys: Iterable[Hashable]) -> list[dict]: ...
     def get_many(self, table: str, uuids: Iterable[str]) -> list[dict]: ...
@@ -99,10 +102,10 @@ class IndexedRecords(Protocol):
 
 @dataclass(frozen=True)
 class Plan:
-    """Read the records of ``table`` whose ``column`` is one of ``keys`` (``uuid``: by id)."""
+    """Read the records of ``table`` whose ``index`` key is one of ``keys`` (``uuid``: by id)."""
 
-    column: str
-    keys: tuple[str, ...]
+    index: str
+    keys: tuple[Hashable, ...]
 
 
 def plan(table: str, filters: Any, store: IndexedRecords) -> Plan | None:
@@ -110,7 +113,8 @@ def plan(table: str, filters: Any, store: IndexedRecords) -> Plan | None:
 
     A filter qualifies when it names one indexed string column (or ``uuid``) with ``=`` and a
     string, or ``in`` and a list: a record matches it only if the column's value is one of the
-    strings, so the lookup returns every record that can match. Anything else (``any``, joins,
+    strings, so the lookup returns every record that can match. ``owner_uuid = O`` and
+    ``name = N`` together use the owner+name index. Anything else (``any``, joins,
     subproperties, other operators, malformed filters) is left to the scan, which also reports
     invalid filters exactly as before.
     """
@@ -118,25 +122,29 @@ def plan(table: str, filters: Any, store: IndexedRecords) -> Plan | None:
         parsed = parse_filters(filters)
     except FilterError:
         return None
+    plans = [p for p in (_plannable(table, f, store) for f in parsed) if p is not None]
+    equal = {p.index: p.keys[0] for p in plans if len(p.keys) == 1 and p.index in ("owner_uuid", "name")}
+    if len(equal) == 2 and store.has_index(table, "owner_name"):
+        plans.append(Plan("owner_name", ((equal["owner_uuid"], equal["name"]),)))
     best: tuple[int, Plan] | None = None
-    for f in parsed:
-        candidate = _plannable(table, f, store)
-        if candidate is None:
-            continue
-        size = (len(candidate.keys) if candidate.column == "uuid"
-                else store.count(table, candidate.column, candidate.keys))
+    for candidate in plans:
+        if candidate.index != "uuid" and not store.has_index(table, candidate.index):
+            continue  # a name filter without its owner, on a table with no name index
+        size = (len(candidate.keys) if candidate.index == "uuid"
+                else store.count(table, candidate.index, candidate.keys))
         if best is None or size < best[0]:
             best = (size, candidate)
     return best[1] if best else None
 
 
 def _plannable(table: str, f: Any, store: IndexedRecords) -> Plan | None:
+    """The lookup one filter allows on its own (``name`` is only used with ``owner_uuid``)."""
     if not isinstance(f, (list, tuple)) or len(f) != 3:
         return None
     column, operator, operand = f
     if not isinstance(column, str) or not isinstance(operator, str):
         return None
-    if column != "uuid" and store.index_of(table, column) is None:
+    if column not in ("uuid", "name") and store.index_of(table, column) is None:
         return None
     op = operator.lower()
     if op == "=" and isinstance(operand, str):
@@ -152,6 +160,6 @@ def candidates(table: str, filters: Any, store: IndexedRecords) -> list[dict] | 
     p = plan(table, filters, store)
     if p is None:
         return None
-    if p.column == "uuid":
-        return store.get_many(table, p.keys)
-    return store.lookup_many(table, p.column, p.keys)
+    if p.index == "uuid":
+        return store.get_many(table, p.keys)  # type: ignore[arg-type]
+    return store.lookup_many(table, p.index, p.keys)

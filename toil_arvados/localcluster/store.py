@@ -43,11 +43,7 @@ class _Index:
 
     def key(self, record: dict) -> Hashable | None:
         key = self.spec.key(record)
-        try:
-            hash(key)
-        except TypeError:
-            return None  # an unhashable value (e.g. a list) is found by the fallback scan
-        return key
+        return key if _hashable(key) else None  # key functions give hashable keys; be safe
 
     def add(self, key: Hashable, uuid: str, position: int) -> None:
         bucket = self.buckets.setdefault(key, {})
@@ -142,6 +138,9 @@ class Store:
         index = self._indexes.get(table, {}).get(column)
         return index.spec if index is not None and index.spec.column == column else None
 
+    def has_index(self, table: str, index: str) -> bool:
+        return index in self._indexes.get(table, {})
+
     def lookup(self, table: str, index: str, key: Hashable) -> list[dict]:
         """The records of ``table`` whose ``index`` key is ``key``, in table order."""
         return self.lookup_many(table, index, (key,))
@@ -149,9 +148,7 @@ class Store:
     def lookup_many(self, table: str, index: str, keys: Iterable[Hashable]) -> list[dict]:
         """The records of ``table`` whose ``index`` key is any of ``keys``, in table order."""
         idx = self._indexes[table][index]
-        keys = list(keys)
-        if not all(_hashable(k) for k in keys):  # no record is indexed under such a key
-            return [r for r in self.records(table) if idx.spec.key(r) in keys]
+        keys = [k for k in keys if _hashable(k)]  # an unhashable key is no record's key
         with self._mem:
             rows = self.tables[table]
             uuids = [u for k in dict.fromkeys(keys) for u in idx.uuids(k)]
