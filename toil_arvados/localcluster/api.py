@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import indexes, schema, validation
+from . import indexes, registry, schema, validation
 from .auth import Authorizer, Caller
 from .filters import FilterError, apply_list
 from .store import Store
@@ -119,8 +119,8 @@ def list_filters(params: dict[str, Any]) -> list:
 
 def singular_of(table: str) -> str:
     """``container_requests`` -> ``container_request``: the body key googleapiclient uses."""
-    return {"api_client_authorizations": "api_client_authorization", "keep_services": "keep_service",
-            "container_requests": "container_request"}.get(table, table[:-1])
+    kind = registry.kind_of(table)
+    return kind.singular if kind else table[:-1]
 
 
 class Resource:
@@ -292,7 +292,11 @@ class Resource:
 
     # Names ----------------------------------------------------------------------------------
 
-    unique_names = False
+    @property
+    def unique_names(self) -> bool:
+        """Names are unique per owner for this kind (the registry says which kinds)."""
+        kind = registry.kind_of(self.table)
+        return bool(kind and kind.unique_names)
 
     def ensure_unique_name(self, req: Request, attrs: dict, exclude: str | None = None) -> str | None:
         """Arvados keeps names unique per owner for projects and collections (422 otherwise).

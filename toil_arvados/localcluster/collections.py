@@ -54,7 +54,6 @@ def collection_defaults() -> dict[str, Any]:
 
 class Collections(Trashable):
     table = "collections"
-    unique_names = True
     list_omits = frozenset({"manifest_text", "unsigned_manifest_text"})
 
     def routes(self):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Hashable, Iterable, Protocol
 
 from . import reuse
 from .filters import COLUMN_TYPES, column_value, parse_filters, FilterError
+from .registry import KINDS
 
 #: A record's key in an index; None leaves the record out of that index.
 KeyFunction = Callable[[dict], Hashable | None]
@@ -63,26 +64,14 @@ def _token_key(record: dict) -> str:
     return token_digest(str(record.get("api_token") or ""))
 
 
-#: Every index the store keeps. Column indexes serve ``list`` filters as well as the server's own
-#: lookups; the others serve one lookup each.
+#: Every index the store keeps: the registry's indexed columns (they serve ``list`` filters as
+#: well as the server's own lookups), owner+name where names are unique per owner, and two that
+#: serve one lookup each.
 INDEXES: tuple[IndexSpec, ...] = (
-    column_index("collections", "owner_uuid"),
-    column_index("collections", "portable_data_hash"),
-    IndexSpec("collections", "owner_name", owner_name_key),
-    column_index("groups", "owner_uuid"),
-    IndexSpec("groups", "owner_name", owner_name_key),
-    column_index("container_requests", "owner_uuid"),
-    column_index("container_requests", "state"),
-    column_index("container_requests", "container_uuid"),
-    column_index("container_requests", "requesting_container_uuid"),
-    column_index("containers", "state"),
+    *(column_index(t, column) for t, k in KINDS.items() for column in k.indexed),
+    *(IndexSpec(t, "owner_name", owner_name_key) for t, k in KINDS.items() if k.unique_names),
     # Reuse candidates: containers that run the same command the same way (reuse.reuse_key).
     IndexSpec("containers", "reuse_key", reuse.reuse_key),
-    column_index("workflows", "owner_uuid"),
-    column_index("links", "head_uuid"),
-    column_index("links", "tail_uuid"),
-    column_index("links", "name"),
-    column_index("logs", "object_uuid"),
     IndexSpec("api_client_authorizations", "token", _token_key),
 )
 

@@ -90,7 +90,6 @@ class ApiClientAuthorizations(Resource):
 
 class Groups(Trashable):
     table = "groups"
-    unique_names = True
 
     def routes(self):
         return [("GET", "contents", self.contents), ("GET", "shared", self.shared),
