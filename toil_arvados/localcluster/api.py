@@ -154,8 +154,17 @@ class Resource:
         return False
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        """Extra (method, path, handler) routes under /arvados/v1/<table>/."""
-        return []
+        """Extra (method, path, handler) routes under /arvados/v1/<table>/: the resource's
+        non-CRUD methods in :mod:`schema` (which the discovery document lists too), each served
+        by this class's handler of the same name; a method without one is not served."""
+        described = schema.RESOURCES.get(self.table)
+        prefix = self.table + "/"
+        out: list[tuple[str, str, Handler]] = []
+        for m in described.methods if described else ():
+            handler = getattr(self, m.name, None)
+            if m.name not in _CRUD_METHODS and m.path.startswith(prefix) and callable(handler):
+                out.append((m.http_method, m.path[len(prefix):], handler))
+        return out
 
     # Generic methods --------------------------------------------------------------------------
 
@@ -347,9 +356,6 @@ class Trashable(Resource):
 
     TRASH_LIFETIME = 14 * 24 * 3600  # Collections.DefaultTrashLifetime (336h), as exported in the config
 
-    def trash_routes(self) -> list[tuple[str, str, Handler]]:
-        return [("POST", "{uuid}/trash", self.trash), ("POST", "{uuid}/untrash", self.untrash)]
-
     def _writable(self, req: Request) -> dict:
         old = self.fetch(req, req.params["uuid"])
         if not self.authz.can_write(req.user, old):
@@ -373,6 +379,9 @@ class Trashable(Resource):
         changes = {"is_trashed": False, "trash_at": None, "delete_at": None}
         return self._shape(req, self.store.update(old["uuid"], changes, by=req.user.uuid))
 
+
+# Methods every resource serves through the generic routes (see ApiServer.make_app).
+_CRUD_METHODS = frozenset({"get", "list", "create", "update", "delete"})
 
 # Tables whose owner_uuid is not a project to check write permission on.
 UNOWNED_TABLES = frozenset({"logs", "keep_services", "api_client_authorizations", "users", "links"})

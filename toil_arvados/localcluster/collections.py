@@ -56,10 +56,6 @@ class Collections(Trashable):
     table = "collections"
     list_omits = frozenset({"manifest_text", "unsigned_manifest_text"})
 
-    def routes(self):
-        return self.trash_routes() + [("GET", "{uuid}/provenance", self.provenance),
-                                      ("GET", "{uuid}/used_by", self.used_by)]
-
     # Keep's permission signatures ----------------------------------------------------------
 
     def _sign(self, req: Request, manifest_text: str) -> str:

@@ -53,9 +53,6 @@ _FINAL_MUTABLE = _ALWAYS_MUTABLE
 class ContainerRequests(Resource):
     table = "container_requests"
 
-    def routes(self):
-        return [("GET", "{uuid}/container_status", self.container_status)]
-
     def present(self, req: Request, record: dict) -> dict:
         record.pop("secret_mounts", None)
         record.pop("runtime_token", None)
@@ -162,11 +159,6 @@ class ContainerRequests(Resource):
 
 class Containers(Resource):
     table = "containers"
-
-    def routes(self):
-        return [("GET", "current", self.current), ("GET", "{uuid}/auth", self.auth),
-                ("POST", "{uuid}/lock", self.lock), ("POST", "{uuid}/unlock", self.unlock),
-                ("GET", "{uuid}/secret_mounts", self.secret_mounts)]
 
     def present(self, req: Request, record: dict) -> dict:
         record.pop("secret_mounts", None)

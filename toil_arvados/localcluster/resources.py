@@ -22,9 +22,6 @@ def new_token_secret() -> str:
 class Users(Resource):
     table = "users"
 
-    def routes(self):
-        return [("GET", "current", self.current), ("GET", "system", self.system)]
-
     async def current(self, req: Request) -> dict:
         return self._shape(req, req.user.user)
 
@@ -57,9 +54,6 @@ class Users(Resource):
 class ApiClientAuthorizations(Resource):
     table = "api_client_authorizations"
 
-    def routes(self):
-        return [("GET", "current", self.current)]
-
     async def current(self, req: Request) -> dict:
         return self.present(req, dict(req.user.token))
 
@@ -90,10 +84,6 @@ class ApiClientAuthorizations(Resource):
 
 class Groups(Trashable):
     table = "groups"
-
-    def routes(self):
-        return [("GET", "contents", self.contents), ("GET", "shared", self.shared),
-                *self.trash_routes()]
 
     def prepare_create(self, req: Request, attrs: dict) -> dict:
         if attrs.get("group_class") not in ("project", "role", "filter"):
@@ -155,9 +145,6 @@ class Groups(Trashable):
 
 class Links(Resource):
     table = "links"
-
-    def routes(self):
-        return []
 
     def prepare_create(self, req: Request, attrs: dict) -> dict:
         if not attrs.get("link_class"):
@@ -238,9 +225,6 @@ class Logs(Resource):
 
 class KeepServices(Resource):
     table = "keep_services"
-
-    def routes(self):
-        return [("GET", "accessible", self.accessible)]
 
     async def accessible(self, req: Request) -> dict:
         req.user  # must be logged in
