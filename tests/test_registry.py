@@ -36,11 +36,13 @@ def test_every_stored_attribute_is_a_column_filters_can_type():
         assert missing == _NOT_COLUMNS.get(table, set()), table
 
 
-def test_indexed_and_name_columns_are_string_columns():
+def test_indexed_and_name_columns_are_string_or_property_columns():
     for table, kind in registry.KINDS.items():
         columns = kind.column_types()
-        for column in kind.indexed + kind.name_columns:
+        for column in kind.name_columns:
             assert columns.get(column) == "string", f"{table}.{column}"
+        for column in kind.indexed:
+            assert columns.get(column) in ("string", "jsonb"), f"{table}.{column}"
         if kind.unique_names:
             assert columns.get("name") == "string" and columns.get("owner_uuid") == "string", table
 

@@ -10,6 +10,7 @@ to a superset of its matches.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 
 import pytest
@@ -133,6 +134,8 @@ def test_planner_uses_the_most_selective_indexed_filter(store):
         _collection(store, f"c{i}", owner=OWNER_A, pdh="shared" if i else "rare")
     p = indexes.plan("collections", [["owner_uuid", "=", OWNER_A], ["portable_data_hash", "=", "rare"]], store)
     assert p == indexes.Plan("portable_data_hash", ("rare",))
+    p = indexes.plan("collections", [["owner_uuid", "=", OWNER_A], ["properties.job", "=", "j1"]], store)
+    assert p == indexes.Plan("properties", (("job", "j1"),))
     p = indexes.plan("collections", [["owner_uuid", "=", OWNER_A], ["name", "=", "c3"]], store)
     assert p == indexes.Plan("owner_name", ((OWNER_A, "c3"),))
     uuids = [r["uuid"] for r in store.records("collections")][:2]
@@ -143,7 +146,11 @@ def test_planner_uses_the_most_selective_indexed_filter(store):
 @pytest.mark.parametrize("filters", [
     [],
     [["any", "=", "x"]],
-    [["properties.a", "=", "x"]],
+    [["properties.a", "=", 5]],
+    [["properties.a", "in", ["x", 5]]],
+    [["properties.a", "!=", "x"]],
+    [["properties", "=", "x"]],
+    [["manifest_text.a", "=", "x"]],
     [["portable_data_hash", "!=", "p"]],
     [["portable_data_hash", "like", "p%"]],
     [["portable_data_hash", "=", 5]],
@@ -160,9 +167,13 @@ def test_planner_leaves_other_filters_to_the_scan(store, filters):
 _VALUES = ["p0", "p1", "P0", "", 5, None, True, ["p0"], {"a": 1}]
 
 
+_PROPERTIES = [{}, {"k": "v"}, {"k": "w"}, {"k": 5}, {"k": ["v"]}, {"k": {"v": 1}}, {"k": None},
+               {"k": "v", "other": "v"}, {"k.dotted": "v"}, {"<k>": "v"}, {"k": "5"}, {"k": True}]
+
+
 def _records(store: Store) -> None:
     for i, (pdh, owner) in enumerate(itertools.product(["p0", "p1", None, "p2"], [OWNER_A, OWNER_B, None])):
-        rec = _collection(store, f"c{i}", owner=owner or OWNER_A, pdh=pdh)
+        rec = _collection(store, f"c{i}", owner=owner or OWNER_A, pdh=pdh, properties=_PROPERTIES[i % 12])
         if owner is None:
             store.update(rec["uuid"], {"owner_uuid": None})
 
@@ -178,6 +189,11 @@ def _filters(uuids: list[str]) -> list[list]:
             out.append([[column, op, []]])
     out.append([["portable_data_hash", "in", ["p0", "p1"]], ["owner_uuid", "=", OWNER_B]])
     out.append([["uuid", "in", uuids[:5]], ["portable_data_hash", "=", "p1"]])
+    for attr in ("properties.k", "properties.<k>", "properties.k.dotted", "properties.other", "properties"):
+        for op in ("=", "in", "!=", "like", "exists", "contains"):
+            for v in ("v", "w", "5", 5, True, None, ["v"], ["v", "w"], ["v", 5], [], {"v": 1}, '"v"', "{}"):
+                out.append([[attr, op, v]])
+    out.append([["properties.k", "=", "v"], ["properties.other", "=", "v"]])
     for owner, name in itertools.product([OWNER_A, OWNER_B, "", 5], ["c1", "c4", "", "C1", 5, None]):
         out.append([["owner_uuid", "=", owner], ["name", "=", name]])
         out.append([["name", "in", [name]], ["owner_uuid", "in", [owner]]])
@@ -196,13 +212,13 @@ def test_planned_lists_give_exactly_what_a_scan_gives(store):
         narrowed = everything if found is None else found
         try:
             want = apply_list(everything, filters=filters, table="collections", limit=1000)
-        except FilterError as e:
-            with pytest.raises(FilterError, match=str(e).split("'")[0]):
+        except (FilterError, TypeError) as e:  # TypeError: an "exists" quirk of filters.py, kept as is
+            with pytest.raises(type(e), match=re.escape(str(e))):
                 apply_list(narrowed, filters=filters, table="collections", limit=1000)
             continue
         assert apply_list(narrowed, filters=filters, table="collections", limit=1000) == want, filters
         checked += found is not None
-    assert checked > 20  # the planner did narrow most of these
+    assert checked > 40  # the planner did narrow many of these
 
 
 # --------------------------------------------------------------------------- threads

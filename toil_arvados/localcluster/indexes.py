@@ -21,30 +21,45 @@ from . import reuse
 from .filters import COLUMN_TYPES, column_value, parse_filters, FilterError
 from .registry import KINDS
 
-#: A record's key in an index; None leaves the record out of that index.
-KeyFunction = Callable[[dict], Hashable | None]
+#: A record's key in an index (None leaves the record out), or for a multi-key index its keys.
+KeyFunction = Callable[[dict], Any]
 
 
 @dataclass(frozen=True)
 class IndexSpec:
     """One index: records of ``table`` grouped by ``key(record)``.
 
-    ``column`` names the string column a column index is on: such an index keys records by the
-    column's value *as a filter compares it* (:func:`filters.column_value`), which is what lets
-    the planner answer ``=``/``in`` filters from it exactly.
+    ``column`` names the column the index is on, for the planner: a string column's index keys
+    records by the column's value *as a filter compares it* (:func:`filters.column_value`), which
+    is what lets the planner answer ``=``/``in`` filters from it exactly. ``multi``: ``key``
+    returns several keys (a jsonb column's index has one per property).
     """
 
     table: str
     name: str
     key: KeyFunction
     column: str | None = None
+    multi: bool = False
 
 
 def column_index(table: str, column: str) -> IndexSpec:
-    """An index on a string column, usable by the list planner."""
-    if COLUMN_TYPES.get(table, {}).get(column) != "string":
-        raise ValueError(f"{table}.{column} is not a string column: the planner cannot use an index on it")
+    """An index on a string column, or on the properties of a jsonb column (planner-usable)."""
+    ctype = COLUMN_TYPES.get(table, {}).get(column)
+    if ctype == "jsonb":
+        return IndexSpec(table, column, lambda r: property_keys(r.get(column)), column, multi=True)
+    if ctype != "string":
+        raise ValueError(f"{table}.{column} is neither a string nor a jsonb column: the planner cannot "
+                         "use an index on it")
     return IndexSpec(table, column, lambda r: column_value(r, column, "string"), column)
+
+
+def property_keys(value: Any) -> list[tuple[str, str]]:
+    """(key, value) of each string-valued property: exactly what ``["<column>.<key>", "=",
+    "<value>"]`` matches (jsonb containment of ``{key: value}`` in an object), so a job store
+    finding its files by a property, or a runner its requests, needs no scan."""
+    if not isinstance(value, dict):
+        return []
+    return [(k, v) for k, v in value.items() if isinstance(v, str)]
 
 
 def owner_name_key(record: dict) -> Hashable | None:
@@ -133,14 +148,34 @@ def _plannable(table: str, f: Any, store: IndexedRecords) -> Plan | None:
     column, operator, operand = f
     if not isinstance(column, str) or not isinstance(operator, str):
         return None
-    if column not in ("uuid", "name") and store.index_of(table, column) is None:
-        return None
+    if "." in column:
+        return _property_plan(table, column, operator.lower(), operand, store)
+    spec = store.index_of(table, column)
+    if column not in ("uuid", "name") and (spec is None or spec.multi):
+        return None  # (a jsonb column compared whole is not what its property index holds)
     op = operator.lower()
     if op == "=" and isinstance(operand, str):
         return Plan(column, (operand,))
     if op == "in" and isinstance(operand, list):
         # Only strings can equal a string column's value; other elements match nothing.
         return Plan(column, tuple(dict.fromkeys(x for x in operand if isinstance(x, str))))
+    return None
+
+
+def _property_plan(table: str, attr: str, op: str, operand: Any, store: IndexedRecords) -> Plan | None:
+    """``["properties.k", "=", "v"]`` (or ``in`` a list of strings): the property index's
+    records whose property ``k`` is the string ``v``. A non-string operand may also match
+    numbers, objects or arrays, which that index does not hold: left to the scan."""
+    column, _, key = attr.partition(".")
+    spec = store.index_of(table, column)
+    if spec is None or not spec.multi:
+        return None
+    if key.startswith("<") and key.endswith(">"):
+        key = key[1:-1]
+    if op == "=" and isinstance(operand, str):
+        return Plan(column, ((key, operand),))
+    if op == "in" and isinstance(operand, list) and all(isinstance(x, str) for x in operand):
+        return Plan(column, tuple(dict.fromkeys((key, x) for x in operand)))
     return None
 
 

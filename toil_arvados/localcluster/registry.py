@@ -45,7 +45,8 @@ class Kind:
     not_searchable: tuple[str, ...] = ()   # columns Arvados refuses to filter on
     not_full_text: tuple[str, ...] = ()    # columns left out of ["any", "like", "%...%"]
     name_columns: tuple[str, ...] = ()     # varchar(255) columns: longer values are refused
-    indexed: tuple[str, ...] = ()          # string columns the store indexes (lookups, lists)
+    indexed: tuple[str, ...] = ()          # columns the store indexes: string columns by value,
+                                           # jsonb ones by string property (lookups, lists)
     unique_names: bool = False             # names unique per owner (ensure_unique_name)
 
     def column_types(self) -> dict[str, str]:
@@ -123,7 +124,7 @@ _KINDS: tuple[Kind, ...] = (
          not_full_text=("current_version_uuid", "manifest_text", "storage_classes_confirmed",
                         "storage_classes_desired"),
          name_columns=("name",),
-         indexed=("owner_uuid", "portable_data_hash"),
+         indexed=("owner_uuid", "portable_data_hash", "properties"),
          unique_names=True),
     Kind("container_requests", "container_request", "ContainerRequest",
          "arvados#containerRequest", "xvhdp",
@@ -174,7 +175,8 @@ _KINDS: tuple[Kind, ...] = (
          not_full_text=("mounts", "output_glob", "output_storage_classes", "published_ports",
                         "runtime_token", "secret_mounts", "secret_mounts_md5", "service"),
          name_columns=("name", "output_name"),
-         indexed=("owner_uuid", "state", "container_uuid", "requesting_container_uuid")),
+         indexed=("owner_uuid", "state", "container_uuid", "requesting_container_uuid",
+                  "properties")),
     Kind("containers", "container", "Container",
          "arvados#container", "dz642",
          "Units of work the dispatcher runs; one may satisfy several identical requests.",

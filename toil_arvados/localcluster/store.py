@@ -41,9 +41,11 @@ class _Index:
         self.buckets: dict[Hashable, dict[str, int]] = {}
         self.unordered: set[Hashable] = set()  # buckets a moved record left out of table order
 
-    def key(self, record: dict) -> Hashable | None:
-        key = self.spec.key(record)
-        return key if _hashable(key) else None  # key functions give hashable keys; be safe
+    def keys(self, record: dict) -> frozenset:
+        """The keys ``record`` is found under: one, none, or (a multi-key index) several."""
+        found = self.spec.key(record)
+        keys = found if self.spec.multi else (found,)
+        return frozenset(k for k in keys if k is not None and _hashable(k))
 
     def add(self, key: Hashable, uuid: str, position: int) -> None:
         bucket = self.buckets.setdefault(key, {})
@@ -134,7 +136,7 @@ class Store:
             return list(self.tables[table].values())
 
     def index_of(self, table: str, column: str) -> IndexSpec | None:
-        """The index on string column ``column`` of ``table``, if there is one (list planning)."""
+        """The index on column ``column`` of ``table``, if there is one (list planning)."""
         index = self._indexes.get(table, {}).get(column)
         return index.spec if index is not None and index.spec.column == column else None
 
@@ -301,21 +303,18 @@ class Store:
             return
         position = self._position[record["uuid"]]
         for idx in self._indexes.get(table, {}).values():
-            before, after = idx.key(old), idx.key(record)
-            if before == after and type(before) is type(after):
-                continue
-            if before is not None:
-                idx.remove(before, record["uuid"])
-            if after is not None:
-                idx.add(after, record["uuid"], position)
+            before, after = idx.keys(old), idx.keys(record)
+            for key in before - after:
+                idx.remove(key, record["uuid"])
+            for key in after - before:
+                idx.add(key, record["uuid"], position)
 
     def _remove(self, table: str, uuid: str) -> None:
         old = self.tables[table].pop(uuid, None)
         if old is None:
             return
         for idx in self._indexes.get(table, {}).values():
-            key = idx.key(old)
-            if key is not None:
+            for key in idx.keys(old):
                 idx.remove(key, uuid)
         del self._position[uuid]
 
@@ -324,8 +323,7 @@ class Store:
         position = self._position[record["uuid"]] = self._next_position
         self._next_position += 1
         for idx in self._indexes.get(table, {}).values():
-            key = idx.key(record)
-            if key is not None:
+            for key in idx.keys(record):
                 idx.add(key, record["uuid"], position)
 
     def _write(self, table: str, record: dict) -> None:
