@@ -46,7 +46,9 @@ def _manifest(i: int) -> str:
 
 def _collection(api, i: int, owner: str) -> dict:
     return api.collections().create(body={"collection": {
-        "name": f"load collection {i}", "owner_uuid": owner, "manifest_text": _manifest(i)}},
+        "name": f"load collection {i}", "owner_uuid": owner, "manifest_text": _manifest(i),
+        # As a Keep job store's files: found again by the job they belong to.
+        "properties": {"toil_kind": "file", "cleanup_job": f"job {i // 3}"}}},
         ensure_unique_name=True).execute()
 
 
@@ -83,8 +85,9 @@ def _timed(n: int, call: Callable[[int], Any], server_pid: int) -> dict[str, flo
 class Lookups:
     """The calls a runner makes per job, timed against whatever the cluster holds now."""
 
-    def __init__(self, api, owner: str, collections: list[dict], requests: list[dict], server_pid: int) -> None:
-        self.api, self.owner, self.server_pid = api, owner, server_pid
+    def __init__(self, api, reader, owner: str, collections: list[dict], requests: list[dict],
+                 server_pid: int) -> None:
+        self.api, self.reader, self.owner, self.server_pid = api, reader, owner, server_pid
         self.collections, self.requests = collections, requests
         self.round = 0
 
@@ -107,7 +110,19 @@ class Lookups:
             "collections.list portable_data_hash =": lambda i: _check(len(api.collections().list(
                 filters=[["portable_data_hash", "=", cols[i % len(cols)]["portable_data_hash"]]]
             ).execute()["items"]) >= 1),
+            "collections.list owner_uuid= name= (job store)": lambda i: _check(len(api.collections().list(
+                filters=[["owner_uuid", "=", owner], ["name", "=", cols[i % len(cols)]["name"]]]
+            ).execute()["items"]) == 1),
+            "collections.list owner_uuid= properties.job= (job store)": lambda i: _check(len(
+                api.collections().list(filters=[["owner_uuid", "=", owner],
+                                                ["properties.cleanup_job", "=", f"job {i % (len(cols) // 3)}"]]
+                                       ).execute()["items"]) >= 3),
             "collections.get": lambda i: api.collections().get(uuid=cols[i % len(cols)]["uuid"]).execute(),
+            "non-admin: collections.list portable_data_hash =": lambda i: _check(len(self.reader.collections().list(
+                filters=[["portable_data_hash", "=", cols[i % len(cols)]["portable_data_hash"]]]
+            ).execute()["items"]) >= 1),
+            "non-admin: collections.get": lambda i: self.reader.collections().get(
+                uuid=cols[i % len(cols)]["uuid"]).execute(),
             "container_requests.create (Uncommitted)": lambda i: _request(api, 10**7 + self.round * 1000 + i,
                                                                          owner),
             "container_requests.list uuid in [100]": lambda i: _check(len(api.container_requests().list(
@@ -120,6 +135,19 @@ class Lookups:
         for call in calls.values():  # warm up connections and code paths
             call(0)
         return {name: _timed(n, call, self.server_pid) for name, call in calls.items()}
+
+
+def _reader(api, env: dict[str, str], project: str):
+    """A client for a non-admin user who may read ``project`` (a permission link): their calls
+    go through the permission checks an admin's skip."""
+    user = api.users().create(body={"user": {
+        "first_name": "Load", "last_name": "Reader", "email": "reader@localhost", "username": "reader",
+        "is_active": True}}).execute()
+    token = api.api_client_authorizations().create(body={"api_client_authorization": {
+        "owner_uuid": user["uuid"]}}).execute()["api_token"]
+    api.links().create(body={"link": {"link_class": "permission", "name": "can_read",
+                                      "tail_uuid": user["uuid"], "head_uuid": project}}).execute()
+    return _api({**env, "ARVADOS_API_TOKEN": token})
 
 
 def _check(ok: bool) -> None:
@@ -179,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             owner = api.groups().create(body={"group": {"name": "load", "group_class": "project"}}).execute()["uuid"]
             cols, _ = load(env, _collection, 0, SEED, owner, args.threads)
             crs, _ = load(env, _request, 0, SEED, owner, args.threads)
-            lookups = Lookups(api, owner, cols, crs, int((state / "server.pid").read_text()))
+            lookups = Lookups(api, _reader(api, env, owner), owner, cols, crs,
+                              int((state / "server.pid").read_text()))
             figures: dict[str, Any] = {"loadavg_1m_at_start": round(os.getloadavg()[0], 2),
                                        "records_before": 2 * SEED}
             figures["before"] = lookups.measure(args.calls)
