@@ -103,6 +103,17 @@ def test_non_string_values_are_indexed_as_filters_compare_them(store):
     assert store.lookup("collections", "owner_name", (OWNER_A, ["not", "a", "string"])) == []
 
 
+def test_property_index_follows_changes_and_lists_a_record_once(store):
+    both = _collection(store, "both", properties={"a": "x", "b": "y", "n": 1})
+    only_a = _collection(store, "a", properties={"a": "x"})
+    assert store.lookup_many("collections", "properties", [("b", "y"), ("a", "x")]) == [both, only_a]
+    assert store.lookup("collections", "properties", ("n", 1)) == []  # only string values are indexed
+    store.update(both["uuid"], {"properties": {"a": "z"}})
+    assert [r["name"] for r in store.lookup("collections", "properties", ("a", "x"))] == ["a"]
+    assert [r["name"] for r in store.lookup("collections", "properties", ("a", "z"))] == ["both"]
+    assert store.lookup("collections", "properties", ("b", "y")) == []
+
+
 def test_get_many_keeps_table_order_and_drops_unknown_or_foreign_uuids(store):
     made = [_collection(store, f"c{i}") for i in range(4)]
     group = store.create("groups", {"name": "g", "group_class": "project"})

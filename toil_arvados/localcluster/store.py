@@ -80,7 +80,9 @@ class Store:
     id and the listeners); the in-memory tables and indexes change only under ``_mem``, which
     readers also take, briefly, so a reader never sees a record without its index entries or a
     half-applied change. Reads return the stored dicts (or lists of them): never mutate one, use
-    :meth:`update`. Listeners run on the writer's thread, under ``_lock``.
+    :meth:`update`. Listeners run on the writer's thread, under ``_lock``. Each call is atomic;
+    a read-then-write sequence is not (the life cycle makes those on the event loop only, while
+    worker threads only add collections).
     """
 
     def __init__(self, db_path: Path, cluster_id: str, system_user_uuid: str,
@@ -154,8 +156,8 @@ class Store:
         with self._mem:
             rows = self.tables[table]
             uuids = [u for k in dict.fromkeys(keys) for u in idx.uuids(k)]
-            if len(keys) > 1:
-                uuids.sort(key=self._position.__getitem__)
+            if len(keys) > 1:  # a record of a multi-key index may be under several of the keys
+                uuids = sorted(dict.fromkeys(uuids), key=self._position.__getitem__)
             return [rows[u] for u in uuids]
 
     def count(self, table: str, index: str, keys: Iterable[Hashable]) -> int:
@@ -190,11 +192,13 @@ class Store:
         return self._next_log_id - 1
 
     def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        with self._lock:  # the connection is shared with writers on other threads
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # -- writing -------------------------------------------------------------------------------
 
