@@ -140,6 +140,7 @@ class Dispatcher:
                          if c["state"] == "Queued" and (c.get("priority") or 0) > 0),
                         key=lambda c: (-c["priority"], c["created_at"]))
         known, self._fits = self._fits, {}
+        free_cpu, free_ram = self._free()  # kept up to date below: only this loop adds runs
         for c in queued:
             rc = c.get("runtime_constraints") or {}
             vcpus, ram = int(rc.get("vcpus") or 1), int(rc.get("ram") or 0)
@@ -150,9 +151,9 @@ class Dispatcher:
             if problem:
                 self._cancel_unsatisfiable(c, problem)
                 continue
-            free_cpu, free_ram = self._free()
             if vcpus > free_cpu or ram > free_ram:
                 continue  # waits for a running container to finish; smaller ones may still fit
+            free_cpu, free_ram = free_cpu - vcpus, free_ram - ram
             run = _Running(c["uuid"], vcpus, ram)
             self.running[c["uuid"]] = run
             run.task = asyncio.get_running_loop().create_task(self._run(run))
