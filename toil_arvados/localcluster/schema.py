@@ -4,9 +4,10 @@ This module is the declarative description of the Arvados API surface we impleme
 methods, and the attribute tables of every kind, which it reads from the registry
 (:mod:`registry`, one definition per kind). The discovery document (``discovery.py``) is
 generated from it, so the methods a generated client sees are exactly the ones the server routes,
-and the server uses the same attribute tables to fill defaults and to check request bodies. Attribute and parameter names are Arvados' own (from its
-discovery document and API docs): clients such as ``arv-put`` or ``arvados-cwl-runner`` send them by
-name, so any drift breaks them silently.
+and the server uses the same attribute tables to fill defaults and to check request bodies.
+Attribute and parameter names are Arvados' own (from its discovery document and API docs):
+clients such as ``arv-put`` or ``arvados-cwl-runner`` send them by name, so any drift breaks them
+silently.
 
 Attribute tables are compact text, one attribute per line::
 
