@@ -347,7 +347,8 @@ def test_max_run_time_stops_the_container(api, project: str, test_image: str) ->
 
 
 def test_nested_mount_points_are_made_in_the_writable_mount_and_removed(tmp_path) -> None:
-    from toil_arvados.localcluster.dispatcher import _make_mount_points, _remove_mount_points
+    from toil_arvados.localcluster.mount_points import make_mount_points as _make_mount_points, \
+        remove_mount_points as _remove_mount_points
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     (out / "exists").mkdir(parents=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from toil_arvados.localcluster import sizing, validation
-from toil_arvados.localcluster.dispatcher import crunch_run_mount_error
+from toil_arvados.localcluster.crunch import crunch_run_mount_error
 from toil_arvados.localcluster.reuse import fill_runtime_constraint_defaults
 
 GiB = 1 << 30

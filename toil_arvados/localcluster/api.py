@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import schema, validation
+from . import indexes, registry, schema, validation
 from .auth import Authorizer, Caller
 from .filters import FilterError, apply_list
 from .store import Store
@@ -108,10 +108,19 @@ def _decode_param(value: str) -> Any:
     return value
 
 
+def list_filters(params: dict[str, Any]) -> list:
+    """A list call's filters: ``filters`` plus the legacy ``where`` hash as ``=``/``in`` filters."""
+    filters = list(params.get("filters") or [])
+    where = params.get("where")
+    if isinstance(where, dict):
+        filters += [[k, "in" if isinstance(v, list) else "=", v] for k, v in where.items()]
+    return filters
+
+
 def singular_of(table: str) -> str:
     """``container_requests`` -> ``container_request``: the body key googleapiclient uses."""
-    return {"api_client_authorizations": "api_client_authorization", "keep_services": "keep_service",
-            "container_requests": "container_request"}.get(table, table[:-1])
+    kind = registry.kind_of(table)
+    return kind.singular if kind else table[:-1]
 
 
 class Resource:
@@ -145,8 +154,17 @@ class Resource:
         return False
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        """Extra (method, path, handler) routes under /arvados/v1/<table>/."""
-        return []
+        """Extra (method, path, handler) routes under /arvados/v1/<table>/: the resource's
+        non-CRUD methods in :mod:`schema` (which the discovery document lists too), each served
+        by this class's handler of the same name; a method without one is not served."""
+        described = schema.RESOURCES.get(self.table)
+        prefix = self.table + "/"
+        out: list[tuple[str, str, Handler]] = []
+        for m in described.methods if described else ():
+            handler = getattr(self, m.name, None)
+            if m.name not in _CRUD_METHODS and m.path.startswith(prefix) and callable(handler):
+                out.append((m.http_method, m.path[len(prefix):], handler))
+        return out
 
     # Generic methods --------------------------------------------------------------------------
 
@@ -180,19 +198,23 @@ class Resource:
     list_omits: frozenset[str] = frozenset()
 
     async def list(self, req: Request) -> dict:
-        records = [r for r in self.store.records(self.table) if self.visible(req, r)]
+        records = [r for r in self.candidates(self.table, list_filters(req.params)) if self.visible(req, r)]
         items, available = self.select_list(req, records)
         shaped = [self._shape(req, r) for r in items]
         if self.list_omits and not req.params.get("select"):
             shaped = [{k: v for k, v in r.items() if k not in self.list_omits} for r in shaped]
         return self.list_envelope(req, shaped, available)
 
+    def candidates(self, table: str, filters: list) -> list[dict]:
+        """The records of ``table`` a list with ``filters`` must look at, in table order: those an
+        index finds for one of the filters (:mod:`indexes`), else all of them. A superset of the
+        matches: the filters still run on each, so the result is what a full scan gives."""
+        found = indexes.candidates(table, filters, self.store)
+        return self.store.records(table) if found is None else found
+
     def select_list(self, req: Request, records: list[dict]) -> tuple[list[dict], int | None]:
         p = req.params
-        filters = list(p.get("filters") or [])
-        where = p.get("where")
-        if isinstance(where, dict):
-            filters += [[k, "in" if isinstance(v, list) else "=", v] for k, v in where.items()]
+        filters = list_filters(p)
         try:
             return apply_list(
                 records, filters=filters, order=p.get("order"), limit=_int(p.get("limit"), 100, "limit"),
@@ -279,7 +301,11 @@ class Resource:
 
     # Names ----------------------------------------------------------------------------------
 
-    unique_names = False
+    @property
+    def unique_names(self) -> bool:
+        """Names are unique per owner for this kind (the registry says which kinds)."""
+        kind = registry.kind_of(self.table)
+        return bool(kind and kind.unique_names)
 
     def ensure_unique_name(self, req: Request, attrs: dict, exclude: str | None = None) -> str | None:
         """Arvados keeps names unique per owner for projects and collections (422 otherwise).
@@ -293,11 +319,9 @@ class Resource:
         owner, name = attrs.get("owner_uuid"), attrs["name"]
 
         def taken(n: str) -> bool:
-            return any(
-                r.get("owner_uuid") == owner and r.get("name") == n and r["uuid"] != exclude
-                and not r.get("is_trashed")
-                for r in self.store.records(self.table)
-            )
+            return any(r.get("owner_uuid") == owner and r.get("name") == n and r["uuid"] != exclude
+                       and not r.get("is_trashed")
+                       for r in self.store.lookup(self.table, "owner_name", (owner, n)))
 
         if not taken(name):
             return None
@@ -332,9 +356,6 @@ class Trashable(Resource):
 
     TRASH_LIFETIME = 14 * 24 * 3600  # Collections.DefaultTrashLifetime (336h), as exported in the config
 
-    def trash_routes(self) -> list[tuple[str, str, Handler]]:
-        return [("POST", "{uuid}/trash", self.trash), ("POST", "{uuid}/untrash", self.untrash)]
-
     def _writable(self, req: Request) -> dict:
         old = self.fetch(req, req.params["uuid"])
         if not self.authz.can_write(req.user, old):
@@ -358,6 +379,9 @@ class Trashable(Resource):
         changes = {"is_trashed": False, "trash_at": None, "delete_at": None}
         return self._shape(req, self.store.update(old["uuid"], changes, by=req.user.uuid))
 
+
+# Methods every resource serves through the generic routes (see ApiServer.make_app).
+_CRUD_METHODS = frozenset({"get", "list", "create", "update", "delete"})
 
 # Tables whose owner_uuid is not a project to check write permission on.
 UNOWNED_TABLES = frozenset({"logs", "keep_services", "api_client_authorizations", "users", "links"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from .indexes import token_digest
 from .signing import token_secret  # noqa: F401  (callers import it from here too)
 from .store import Store, timestamp
 from .uuids import table_of
@@ -41,8 +42,9 @@ class Authorizer:
 
         A v2 token names its record, so the record is found by uuid and only then its secret is
         compared, in constant time (``hmac.compare_digest``): how long a wrong guess takes must
-        not tell how much of it was right. A bare (v1) secret is compared against every token,
-        each in constant time, without stopping early on a match.
+        not tell how much of it was right. A bare (v1) secret is found through the index of
+        token digests (a digest's lookup time says nothing about the secret's prefix), then
+        compared in constant time too.
         """
         if not token:
             return None
@@ -65,7 +67,7 @@ class Authorizer:
                 return None
             return rec if hmac.compare_digest(str(rec.get("api_token") or "").encode(), secret) else None
         found = None
-        for rec in self.store.records("api_client_authorizations"):
+        for rec in self.store.lookup("api_client_authorizations", "token", token_digest(secret.decode())):
             if hmac.compare_digest(str(rec.get("api_token") or "").encode(), secret) and found is None:
                 found = rec
         return found
@@ -132,7 +134,7 @@ class Authorizer:
     def _principals(self, user_uuid: str) -> set[str]:
         """The user and the groups (roles) they are a member of."""
         out = {user_uuid}
-        for link in self.store.records("links"):
+        for link in self.store.lookup("links", "tail_uuid", user_uuid):
             if (link.get("link_class") == "permission" and link.get("tail_uuid") == user_uuid
                     and table_of(link.get("head_uuid", "")) == "groups"):
                 group = self.store.get(link["head_uuid"])
@@ -142,7 +144,7 @@ class Authorizer:
 
     def _granted(self, principals: set[str], head_uuid: str) -> int:
         best = 0
-        for link in self.store.records("links"):
+        for link in self.store.lookup("links", "head_uuid", head_uuid):
             if (link.get("link_class") == "permission" and link.get("head_uuid") == head_uuid
                     and link.get("tail_uuid") in principals):
                 best = max(best, _LEVELS.get(link.get("name", ""), 0))

@@ -50,7 +50,7 @@ def ensure_all_users_member(store: Store, user_uuid: str) -> None:
     ``add_to_all_users_group`` does), so what is shared with everyone is readable to them."""
     group = all_users_group_uuid(store.cluster_id)
     if not any(l.get("link_class") == "permission" and l.get("tail_uuid") == user_uuid
-               and l.get("head_uuid") == group for l in store.records("links")):
+               and l.get("head_uuid") == group for l in store.lookup("links", "tail_uuid", user_uuid)):
         _grant(store, user_uuid, group, "can_write")
 
 

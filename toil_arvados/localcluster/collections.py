@@ -54,12 +54,7 @@ def collection_defaults() -> dict[str, Any]:
 
 class Collections(Trashable):
     table = "collections"
-    unique_names = True
     list_omits = frozenset({"manifest_text", "unsigned_manifest_text"})
-
-    def routes(self):
-        return self.trash_routes() + [("GET", "{uuid}/provenance", self.provenance),
-                                      ("GET", "{uuid}/used_by", self.used_by)]
 
     # Keep's permission signatures ----------------------------------------------------------
 
@@ -131,7 +126,7 @@ class Collections(Trashable):
         from .uuids import is_pdh
 
         if is_pdh(uuid):  # Arvados serves a collection by content hash too
-            for rec in self.store.records("collections"):
+            for rec in self.store.lookup("collections", "portable_data_hash", uuid):
                 if rec.get("portable_data_hash") == uuid and self.authz.can_read(req.user, rec) \
                         and (not rec.get("is_trashed") or req.flag("include_trash")):
                     shown = self._shape(req, rec)

@@ -53,9 +53,6 @@ _FINAL_MUTABLE = _ALWAYS_MUTABLE
 class ContainerRequests(Resource):
     table = "container_requests"
 
-    def routes(self):
-        return [("GET", "{uuid}/container_status", self.container_status)]
-
     def present(self, req: Request, record: dict) -> dict:
         record.pop("secret_mounts", None)
         record.pop("runtime_token", None)
@@ -163,11 +160,6 @@ class ContainerRequests(Resource):
 class Containers(Resource):
     table = "containers"
 
-    def routes(self):
-        return [("GET", "current", self.current), ("GET", "{uuid}/auth", self.auth),
-                ("POST", "{uuid}/lock", self.lock), ("POST", "{uuid}/unlock", self.unlock),
-                ("GET", "{uuid}/secret_mounts", self.secret_mounts)]
-
     def present(self, req: Request, record: dict) -> dict:
         record.pop("secret_mounts", None)
         record.pop("runtime_token", None)
@@ -178,7 +170,7 @@ class Containers(Resource):
         if req.user.is_admin:
             return True
         return any(cr.get("container_uuid") == record["uuid"] and self.authz.can_read(req.user, cr)
-                   for cr in self.store.records("container_requests"))
+                   for cr in self.store.lookup("container_requests", "container_uuid", record["uuid"]))
 
     def fetch(self, req: Request, uuid: str) -> dict:
         record = self.store.get(uuid)
@@ -215,7 +207,7 @@ class Containers(Resource):
             changes = {k: v for k, v in changes.items() if k in self._SELF_UPDATABLE}
         if changes.get("output") and changes["output"] != old.get("output") and not any(
                 c.get("portable_data_hash") == changes["output"] and self.authz.can_read(req.user, c)
-                for c in self.store.records("collections")):
+                for c in _by_pdh(self.store, changes["output"])):
             raise unprocessable(f"output {changes['output']}: collection must exist and be readable by the "
                                 "current user")
         rec = self.api.lifecycle.update_container(old["uuid"], changes, by=req.user.uuid)
@@ -344,6 +336,11 @@ def validate_committed(attrs: dict, store: Store, readable: Readable | None = No
     resolve_image(attrs["container_image"], store, readable)
 
 
+def _by_pdh(store: Store, pdh: Any) -> list[dict]:
+    """The collections with content hash ``pdh`` (index lookup; callers still compare)."""
+    return store.lookup("collections", "portable_data_hash", pdh) if isinstance(pdh, str) else []
+
+
 def safe_container_path(path: str) -> bool:
     """An absolute path in the container that no ``..`` component can move out of its place."""
     return isinstance(path, str) and path.startswith("/") and ".." not in path.split("/")
@@ -375,7 +372,7 @@ def validate_collection_mount(path: str, mount: dict, store: Store, readable: Re
             raise unprocessable(f"mounts[{path!r}]: cannot mount collection {uuid}: not found")
     if pdh is not None and pdh != EMPTY_PDH and not any(
             c.get("portable_data_hash") == pdh and not c.get("is_trashed") and (readable is None or readable(c))
-            for c in store.records("collections")):
+            for c in _by_pdh(store, pdh)):
         raise unprocessable(f"mounts[{path!r}]: cannot mount collection {pdh}: not found")
 
 
@@ -411,7 +408,7 @@ def resolve_image(image: str, store: Store, readable: Readable | None = None) ->
 
     if is_pdh(image):
         if image == EMPTY_PDH or any(c.get("portable_data_hash") == image and ok(c)
-                                     for c in store.records("collections")):
+                                     for c in _by_pdh(store, image)):
             return image
     elif table_of(image) == "collections":
         c = store.get(image)
@@ -420,7 +417,8 @@ def resolve_image(image: str, store: Store, readable: Readable | None = None) ->
     else:
         name = image if ":" in image.rsplit("/", 1)[-1] else image + ":latest"
         candidates = []
-        for link in store.records("links"):
+        names = {name, image, "sha256:" + image}  # every name either kind of link may carry
+        for link in store.lookup_many("links", "name", sorted(names)):
             if (link.get("link_class") == "docker_image_repo+tag" and link.get("name") == name) or (
                     link.get("link_class") == "docker_image_hash" and link.get("name") in (image, "sha256:" + image)):
                 c = store.get(link.get("head_uuid") or "")
@@ -466,7 +464,7 @@ class Lifecycle:
         container = None
         if cr.get("use_existing", True):
             reader = self._reader(cr)
-            chosen = reuse.choose_reusable(self.store.records("containers"), attrs,
+            chosen = reuse.choose_reusable(self.store.lookup("containers", "reuse_key", reuse.reuse_key(attrs)), attrs,
                                            readable=lambda pdh: self._collection_readable(pdh, reader))
             container = self.store.get(chosen["uuid"]) if chosen else None
         if container is None:
@@ -525,7 +523,8 @@ class Lifecycle:
         c = self.store.get(container_uuid)
         if c is None or c["state"] in FINAL_CONTAINER_STATES:
             return
-        wanted = [cr.get("priority") or 0 for cr in self.store.records("container_requests")
+        wanted = [cr.get("priority") or 0 for cr in self.store.lookup("container_requests", "container_uuid",
+                                                                      container_uuid)
                   if cr.get("container_uuid") == container_uuid and cr["state"] == "Committed"]
         priority = max(wanted, default=0)
         if priority != c.get("priority"):
@@ -541,7 +540,7 @@ class Lifecycle:
             return False
         return any(c.get("portable_data_hash") == pdh and not c.get("is_trashed")
                    and (reader is None or reader(c))
-                   for c in self.store.records("collections"))
+                   for c in _by_pdh(self.store, pdh))
 
     # -- containers --------------------------------------------------------------------------
 
@@ -641,7 +640,7 @@ class Lifecycle:
     def _container_finished(self, c: dict) -> None:
         """Arvados' handle_completed: the committed requests on a cancelled container that still
         want it are retried together on one new container; the others are finalized."""
-        committed = sorted((cr for cr in self.store.records("container_requests")
+        committed = sorted((cr for cr in self.store.lookup("container_requests", "container_uuid", c["uuid"])
                             if cr.get("container_uuid") == c["uuid"] and cr["state"] == "Committed"),
                            key=lambda cr: cr["uuid"])
         retryable = [cr for cr in committed if c["state"] == "Cancelled" and (cr.get("priority") or 0) > 0
@@ -679,7 +678,7 @@ class Lifecycle:
     def _cancel_children(self, c: dict) -> None:
         """As Arvados when a container ends: the requests it made that are still Committed get
         priority 0, and those whose container has not started yet are finalized now."""
-        for cr in list(self.store.records("container_requests")):
+        for cr in self.store.lookup("container_requests", "requesting_container_uuid", c["uuid"]):
             if cr.get("requesting_container_uuid") != c["uuid"] or cr["state"] != "Committed":
                 continue
             old = cr
@@ -738,14 +737,14 @@ class Lifecycle:
         return rec["uuid"]
 
     def _collection_by_pdh(self, pdh: str) -> dict | None:
-        return next((c for c in self.store.records("collections") if c.get("portable_data_hash") == pdh), None)
+        return next((c for c in _by_pdh(self.store, pdh) if c.get("portable_data_hash") == pdh), None)
 
     def _unique_name(self, owner: str, name: str) -> tuple[str, str]:
         """A new collection's UUID, and *name* made unique in *owner* as save_with_unique_name!
         does (the UUID's tail appended when the name is taken)."""
         uuid = new_uuid(self.store.cluster_id, "collections")
         taken = any(c.get("name") == name and c.get("owner_uuid") == owner and not c.get("is_trashed")
-                    for c in self.store.records("collections"))
+                    for c in self.store.lookup("collections", "owner_name", (owner, name)))
         return (validation.unique_name(name, uuid) if taken else name), uuid
 
     def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:

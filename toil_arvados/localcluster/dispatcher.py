@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import collection_files, output_glob, output_links, sizing
+from . import collection_files, crunch, mount_points, output_glob, output_links, output_tree, sizing
 from . import manifest as mf
 from .blockstore import BlockStore
 from .collections import store_manifest
@@ -66,6 +65,9 @@ class Dispatcher:
         self.running: dict[str, _Running] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        # Queued containers found to fit an instance type: uuid -> the etag of that version. A
+        # pass runs after every change, with up to thousands queued; each is sized once per version.
+        self._fits: dict[str, str] = {}
         store.add_listener(self._on_event)
 
     # -- scheduling ---------------------------------------------------------------------------
@@ -107,7 +109,7 @@ class Dispatcher:
         retries its requests up to ``container_count_max``. Leaving either state expires the
         container's token. A Running container's logs so far become its log collection."""
         release_leftovers(self.work_root)  # scratch filesystems still mounted in work directories
-        for c in self.store.records("containers"):
+        for c in self.store.lookup_many("containers", "state", ("Locked", "Running")):
             if c["state"] == "Locked":
                 logger.info("requeueing %s: it was Locked when the cluster stopped", c["uuid"])
                 self.lifecycle.update_container(c["uuid"], {"state": "Queued", "locked_by_uuid": None})
@@ -134,19 +136,24 @@ class Dispatcher:
                 logger.info("cancelling %s: priority is 0", run.container_uuid)
                 if run.proc is not None:
                     run.proc.kill()
-        queued = sorted((c for c in self.store.records("containers")
+        queued = sorted((c for c in self.store.lookup("containers", "state", "Queued")
                          if c["state"] == "Queued" and (c.get("priority") or 0) > 0),
                         key=lambda c: (-c["priority"], c["created_at"]))
+        known, self._fits = self._fits, {}
+        free_cpu, free_ram = self._free()  # kept up to date below: only this loop adds runs
         for c in queued:
             rc = c.get("runtime_constraints") or {}
             vcpus, ram = int(rc.get("vcpus") or 1), int(rc.get("ram") or 0)
-            problem = self._unsatisfiable(c)
+            sized = c.get("etag") and known.get(c["uuid"]) == c["etag"]
+            problem = None if sized else self._unsatisfiable(c)
+            if problem is None:
+                self._fits[c["uuid"]] = c.get("etag")
             if problem:
                 self._cancel_unsatisfiable(c, problem)
                 continue
-            free_cpu, free_ram = self._free()
             if vcpus > free_cpu or ram > free_ram:
                 continue  # waits for a running container to finish; smaller ones may still fit
+            free_cpu, free_ram = free_cpu - vcpus, free_ram - ram
             run = _Running(c["uuid"], vcpus, ram)
             self.running[c["uuid"]] = run
             run.task = asyncio.get_running_loop().create_task(self._run(run))
@@ -191,23 +198,23 @@ class Dispatcher:
                 "state": "Locked", "locked_by_uuid": self.config.root_token_uuid, "auth_uuid": token["uuid"]})
             shutil.rmtree(workdir, ignore_errors=True)
             logdir.mkdir(parents=True)
-            mount_error = crunch_run_mount_error(c)
+            mount_error = crunch.crunch_run_mount_error(c)
             if mount_error:
                 raise _Cancelled(f"While setting up mounts: {mount_error}")
-            scratch = Scratch(workdir, tmp_capacity(c))
+            scratch = Scratch(workdir, crunch.tmp_capacity(c))
             await asyncio.to_thread(scratch.create)
             if scratch.note:
                 _append(logdir / "crunch-run.txt", f"{timestamp()} {scratch.note}\n")
             spec = await asyncio.to_thread(self._prepare, c, workdir, logdir, token, scratch.root)
-            mount_points = await asyncio.to_thread(_make_mount_points, spec["mounts"])
+            made_points = await asyncio.to_thread(mount_points.make_mount_points, spec["mounts"])
             if run.cancelled:
                 raise _Cancelled()
             self.lifecycle.update_container(uuid, {"state": "Running"})
             run.proc = await self.runtime.start(spec)
             if run.cancelled:
                 run.proc.kill()
-            exit_code = await self._wait(run, _max_run_time(c))
-            await asyncio.to_thread(_remove_mount_points, mount_points)
+            exit_code = await self._wait(run, crunch.max_run_time(c))
+            await asyncio.to_thread(mount_points.remove_mount_points, made_points)
             lost = getattr(run.proc, "lost", False)
             finish = {"exit_code": exit_code}
             if run.cancelled:
@@ -301,8 +308,8 @@ class Dispatcher:
             "environment": env,
             "mounts": mounts,
             "stdin": stdin_path,
-            "stdout": _stream_target("stdout", all_mounts, mounts),
-            "stderr": _stream_target("stderr", all_mounts, mounts),
+            "stdout": mount_points.stream_target("stdout", all_mounts, mounts),
+            "stderr": mount_points.stream_target("stderr", all_mounts, mounts),
             "stdout_log": str(logdir / "stdout.txt"),
             "stderr_log": str(logdir / "stderr.txt"),
             "crunch_log": str(logdir / "crunch-run.txt"),
@@ -312,7 +319,8 @@ class Dispatcher:
             "api": bool(rc.get("API")),
             **self._image_spec(image, workdir),
         }
-        (logdir / "container.json").write_text(json.dumps(_public_container(c), indent=2, sort_keys=True))
+        (logdir / "container.json").write_text(json.dumps(crunch.public_container(c), indent=2,
+                                                          sort_keys=True))
         return spec
 
     def _mount_source(self, path: str, m: dict, workdir: Path, n: int, scratch: Path) -> tuple[Path, bool]:
@@ -325,7 +333,7 @@ class Dispatcher:
         if kind == "collection":
             return self._collection_source(m, workdir, n), bool(m.get("writable"))
         if kind in ("json", "text"):
-            return _literal_file(m, workdir / f"file{n}"), False
+            return mount_points.literal_file(m, workdir / f"file{n}"), False
         if kind == "keep":
             raise RuntimeError("mount kind 'keep' is not supported by this cluster")
         raise RuntimeError(f"unsupported mount kind {kind!r} at {path}")
@@ -333,7 +341,7 @@ class Dispatcher:
     def _stdin_source(self, m: dict, workdir: Path, n: int) -> Path:
         """The host file the command reads as stdin: a file of a collection, or literal content."""
         if m.get("kind") in ("json", "text"):
-            return _literal_file(m, workdir / f"file{n}")
+            return mount_points.literal_file(m, workdir / f"file{n}")
         src = self._collection_source(m, workdir, n)
         if not src.is_file():
             raise RuntimeError("the stdin mount must name a file in its collection (set its \"path\")")
@@ -380,8 +388,8 @@ class Dispatcher:
 
     def _manifest_of(self, pdh: str) -> str:
         """The stored (unsigned) manifest of the collection with content hash *pdh*."""
-        # A snapshot (list() copies atomically): this runs in a thread while the loop adds records.
-        manifest = next((c["manifest_text"] for c in list(self.store.records("collections"))
+        # The lookup returns a snapshot: this runs in a worker thread while the loop adds records.
+        manifest = next((c["manifest_text"] for c in self.store.lookup("collections", "portable_data_hash", pdh)
                          if c.get("portable_data_hash") == pdh), None)
         if manifest is None:
             raise RuntimeError(f"collection {pdh} not found")
@@ -403,7 +411,7 @@ class Dispatcher:
 
     # -- output and logs ---------------------------------------------------------------------
 
-    def _save_output(self, c: dict, spec: dict, linked: list[_Layer] = ()) -> str:
+    def _save_output(self, c: dict, spec: dict, linked: list[output_tree.Layer] = ()) -> str:
         """The output collection: what the command sees at output_path when it ends.
 
         That is the output directory as the command left it, overlaid by every mount below it
@@ -415,28 +423,28 @@ class Dispatcher:
         """
         keep = output_glob.matcher(c.get("output_glob"))
         tree = mf.ManifestTree()
-        for layer in [*_output_layers(c, spec["mounts"]), *linked]:
-            _drop(tree, layer.rel)
+        for layer in [*output_tree.output_layers(c, spec["mounts"]), *linked]:
+            output_tree.drop(tree, layer.rel)
             if not layer.exclude:
-                _graft(tree, self._layer_tree(layer, keep))
-        manifest = mf.render(_filtered(tree, keep))
+                output_tree.graft(tree, self._layer_tree(layer, keep))
+        manifest = mf.render(output_tree.filtered(tree, keep))
         return store_manifest(self.store, manifest, name=f"output for {c['uuid']}",
                               owner_uuid=self.store.system_user_uuid)["portable_data_hash"]
 
-    def _layer_tree(self, layer: _Layer, keep: Callable[[str], bool]) -> mf.ManifestTree:
+    def _layer_tree(self, layer: output_tree.Layer, keep: Callable[[str], bool]) -> mf.ManifestTree:
         """One layer's files, at their place in the output (empty if its source is gone)."""
         if layer.pdh is not None:
-            return _relocated(mf.parse(self._manifest_of(layer.pdh)), layer.coll_path, layer.rel)
+            return output_tree.relocated(mf.parse(self._manifest_of(layer.pdh)), layer.coll_path, layer.rel)
         src = layer.host
         if src is None:
             return mf.ManifestTree(dirs=set())
         if src.is_dir():
             # Every directory is walked (glob patterns may keep something deep inside it); only
-            # files the patterns keep are read. _filtered() then settles which directories stay.
+            # files the patterns keep are read. output_tree.filtered() then settles which dirs stay.
             def include(rel: str) -> bool:
-                return keep(_join(layer.rel, rel)) or (src / rel).is_dir()
+                return keep(output_tree.join(layer.rel, rel)) or (src / rel).is_dir()
             uploaded = collection_files.upload_directory(src, self.blockstore, include=include)
-            return _relocated(mf.parse(uploaded), "", layer.rel)
+            return output_tree.relocated(mf.parse(uploaded), "", layer.rel)
         if src.is_file() and keep(layer.rel):
             return self._file_tree(src, layer.rel)
         return mf.ManifestTree(dirs=set())  # deleted, not a regular file, or left out by the glob
@@ -447,7 +455,7 @@ class Dispatcher:
         with tempfile.TemporaryDirectory(dir=self.work_root, prefix=".file-") as staging:
             (Path(staging) / "f").symlink_to(src)  # upload_directory follows links to files
             uploaded = collection_files.upload_directory(Path(staging), self.blockstore)
-        return _relocated(mf.parse(uploaded), "f", rel)
+        return output_tree.relocated(mf.parse(uploaded), "f", rel)
 
     def _save_log_dir(self, c: dict, logdir: Path) -> str:
         """The container's own log collection, as crunch-run's final saveLogCollection leaves it:
@@ -464,34 +472,17 @@ class _Cancelled(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """Something the command saw at or below output_path: the output directory or a mount."""
-
-    rel: str                      # where it is in the output ("" is the output directory itself)
-    host: Path | None = None      # its files on the host, as the command left them
-    pdh: str | None = None        # or a read-only collection, spliced from its manifest
-    coll_path: str = ""           # ... the file or directory of it that was mounted
-    exclude: bool = False         # covers what is below it, but is not itself output
-
-
-def tmp_capacity(c: dict) -> int:
-    """The scratch space a container asks for: the sum of its ``tmp`` mounts' capacities."""
-    return sum(int(m.get("capacity") or 0) for m in (c.get("mounts") or {}).values()
-               if isinstance(m, dict) and m.get("kind") == "tmp")
-
-
-def _contain_output_links(c: dict, spec: dict, logdir: Path) -> list[_Layer]:
+def _contain_output_links(c: dict, spec: dict, logdir: Path) -> list[output_tree.Layer]:
     """Make the symlinks the command left in its writable mounts safe to follow (see
     :mod:`output_links`): never read a host file through a link that meant a path in the image.
     Returns the layers for links into read-only collections, spliced by reference."""
     mounts = {m["path"]: m["source"] for m in spec["mounts"]}
     writable = {m["path"]: m["source"] for m in spec["mounts"] if m["writable"]}
     secret = {p for p in (c.get("secret_mounts") or {}) if p.startswith("/")}
-    collections = {_norm(p): m for p, m in (c.get("mounts") or {}).items()
+    collections = {mount_points.norm(p): m for p, m in (c.get("mounts") or {}).items()
                    if p.startswith("/") and m.get("kind") == "collection" and not m.get("writable")
                    and m.get("portable_data_hash")}
-    out = _norm(c["output_path"])
+    out = mount_points.norm(c["output_path"])
     notes, refs = output_links.contain_links(writable, mounts, secret, set(collections), out)
     for note in notes:
         _append(logdir / "crunch-run.txt", f"{timestamp()} {note}\n")
@@ -499,233 +490,13 @@ def _contain_output_links(c: dict, spec: dict, logdir: Path) -> list[_Layer]:
     for link, target in sorted(refs.items()):
         root = max((p for p in collections if target == p or target.startswith(p.rstrip("/") + "/")), key=len)
         m = collections[root]
-        coll_path = _join((m.get("path") or "").strip("/"), target[len(root):].strip("/"))
-        layers.append(_Layer(link[len(out):].strip("/"), pdh=m["portable_data_hash"], coll_path=coll_path))
+        coll_path = output_tree.join((m.get("path") or "").strip("/"), target[len(root):].strip("/"))
+        layers.append(output_tree.Layer(link[len(out):].strip("/"), pdh=m["portable_data_hash"],
+                                        coll_path=coll_path))
     return layers
-
-
-def crunch_run_mount_error(c: dict) -> str | None:
-    """The first mount crunch-run's SetupMounts refuses, in its words (None: all acceptable).
-
-    Arvados enforces these in crunch-run, not in the API server: the request is accepted and
-    its container ends Cancelled with the reason in its log, so we do the same.
-    """
-    out = c.get("output_path") or ""
-    mounts = {**(c.get("mounts") or {}), **(c.get("secret_mounts") or {})}
-    for bind in sorted(mounts):
-        m = mounts[bind] or {}
-        kind = m.get("kind")
-        under_output = bind.startswith(out + "/") and bind != out + "/"
-        if under_output and kind not in ("collection", "text", "json"):
-            return ("only mount points of kind 'collection', 'text' or 'json' are supported underneath "
-                    f"the output_path for {bind!r}, was {kind!r}")
-        if kind == "collection" and bind != "stdin" and m.get("portable_data_hash") and m.get("writable") \
-                and not bind.startswith(out + "/"):
-            return "can never write to a collection specified by portable data hash"
-    return None
-
-
-def _max_run_time(c: dict) -> float:
-    """``scheduling_parameters.max_run_time`` in seconds; 0 (or anything unusable) is no limit."""
-    value = (c.get("scheduling_parameters") or {}).get("max_run_time") or 0
-    try:
-        return max(float(value), 0.0)
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _literal_file(m: dict, dest: Path) -> Path:
-    """Write a ``json`` or ``text`` mount's content to *dest* (the file the command will see)."""
-    content = m.get("content")
-    dest.write_text(json.dumps(content) if m.get("kind") == "json" else str(content or ""))
-    return dest
-
-
-def _stream_target(name: str, all_mounts: dict, mounts: list[dict]) -> str | None:
-    """The host file a ``stdout``/``stderr`` mount sends the stream to, its directory created.
-
-    The path must be inside a writable mount (crunch-run requires output_path): writing through
-    a read-only mount's host directory would change a shared collection cache.
-    """
-    m = all_mounts.get(name)
-    if m is None:
-        return None
-    target = str(m.get("path") or "")
-    outer = _covering_mount(target, mounts)
-    if outer is None or not outer["writable"] or _norm(outer["path"]) == _norm(target):
-        raise RuntimeError(f"{name} mount path {target!r} must be a file under a writable mount "
-                           "(usually output_path)")
-    host = _host_path(target, {outer["path"]: outer["source"]})
-    assert host is not None
-    Path(host).parent.mkdir(parents=True, exist_ok=True)
-    return host
-
-
-def _norm(path: str) -> str:
-    return path.rstrip("/") or "/"
-
-
-def _covering_mount(container_path: str, mounts: list[dict]) -> dict | None:
-    """The mount whose target is the longest prefix of *container_path* (what the command sees)."""
-    best = None
-    for m in mounts:
-        p = _norm(m["path"])
-        if container_path == p or container_path.startswith(p.rstrip("/") + "/"):
-            if best is None or len(p) > len(_norm(best["path"])):
-                best = m
-    return best
-
-
-def _make_mount_points(mounts: list[dict]) -> list[tuple[Path, bool]]:
-    """Create the mount points of mounts nested in a writable mount, in that mount's host
-    directory (``inputs/a.txt`` in the output tmp directory for ``/var/spool/cwl/inputs/a.txt``).
-
-    Why here and not in the runtime: both runtimes then find a target of the right type (file or
-    directory) to bind over, whatever the engine would do with a missing one, and we know which
-    ones to remove afterwards so they do not show up in the output as stray empty entries.
-    Returns what was created, outermost first.
-    """
-    created: list[tuple[Path, bool]] = []
-    for m in sorted(mounts, key=lambda m: _norm(m["path"]).count("/")):
-        path = _norm(m["path"])
-        outer = _covering_mount(path, [o for o in mounts if _norm(o["path"]) != path])
-        if outer is None or not outer["writable"] or not Path(outer["source"]).is_dir():
-            continue  # nothing is ever created inside a read-only (shared, cached) source
-        parts = path[len(_norm(outer["path"])):].strip("/").split("/")
-        is_dir = Path(m["source"]).is_dir()
-        host = Path(outer["source"])
-        for i, part in enumerate(parts):
-            host = host / part
-            last_is_file = i == len(parts) - 1 and not is_dir
-            if os.path.lexists(host):
-                continue
-            if last_is_file:
-                host.touch()
-            else:
-                host.mkdir()
-            created.append((host, not last_is_file))
-    return created
-
-
-def _remove_mount_points(created: list[tuple[Path, bool]]) -> None:
-    """Remove the mount points :func:`_make_mount_points` made, unless the command put something
-    there (a directory it wrote into is output)."""
-    for host, is_dir in reversed(created):
-        try:
-            if is_dir:
-                host.rmdir()
-            elif host.is_file() and not host.is_symlink() and host.stat().st_size == 0:
-                host.unlink()
-        except OSError:
-            pass
-
-
-def _output_layers(c: dict, mounts: list[dict]) -> list[_Layer]:
-    """The output directory and the mounts below output_path, outermost first.
-
-    Secret mounts and mounts marked ``exclude_from_output`` still hide what is below them, but
-    add nothing: a secret must not end up in a collection.
-    """
-    out = _norm(c["output_path"])
-    declared = {_norm(p): m for p, m in (c.get("mounts") or {}).items() if p.startswith("/")}
-    secret = {_norm(p): m for p, m in (c.get("secret_mounts") or {}).items() if p.startswith("/")}
-    declared.update(secret)
-    host_of = {_norm(m["path"]): Path(m["source"]) for m in mounts}
-    layers: list[_Layer] = []
-    root = _covering_mount(out, [{"path": p} for p in declared])
-    if root is not None:
-        rest = out[len(_norm(root["path"])):].strip("/")
-        layers.append(_layer(declared[_norm(root["path"])], "", rest, host_of.get(_norm(root["path"]))))
-    below = out.rstrip("/") + "/"
-    for p in sorted((p for p in declared if p.startswith(below)), key=lambda p: (p.count("/"), p)):
-        m = declared[p]
-        excluded = p in secret or bool(m.get("exclude_from_output"))
-        layers.append(_layer(m, p[len(below):], "", host_of.get(p), exclude=excluded))
-    return layers
-
-
-def _layer(m: dict, rel: str, rest: str, host: Path | None, exclude: bool = False) -> _Layer:
-    """The layer a mount adds at *rel*; *rest* is the part of the mount output_path names."""
-    if m.get("kind") == "collection" and not m.get("writable") and m.get("portable_data_hash"):
-        coll_path = _join((m.get("path") or "").strip("/"), rest)
-        return _Layer(rel, pdh=m["portable_data_hash"], coll_path=coll_path, exclude=exclude)
-    return _Layer(rel, host=host / rest if host is not None and rest else host, exclude=exclude)
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}/{b}" if a and b else a or b
-
-
-def _relocated(tree: mf.ManifestTree, src: str, dest: str) -> mf.ManifestTree:
-    """The file or directory at *src* in *tree* ("" is all of it), moved to *dest*."""
-    out = mf.ManifestTree(dirs=set())
-    if src in tree.files:
-        out.files[dest] = tree.files[src]
-        return out
-    if src not in tree.dirs:
-        return out
-    prefix = src + "/" if src else ""
-    for path, segments in tree.files.items():
-        if path.startswith(prefix):
-            out.files[_join(dest, path[len(prefix):])] = segments
-    for d in tree.dirs:
-        if d == src or d.startswith(prefix):
-            out.dirs.add(_join(dest, d[len(prefix):]))
-    return out
-
-
-def _drop(tree: mf.ManifestTree, rel: str) -> None:
-    """Remove what a mount at *rel* covered: the entry there, everything below it, and any file
-    standing where one of its parent directories must be."""
-    if not rel:
-        tree.files.clear()
-        tree.dirs = {""}
-        return
-    below = rel + "/"
-    for path in [p for p in tree.files if p == rel or p.startswith(below)]:
-        del tree.files[path]
-    parts = rel.split("/")
-    for i in range(1, len(parts)):
-        tree.files.pop("/".join(parts[:i]), None)
-    tree.dirs = {d for d in tree.dirs if d != rel and not d.startswith(below)}
-
-
-def _graft(tree: mf.ManifestTree, part: mf.ManifestTree) -> None:
-    """Add a layer's files and directories (already at their output paths) to *tree*."""
-    tree.files.update(part.files)
-    for path in list(part.dirs) + [p.rpartition("/")[0] for p in part.files]:
-        while path not in tree.dirs:
-            tree.dirs.add(path)
-            path = path.rpartition("/")[0]
-
-
-def _filtered(tree: mf.ManifestTree, keep: Callable[[str], bool]) -> mf.ManifestTree:
-    """Apply ``output_glob``: kept files, kept directories, and the directories holding them."""
-    files = {p: s for p, s in tree.files.items() if keep(p)}
-    out = mf.ManifestTree(files=files)
-    _graft(out, mf.ManifestTree(dirs={d for d in tree.dirs if d and keep(d)}))
-    _graft(out, mf.ManifestTree(files=files, dirs=set()))
-    return out
-
-
-def _host_path(container_path: str, host_of: dict[str, str]) -> str | None:
-    """Where a path inside the container lives on the host (longest mount prefix wins)."""
-    best = None
-    for mpath, src in host_of.items():
-        if container_path == mpath or container_path.startswith(mpath.rstrip("/") + "/"):
-            if best is None or len(mpath) > len(best[0]):
-                best = (mpath, src)
-    if best is None:
-        return None
-    rest = container_path[len(best[0]):].lstrip("/")
-    return str(Path(best[1]) / rest) if rest else best[1]
 
 
 def _append(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(text)
-
-
-def _public_container(c: dict) -> dict:
-    return {k: v for k, v in c.items() if k not in ("secret_mounts", "runtime_token")}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .registry import KINDS
 from .uuids import KIND_TO_TABLE, RESOURCE_KINDS
 
 
@@ -30,90 +31,13 @@ class FilterError(ValueError):
     """A list request Arvados rejects with HTTP 422; ``str(err)`` is the Arvados-style message."""
 
 
-# Column types of Arvados' database schema (services/api/db/structure.sql), per table.
-# i=integer s=string t=text d=datetime b=boolean f=float j=jsonb. Serialized columns (command,
-# mounts, environment, ...) are *text* in Arvados: they can be matched as JSON text, but are not
-# jsonb, so subproperty/contains filters on them are invalid, exactly as on a real cluster.
-_SCHEMA = """
-api_client_authorizations id:i api_token:s created_by_ip_address:s last_used_by_ip_address:s
- last_used_at:d expires_at:d created_at:d updated_at:d default_owner_uuid:s scopes:t uuid:s
- refreshes_at:d
-authorized_keys id:i uuid:s owner_uuid:s modified_by_user_uuid:s modified_at:d name:s
- key_type:s authorized_user_uuid:s public_key:t expires_at:d created_at:d updated_at:d
-collections id:i owner_uuid:s created_at:d modified_by_user_uuid:s modified_at:d
- portable_data_hash:s replication_desired:i replication_confirmed_at:d replication_confirmed:i
- updated_at:d uuid:s manifest_text:t name:s description:s properties:j delete_at:d file_names:t
- trash_at:d is_trashed:b storage_classes_desired:j storage_classes_confirmed:j
- storage_classes_confirmed_at:d current_version_uuid:s version:i preserve_version:b
- file_count:i file_size_total:i
-container_requests id:i uuid:s owner_uuid:s created_at:d modified_at:d modified_by_user_uuid:s
- name:s description:t properties:j state:s requesting_container_uuid:s container_uuid:s
- container_count_max:i mounts:t runtime_constraints:t container_image:s environment:t cwd:s
- command:t output_path:s priority:i expires_at:d filters:t updated_at:d container_count:i
- use_existing:b scheduling_parameters:t output_uuid:s log_uuid:s output_name:s output_ttl:i
- secret_mounts:j runtime_token:t output_storage_classes:j output_properties:j cumulative_cost:f
- output_glob:t service:b published_ports:j
-containers id:i uuid:s owner_uuid:s created_at:d modified_at:d modified_by_user_uuid:s state:s
- started_at:d finished_at:d log:s environment:t cwd:s command:t output_path:s mounts:t
- runtime_constraints:t output:s container_image:s progress:f priority:i updated_at:d exit_code:i
- auth_uuid:s locked_by_uuid:s scheduling_parameters:t secret_mounts:j secret_mounts_md5:s
- runtime_status:j runtime_user_uuid:t runtime_auth_scopes:j runtime_token:t lock_count:i
- gateway_address:s interactive_session_started:b output_storage_classes:j output_properties:j
- cost:f subrequests_cost:f output_glob:t service:b published_ports:j
-groups id:i uuid:s owner_uuid:s created_at:d modified_by_user_uuid:s modified_at:d name:s
- description:s updated_at:d group_class:s trash_at:d is_trashed:b delete_at:d properties:j
- frozen_by_uuid:s
-keep_services id:i uuid:s owner_uuid:s modified_by_user_uuid:s modified_at:d service_host:s
- service_port:i service_ssl_flag:b service_type:s created_at:d updated_at:d read_only:b
-links id:i uuid:s owner_uuid:s created_at:d modified_by_user_uuid:s modified_at:d tail_uuid:s
- link_class:s name:s head_uuid:s properties:j updated_at:d
-logs id:i uuid:s owner_uuid:s modified_by_user_uuid:s object_uuid:s event_at:d event_type:s
- summary:t properties:t created_at:d updated_at:d modified_at:d object_owner_uuid:s
-users id:i uuid:s owner_uuid:s created_at:d modified_by_user_uuid:s modified_at:d email:s
- first_name:s last_name:s identity_url:s is_admin:b prefs:t updated_at:d default_owner_uuid:s
- is_active:b username:s redirect_to_user_uuid:s
-virtual_machines id:i uuid:s owner_uuid:s modified_by_user_uuid:s modified_at:d hostname:s
- created_at:d updated_at:d
-workflows id:i uuid:s owner_uuid:s created_at:d modified_at:d modified_by_user_uuid:s name:s
- description:t definition:t updated_at:d collection_uuid:s
-"""
-_TYPE_LETTERS = {"i": "integer", "s": "string", "t": "text", "d": "datetime", "b": "boolean",
-                 "f": "float", "j": "jsonb"}
-
-
-def _parse_schema(text: str) -> dict[str, dict[str, str]]:
-    tables: dict[str, dict[str, str]] = {}
-    current: dict[str, str] = {}
-    for line in text.strip().splitlines():
-        words = line.split()
-        if not line.startswith(" "):
-            current = tables.setdefault(words.pop(0), {})
-        for word in words:
-            name, _, letter = word.partition(":")
-            current[name] = _TYPE_LETTERS[letter]
-    return tables
-
-
-#: table name -> {column name -> "integer"|"string"|"text"|"datetime"|"boolean"|"float"|"jsonb"}
-COLUMN_TYPES: dict[str, dict[str, str]] = _parse_schema(_SCHEMA)
+#: table name -> {column name -> "integer"|"string"|"text"|"datetime"|"boolean"|"float"|"jsonb"}:
+#: Arvados' database columns (services/api/db/structure.sql) as the registry lists them.
+COLUMN_TYPES: dict[str, dict[str, str]] = {t: k.column_types() for t, k in KINDS.items() if k.columns}
 
 # Columns Arvados refuses to filter on / search in, per table (model overrides).
-_NOT_SEARCHABLE = {
-    "collections": {"manifest_text"},
-    "containers": {"secret_mounts_md5", "runtime_token", "gateway_address",
-                   "output_storage_classes"},
-}
-_NOT_FULL_TEXT = {
-    "collections": {"manifest_text", "storage_classes_desired", "storage_classes_confirmed",
-                    "current_version_uuid"},
-    "containers": {"secret_mounts", "secret_mounts_md5", "runtime_token", "gateway_address",
-                   "output_storage_classes"},
-    "container_requests": {"mounts", "secret_mounts", "secret_mounts_md5", "runtime_token",
-                           "output_storage_classes", "output_glob", "service",
-                           "published_ports"},
-    "groups": {"frozen_by_uuid"},
-    "workflows": {"definition", "collection_uuid"},
-}
+_NOT_SEARCHABLE = {t: set(k.not_searchable) for t, k in KINDS.items() if k.not_searchable}
+_NOT_FULL_TEXT = {t: set(k.not_full_text) for t, k in KINDS.items() if k.not_full_text}
 # Never returned by the API, so never selectable.
 _NOT_SELECTABLE = {"secret_mounts", "secret_mounts_md5", "runtime_token", "id", "updated_at"}
 DEFAULT_LIMIT = 100
@@ -376,6 +300,10 @@ def _column_value(record: dict | None, column: str, ctype: str) -> Any:
         return _compact_json(value) if isinstance(value, (dict, list)) else (
             json.dumps(value) if isinstance(value, bool) else str(value))
     return value
+
+
+#: The public name: the store's indexes key records by it, so they agree with the filters.
+column_value = _column_value
 
 
 class _Compiler:

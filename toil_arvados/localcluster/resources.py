@@ -8,7 +8,8 @@ from __future__ import annotations
 import secrets
 import string
 
-from .api import ApiError, Request, Resource, Trashable, not_found, unprocessable
+from . import indexes
+from .api import ApiError, Request, Resource, Trashable, list_filters, not_found, unprocessable
 from .filters import FilterError, apply_list
 from .uuids import table_of
 
@@ -20,9 +21,6 @@ def new_token_secret() -> str:
 
 class Users(Resource):
     table = "users"
-
-    def routes(self):
-        return [("GET", "current", self.current), ("GET", "system", self.system)]
 
     async def current(self, req: Request) -> dict:
         return self._shape(req, req.user.user)
@@ -56,9 +54,6 @@ class Users(Resource):
 class ApiClientAuthorizations(Resource):
     table = "api_client_authorizations"
 
-    def routes(self):
-        return [("GET", "current", self.current)]
-
     async def current(self, req: Request) -> dict:
         return self.present(req, dict(req.user.token))
 
@@ -89,11 +84,6 @@ class ApiClientAuthorizations(Resource):
 
 class Groups(Trashable):
     table = "groups"
-    unique_names = True
-
-    def routes(self):
-        return [("GET", "contents", self.contents), ("GET", "shared", self.shared),
-                *self.trash_routes()]
 
     def prepare_create(self, req: Request, attrs: dict) -> dict:
         if attrs.get("group_class") not in ("project", "role", "filter"):
@@ -111,15 +101,12 @@ class Groups(Trashable):
             raise not_found()  # Arvados: a project the caller cannot read is not found
         # As Arvados does, filters apply per kind with that kind's columns (so ``["uuid", "is_a",
         # "arvados#collection"]`` picks one kind); a kind lacking a filtered attribute is left out.
-        filters = list(req.params.get("filters") or [])
-        where = req.params.get("where")
-        if isinstance(where, dict):
-            filters += [[k, "in" if isinstance(v, list) else "=", v] for k, v in where.items()]
+        filters = list_filters(req.params)
         rows: list[dict] = []
         skipped: list[str] = []
         for table in ("collections", "container_requests", "groups", "workflows"):
             res = self.api.resources[table]
-            candidates = [r for r in self.store.records(table)
+            candidates = [r for r in self._contents_candidates(table, filters, owner, req.flag("recursive"))
                           if (req.flag("recursive") or r.get("owner_uuid") == owner) and res.visible(req, r)
                           and (table != "groups" or r.get("group_class") in ("project", "filter"))]
             try:
@@ -140,6 +127,14 @@ class Groups(Trashable):
         out["kind"] = "arvados#objectList"
         return out
 
+    def _contents_candidates(self, table: str, filters: list, owner: str, recursive: bool) -> list[dict]:
+        """The records of one kind a contents listing looks at: those a filter's index finds,
+        else (not recursive) the owner's, else all of them; the caller still checks each."""
+        found = indexes.candidates(table, filters, self.store)
+        if found is not None:
+            return found
+        return self.store.records(table) if recursive else self.store.lookup(table, "owner_uuid", owner)
+
     async def shared(self, req: Request) -> dict:
         rows = [r for r in self.store.records("groups")
                 if r.get("group_class") == "project" and r.get("owner_uuid") != req.user.uuid
@@ -150,9 +145,6 @@ class Groups(Trashable):
 
 class Links(Resource):
     table = "links"
-
-    def routes(self):
-        return []
 
     def prepare_create(self, req: Request, attrs: dict) -> dict:
         if not attrs.get("link_class"):
@@ -233,9 +225,6 @@ class Logs(Resource):
 
 class KeepServices(Resource):
     table = "keep_services"
-
-    def routes(self):
-        return [("GET", "accessible", self.accessible)]
 
     async def accessible(self, req: Request) -> dict:
         req.user  # must be logged in

@@ -1,11 +1,13 @@
 """What the local cluster serves: resources, their attributes and their API methods.
 
-This module is the single declarative description of the Arvados API surface we implement. The
-discovery document (``discovery.py``) is generated from it, so the methods a generated client sees
-are exactly the ones the server routes, and the server uses the same attribute tables to fill
-defaults and to check request bodies. Attribute and parameter names are Arvados' own (from its
-discovery document and API docs): clients such as ``arv-put`` or ``arvados-cwl-runner`` send them by
-name, so any drift breaks them silently.
+This module is the declarative description of the Arvados API surface we implement: the API
+methods, and the attribute tables of every kind, which it reads from the registry
+(:mod:`registry`, one definition per kind). The discovery document (``discovery.py``) is
+generated from it, so the methods a generated client sees are exactly the ones the server routes,
+and the server uses the same attribute tables to fill defaults and to check request bodies.
+Attribute and parameter names are Arvados' own (from its discovery document and API docs):
+clients such as ``arv-put`` or ``arvados-cwl-runner`` send them by name, so any drift breaks them
+silently.
 
 Attribute tables are compact text, one attribute per line::
 
@@ -27,6 +29,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
+
+from .registry import KINDS
 
 
 class SchemaError(ValueError):
@@ -69,170 +73,8 @@ COMMON_ATTRIBUTES: tuple[str, ...] = tuple(line.split()[0] for line in _COMMON.s
 # Sent back by some clients (copied records, older SDKs); Arvados drops them without complaint.
 _IGNORED_INPUT = frozenset({"href", "modified_by_client_uuid"})
 
-_TABLES: dict[str, str] = {
-    "api_client_authorizations": """
-        api_token                 string    null      c
-        created_by_ip_address     string    null      -
-        last_used_by_ip_address   string    null      -
-        last_used_at              datetime  null      -
-        expires_at                datetime  null      w
-        scopes                    Array     ["all"]   w
-    """,
-    "authorized_keys": """
-        name                      string    null      w
-        key_type                  string    "SSH"     w
-        authorized_user_uuid      string    null      w
-        public_key                text      null      w
-        expires_at                datetime  null      w
-    """,
-    "collections": """
-        name                      string    null      w
-        description               string    null      w
-        properties                Hash      {}        w
-        portable_data_hash        string    "d41d8cd98f00b204e9800998ecf8427e+0"  w
-        manifest_text             text      ""        w
-        replication_desired       integer   null      w
-        replication_confirmed     integer   null      -
-        replication_confirmed_at  datetime  null      -
-        storage_classes_desired   Array     ["default"]  w
-        storage_classes_confirmed Array     []        -
-        storage_classes_confirmed_at datetime null    -
-        trash_at                  datetime  null      w
-        delete_at                 datetime  null      w
-        is_trashed                boolean   false     w
-        current_version_uuid      string    null      -
-        version                   integer   1         -
-        preserve_version          boolean   false     w
-        file_count                integer   0         -
-        file_size_total           integer   0         -
-    """,
-    "container_requests": """
-        name                      string    null      w
-        description               text      null      w
-        properties                Hash      {}        w
-        state                     string    "Uncommitted"  w
-        requesting_container_uuid string    null      -
-        container_uuid            string    null      -
-        container_count_max       integer   null      w
-        mounts                    Hash      {}        w
-        secret_mounts             Hash      {}        ws
-        runtime_token             string    null      ws
-        runtime_constraints       Hash      {}        w
-        scheduling_parameters     Hash      {}        w
-        container_image           string    null      w
-        environment               Hash      {}        w
-        cwd                       string    null      w
-        command                   Array     []        w
-        output_path               string    null      w
-        output_glob               Array     []        w
-        output_name               string    null      w
-        output_ttl                integer   0         w
-        output_storage_classes    Array     ["default"]  w
-        output_properties         Hash      {}        w
-        priority                  integer   0         w
-        expires_at                datetime  null      w
-        filters                   text      null      w
-        container_count           integer   0         -
-        use_existing              boolean   true      w
-        output_uuid               string    null      -
-        log_uuid                  string    null      -
-        cumulative_cost           float     0.0       -
-        service                   boolean   false     w
-        published_ports           Hash      {}        w
-    """,
-    "containers": """
-        state                     string    "Queued"  w
-        started_at                datetime  null      -
-        finished_at               datetime  null      -
-        log                       string    null      w
-        environment               Hash      {}        c
-        cwd                       string    null      c
-        command                   Array     []        c
-        output_path               string    null      c
-        output_glob               Array     []        c
-        mounts                    Hash      {}        c
-        secret_mounts             Hash      {}        cs
-        runtime_token             string    null      cs
-        runtime_constraints       Hash      {}        c
-        scheduling_parameters     Hash      {}        c
-        runtime_status            Hash      {}        w
-        output                    string    null      w
-        container_image           string    null      c
-        progress                  float     null      w
-        priority                  integer   0         w
-        exit_code                 integer   null      w
-        auth_uuid                 string    null      -
-        locked_by_uuid            string    null      -
-        runtime_user_uuid         text      null      c
-        runtime_auth_scopes       Array     null      c
-        lock_count                integer   0         -
-        gateway_address           string    null      w
-        interactive_session_started boolean false     w
-        output_storage_classes    Array     ["default"]  c
-        output_properties         Hash      {}        w
-        cost                      float     0.0       w
-        subrequests_cost          float     0.0       w
-        service                   boolean   false     c
-        published_ports           jsonb     {}        c
-    """,
-    "groups": """
-        name                      string    null      w
-        description               string    null      w
-        group_class               string    null      w
-        properties                Hash      {}        w
-        trash_at                  datetime  null      w
-        delete_at                 datetime  null      w
-        is_trashed                boolean   false     w
-        frozen_by_uuid            string    null      w
-        can_write                 boolean   null      -v
-        can_manage                boolean   null      -v
-    """,
-    "keep_services": """
-        service_host              string    null      w
-        service_port              integer   null      w
-        service_ssl_flag          boolean   false     w
-        service_type              string    "disk"    w
-        read_only                 boolean   false     w
-    """,
-    "links": """
-        tail_uuid                 string    null      w
-        link_class                string    null      w
-        name                      string    null      w
-        head_uuid                 string    null      w
-        properties                Hash      {}        w
-    """,
-    "logs": """
-        id                        integer   null      -
-        object_uuid               string    null      w
-        object_owner_uuid         string    null      -
-        event_at                  datetime  null      w
-        event_type                string    null      w
-        summary                   text      null      w
-        properties                Hash      {}        w
-    """,
-    "users": """
-        email                     string    null      w
-        username                  string    null      w
-        first_name                string    null      w
-        last_name                 string    null      w
-        identity_url              string    null      w
-        is_admin                  boolean   false     w
-        is_active                 boolean   false     w
-        prefs                     Hash      {}        w
-    """,
-    "virtual_machines": """
-        hostname                  string    null      w
-    """,
-    "workflows": """
-        name                      string    null      w
-        description               text      null      w
-        definition                text      null      w
-        collection_uuid           string    null      w
-    """,
-    # The cluster has no user agreements to sign: the resource exists (Workbench and some tools
-    # probe it) but always lists empty, so it needs only the common attributes.
-    "user_agreements": "",
-}
+# The attribute tables of every stored kind come from the registry, one definition per kind.
+_TABLES: dict[str, str] = {t: k.attributes for t, k in KINDS.items()}
 
 
 def _parse_table(text: str) -> dict[str, Attr]:
@@ -540,139 +382,119 @@ def _extra(table: str, name: str, http: str, path: str, description: str,
                   response=_SCHEMA_NAMES.get(table) if response == "" else response, id=method_id)
 
 
-_SCHEMA_NAMES: dict[str, str] = {
-    "api_client_authorizations": "ApiClientAuthorization",
-    "authorized_keys": "AuthorizedKey",
-    "collections": "Collection",
-    "container_requests": "ContainerRequest",
-    "containers": "Container",
-    "groups": "Group",
-    "keep_services": "KeepService",
-    "links": "Link",
-    "logs": "Log",
-    "users": "User",
-    "user_agreements": "UserAgreement",
-    "virtual_machines": "VirtualMachine",
-    "workflows": "Workflow",
-}
+_SCHEMA_NAMES: dict[str, str] = {t: k.model for t, k in KINDS.items()}
+
+
+def _kind(table: str, methods: tuple[Method, ...]) -> Resource:
+    """A stored kind's resource: its names and description come from the registry."""
+    k = KINDS[table]
+    return Resource(table, k.singular, k.model, k.description, methods)
+
 
 _GROUP_LISTING = _LIST_PARAMS + (_INCLUDE_TRASH,)
 
 _RESOURCE_LIST: tuple[Resource, ...] = (
-    Resource("api_client_authorizations", "api_client_authorization", "ApiClientAuthorization",
-             "API tokens: each lets its owner's clients act as that user, within its scopes.",
-             _crud("api_client_authorizations", "API token") + (
-                 _extra("api_client_authorizations", "current", "GET", "api_client_authorizations/current",
-                        "Return the record of the token that authenticated this request."),
-             )),
-    Resource("authorized_keys", "authorized_key", "AuthorizedKey",
-             "Public keys users log in to virtual machines with.",
-             _crud("authorized_keys", "authorized key")),
-    Resource("collections", "collection", "Collection",
-             "Sets of files stored in Keep, described by a manifest.",
-             _crud("collections", "collection",
-                   get=(_INCLUDE_TRASH,), list_=(_INCLUDE_TRASH, _INCLUDE_OLD),
-                   create=(_REPLACE_FILES, _REPLACE_SEGMENTS), update=(_REPLACE_FILES, _REPLACE_SEGMENTS)) + (
-                 _extra("collections", "provenance", "GET", "collections/{uuid}/provenance",
-                        "Return the processes and collections this collection was made from.", (_UUID,)),
-                 _extra("collections", "used_by", "GET", "collections/{uuid}/used_by",
-                        "Return the processes and collections made from this collection.", (_UUID,)),
-                 _extra("collections", "trash", "POST", "collections/{uuid}/trash",
-                        "Move the collection to the trash now.", (_UUID,)),
-                 _extra("collections", "untrash", "POST", "collections/{uuid}/untrash",
-                        "Take the collection out of the trash.", (_UUID,)),
-             )),
-    Resource("container_requests", "container_request", "ContainerRequest",
-             "Requests for work: what to run and with which resources; fulfilled by containers.",
-             _crud("container_requests", "container request",
-                   get=(_INCLUDE_TRASH,), list_=(_INCLUDE_TRASH,)) + (
-                 _extra("container_requests", "container_status", "GET",
-                        "container_requests/{uuid}/container_status",
-                        "Return the scheduling status of the request's container.",
-                        (_p("uuid", "string", "The UUID of the container request.", required=True),),
-                        response=None),
-             )),
-    Resource("containers", "container", "Container",
-             "Units of work the dispatcher runs; one may satisfy several identical requests.",
-             _crud("containers", "container") + (
-                 _extra("containers", "auth", "GET", "containers/{uuid}/auth",
-                        "Return the API token the container runs with.", (_UUID,),
-                        response="ApiClientAuthorization"),
-                 _extra("containers", "lock", "POST", "containers/{uuid}/lock",
-                        "Claim a queued container for dispatch.", (_UUID,)),
-                 _extra("containers", "unlock", "POST", "containers/{uuid}/unlock",
-                        "Return a locked container to the queue.", (_UUID,)),
-                 _extra("containers", "secret_mounts", "GET", "containers/{uuid}/secret_mounts",
-                        "Return the container's secret mounts (for its dispatcher).", (_UUID,),
-                        response=None),
-                 _extra("containers", "current", "GET", "containers/current",
-                        "Return the container whose token authenticated this request."),
-             )),
-    Resource("groups", "group", "Group",
-             "Projects, roles and filter groups.",
-             _crud("groups", "group", get=(_INCLUDE_TRASH,), list_=(_INCLUDE_TRASH,),
-                   create=(_ASYNC,), update=(_ASYNC,)) + (
-                 _extra("groups", "contents", "GET", "groups/contents",
-                        "List the objects in a project (or the caller's home project).",
-                        _GROUP_LISTING + (
-                            _p("uuid", "string", "The project to list; empty for the home project.",
-                               default=""),
-                            _p("recursive", "boolean", "Include the contents of subprojects.",
-                               default="false"),
-                            _p("include", "array", "Also return objects these attributes refer to."),
-                            _INCLUDE_OLD,
-                            _p("exclude_home_project", "boolean",
-                               "Leave out objects in the caller's home project.", default="false"),
-                        ), response="GroupList"),
-                 _extra("groups", "shared", "GET", "groups/shared",
-                        "List the projects shared with the caller by other users.",
-                        _GROUP_LISTING + (
-                            _p("include", "string", "\"owner_uuid\" to also return the owners."),
-                        ), response="GroupList"),
-                 _extra("groups", "trash", "POST", "groups/{uuid}/trash",
-                        "Move the group to the trash now.", (_UUID,)),
-                 _extra("groups", "untrash", "POST", "groups/{uuid}/untrash",
-                        "Take the group out of the trash.", (_UUID,)),
-             )),
-    Resource("keep_services", "keep_service", "KeepService",
-             "Keep storage servers clients read and write blocks through.",
-             _crud("keep_services", "Keep service") + (
-                 _extra("keep_services", "accessible", "GET", "keep_services/accessible",
-                        "List the Keep services this client should use.", response="KeepServiceList"),
-             )),
-    Resource("links", "link", "Link",
-             "Typed relations between objects: permissions, tags, names.",
-             _crud("links", "link") + (
-                 _extra("links", "get_permissions", "GET", "permissions/{uuid}",
-                        "List the permission links that grant access to an object.", (_UUID,),
-                        response="LinkList"),
-             )),
-    Resource("logs", "log", "Log",
-             "Event records: every change to an object, and messages from services.",
-             _crud("logs", "log")),
-    Resource("users", "user", "User",
-             "People (and the system user) that can act on the cluster.",
-             _crud("users", "user", update=(_BYPASS_FED,)) + (
-                 _extra("users", "current", "GET", "users/current",
-                        "Return the user whose token authenticated this request."),
-                 _extra("users", "system", "GET", "users/system", "Return the system user."),
-             )),
-    Resource("user_agreements", "user_agreement", "UserAgreement",
-             "Terms users must sign before using the cluster (none here).",
-             (
-                 Method("get", "GET", "user_agreements/{uuid}", (_UUID, _SELECT),
-                        "Return the user agreement with the given UUID.", response="UserAgreement"),
-                 Method("list", "GET", "user_agreements", _LIST_PARAMS,
-                        "Return user agreements (there are none).", response="UserAgreementList"),
-                 _extra("user_agreements", "signatures", "GET", "user_agreements/signatures",
-                        "Return the caller's signatures (there are none).", response="UserAgreementList"),
-             )),
-    Resource("virtual_machines", "virtual_machine", "VirtualMachine",
-             "Shell nodes users can log in to.",
-             _crud("virtual_machines", "virtual machine")),
-    Resource("workflows", "workflow", "Workflow",
-             "Registered workflow definitions users can run.",
-             _crud("workflows", "workflow")),
+    _kind("api_client_authorizations",
+          _crud("api_client_authorizations", "API token") + (
+              _extra("api_client_authorizations", "current", "GET", "api_client_authorizations/current",
+                     "Return the record of the token that authenticated this request."),
+          )),
+    _kind("authorized_keys",
+          _crud("authorized_keys", "authorized key")),
+    _kind("collections",
+          _crud("collections", "collection",
+                get=(_INCLUDE_TRASH,), list_=(_INCLUDE_TRASH, _INCLUDE_OLD),
+                create=(_REPLACE_FILES, _REPLACE_SEGMENTS), update=(_REPLACE_FILES, _REPLACE_SEGMENTS)) + (
+              _extra("collections", "provenance", "GET", "collections/{uuid}/provenance",
+                     "Return the processes and collections this collection was made from.", (_UUID,)),
+              _extra("collections", "used_by", "GET", "collections/{uuid}/used_by",
+                     "Return the processes and collections made from this collection.", (_UUID,)),
+              _extra("collections", "trash", "POST", "collections/{uuid}/trash",
+                     "Move the collection to the trash now.", (_UUID,)),
+              _extra("collections", "untrash", "POST", "collections/{uuid}/untrash",
+                     "Take the collection out of the trash.", (_UUID,)),
+          )),
+    _kind("container_requests",
+          _crud("container_requests", "container request",
+                get=(_INCLUDE_TRASH,), list_=(_INCLUDE_TRASH,)) + (
+              _extra("container_requests", "container_status", "GET",
+                     "container_requests/{uuid}/container_status",
+                     "Return the scheduling status of the request's container.",
+                     (_p("uuid", "string", "The UUID of the container request.", required=True),),
+                     response=None),
+          )),
+    _kind("containers",
+          _crud("containers", "container") + (
+              _extra("containers", "auth", "GET", "containers/{uuid}/auth",
+                     "Return the API token the container runs with.", (_UUID,),
+                     response="ApiClientAuthorization"),
+              _extra("containers", "lock", "POST", "containers/{uuid}/lock",
+                     "Claim a queued container for dispatch.", (_UUID,)),
+              _extra("containers", "unlock", "POST", "containers/{uuid}/unlock",
+                     "Return a locked container to the queue.", (_UUID,)),
+              _extra("containers", "secret_mounts", "GET", "containers/{uuid}/secret_mounts",
+                     "Return the container's secret mounts (for its dispatcher).", (_UUID,),
+                     response=None),
+              _extra("containers", "current", "GET", "containers/current",
+                     "Return the container whose token authenticated this request."),
+          )),
+    _kind("groups",
+          _crud("groups", "group", get=(_INCLUDE_TRASH,), list_=(_INCLUDE_TRASH,),
+                create=(_ASYNC,), update=(_ASYNC,)) + (
+              _extra("groups", "contents", "GET", "groups/contents",
+                     "List the objects in a project (or the caller's home project).",
+                     _GROUP_LISTING + (
+                         _p("uuid", "string", "The project to list; empty for the home project.",
+                            default=""),
+                         _p("recursive", "boolean", "Include the contents of subprojects.",
+                            default="false"),
+                         _p("include", "array", "Also return objects these attributes refer to."),
+                         _INCLUDE_OLD,
+                         _p("exclude_home_project", "boolean",
+                            "Leave out objects in the caller's home project.", default="false"),
+                     ), response="GroupList"),
+              _extra("groups", "shared", "GET", "groups/shared",
+                     "List the projects shared with the caller by other users.",
+                     _GROUP_LISTING + (
+                         _p("include", "string", "\"owner_uuid\" to also return the owners."),
+                     ), response="GroupList"),
+              _extra("groups", "trash", "POST", "groups/{uuid}/trash",
+                     "Move the group to the trash now.", (_UUID,)),
+              _extra("groups", "untrash", "POST", "groups/{uuid}/untrash",
+                     "Take the group out of the trash.", (_UUID,)),
+          )),
+    _kind("keep_services",
+          _crud("keep_services", "Keep service") + (
+              _extra("keep_services", "accessible", "GET", "keep_services/accessible",
+                     "List the Keep services this client should use.", response="KeepServiceList"),
+          )),
+    _kind("links",
+          _crud("links", "link") + (
+              _extra("links", "get_permissions", "GET", "permissions/{uuid}",
+                     "List the permission links that grant access to an object.", (_UUID,),
+                     response="LinkList"),
+          )),
+    _kind("logs",
+          _crud("logs", "log")),
+    _kind("users",
+          _crud("users", "user", update=(_BYPASS_FED,)) + (
+              _extra("users", "current", "GET", "users/current",
+                     "Return the user whose token authenticated this request."),
+              _extra("users", "system", "GET", "users/system", "Return the system user."),
+          )),
+    _kind("user_agreements",
+          (
+              Method("get", "GET", "user_agreements/{uuid}", (_UUID, _SELECT),
+                     "Return the user agreement with the given UUID.", response="UserAgreement"),
+              Method("list", "GET", "user_agreements", _LIST_PARAMS,
+                     "Return user agreements (there are none).", response="UserAgreementList"),
+              _extra("user_agreements", "signatures", "GET", "user_agreements/signatures",
+                     "Return the caller's signatures (there are none).", response="UserAgreementList"),
+          )),
+    _kind("virtual_machines",
+          _crud("virtual_machines", "virtual machine")),
+    _kind("workflows",
+          _crud("workflows", "workflow")),
     Resource("configs", "config", None, "The cluster's public configuration.",
              (_extra("configs", "get", "GET", "config", "Return the cluster's public configuration.",
                      response=None),)),

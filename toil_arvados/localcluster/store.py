@@ -5,6 +5,10 @@ memory makes list queries (filters, order) simple Python over dicts while SQLite
 across ``cluster down`` / ``cluster up``. Every create/update/delete writes an Arvados ``logs``
 record in the same transaction: that record is what the websocket event bus pushes and what the
 SDK's polling fallback reads with ``logs.list``, so both paths see one history.
+
+Lookups by key (a name in a project, a content hash, a queue state, a list of UUIDs) go through
+secondary indexes (:mod:`indexes`) kept in step with every committed change, so no request has
+to scan every record: a workflow run makes thousands of them.
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 from ..timestamps import timestamp  # noqa: F401  (the cluster imports it from here)
+from .indexes import INDEXES, IndexSpec
 from .uuids import RESOURCE_KINDS, kind_of_table, new_uuid, table_of
 
 logger = logging.getLogger(__name__)
@@ -28,15 +33,75 @@ LogListener = Callable[[dict], None]
 _SECRET_ATTRIBUTES = {"secret_mounts", "runtime_token", "api_token", "manifest_text", "unsigned_manifest_text"}
 
 
-class Store:
-    """All objects by UUID, grouped by resource table, plus the ordered event log."""
+class _Index:
+    """One secondary index: key -> {uuid: position in its table}, each bucket in table order."""
 
-    def __init__(self, db_path: Path, cluster_id: str, system_user_uuid: str) -> None:
+    def __init__(self, spec: IndexSpec) -> None:
+        self.spec = spec
+        self.buckets: dict[Hashable, dict[str, int]] = {}
+        self.unordered: set[Hashable] = set()  # buckets a moved record left out of table order
+
+    def keys(self, record: dict) -> frozenset:
+        """The keys ``record`` is found under: one, none, or (a multi-key index) several."""
+        found = self.spec.key(record)
+        keys = found if self.spec.multi else (found,)
+        return frozenset(k for k in keys if k is not None and _hashable(k))
+
+    def add(self, key: Hashable, uuid: str, position: int) -> None:
+        bucket = self.buckets.setdefault(key, {})
+        if bucket and next(reversed(bucket.values())) > position:
+            self.unordered.add(key)
+        bucket[uuid] = position
+
+    def remove(self, key: Hashable, uuid: str) -> None:
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.pop(uuid, None)
+            if not bucket:
+                del self.buckets[key]
+                self.unordered.discard(key)
+
+    def uuids(self, key: Hashable) -> list[str]:
+        """The UUIDs under ``key`` in table order (the order a scan would see them in)."""
+        bucket = self.buckets.get(key)
+        if not bucket:
+            return []
+        if key in self.unordered:
+            self.buckets[key] = bucket = dict(sorted(bucket.items(), key=lambda kv: kv[1]))
+            self.unordered.discard(key)
+        return list(bucket)
+
+
+class Store:
+    """All objects by UUID, grouped by resource table, plus the ordered event log.
+
+    Thread-safe: the event loop and the dispatcher's worker threads (saving outputs and logs)
+    use one store. Writers serialize on ``_lock`` (held across the SQLite transaction, the log
+    id and the listeners); the in-memory tables and indexes change only under ``_mem``, which
+    readers also take, briefly, so a reader never sees a record without its index entries or a
+    half-applied change. Reads return the stored dicts (or lists of them): never mutate one, use
+    :meth:`update`. Listeners run on the writer's thread, under ``_lock``. Each call is atomic;
+    a read-then-write sequence is not (the life cycle makes those on the event loop only, while
+    worker threads only add collections).
+    """
+
+    def __init__(self, db_path: Path, cluster_id: str, system_user_uuid: str,
+                 indexes: Iterable[IndexSpec] = INDEXES) -> None:
         self.cluster_id = cluster_id
         self.system_user_uuid = system_user_uuid
         # One writer at a time: the event loop and the dispatcher's worker threads both write,
         # and a log id must be taken and committed by the same writer.
         self._lock = threading.RLock()
+        # Memory (tables, indexes, positions, event list): held only while memory changes or is
+        # read, never across I/O, so a reader never waits for a writer's fsync.
+        self._mem = threading.Lock()
+        self._indexes: dict[str, dict[str, _Index]] = {}
+        for spec in indexes:
+            self._indexes.setdefault(spec.table, {})[spec.name] = _Index(spec)
+        # Position of each record in its table (insertion order): index lookups return records in
+        # the order a scan of the table would, so results never depend on which path ran.
+        self._position: dict[str, int] = {}
+        self._next_position = 0
         self._db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before the API answers (Arvados' PostgreSQL fsyncs commits).
@@ -49,7 +114,8 @@ class Store:
         self._listeners: list[LogListener] = []
         self._log_list: list[dict] = []  # logs in id order, for replay
         for uuid, tbl, data in self._db.execute("SELECT uuid, tbl, data FROM objects"):
-            self.tables.setdefault(tbl, {})[uuid] = json.loads(data)
+            self.tables.setdefault(tbl, {})[uuid] = record = json.loads(data)
+            self._index_add(tbl, record)
         self._log_list = sorted(self.tables["logs"].values(), key=lambda r: r["id"])
         self._next_log_id = (self._log_list[-1]["id"] + 1) if self._log_list else 1
 
@@ -58,34 +124,81 @@ class Store:
     def get(self, uuid: str) -> dict | None:
         """The stored record (do not mutate it: use :meth:`update`)."""
         table = table_of(uuid)
-        return self.tables.get(table, {}).get(uuid) if table else None
+        if not table:
+            return None
+        with self._mem:
+            return self.tables.get(table, {}).get(uuid)
 
-    def records(self, table: str) -> Iterable[dict]:
+    def records(self, table: str) -> list[dict]:
+        """Every record of ``table``, in table order: O(records), so only for whole-table work
+        (a list no index can narrow, crash repair). Look up by key with :meth:`lookup`."""
         # A snapshot: the dispatcher saves outputs and logs in worker threads (store.create) while
         # the event loop iterates, and a live dict view would raise "changed size during iteration".
-        return list(self.tables[table].values())
+        with self._mem:
+            return list(self.tables[table].values())
+
+    def index_of(self, table: str, column: str) -> IndexSpec | None:
+        """The index on column ``column`` of ``table``, if there is one (list planning)."""
+        index = self._indexes.get(table, {}).get(column)
+        return index.spec if index is not None and index.spec.column == column else None
+
+    def has_index(self, table: str, index: str) -> bool:
+        return index in self._indexes.get(table, {})
+
+    def lookup(self, table: str, index: str, key: Hashable) -> list[dict]:
+        """The records of ``table`` whose ``index`` key is ``key``, in table order."""
+        return self.lookup_many(table, index, (key,))
+
+    def lookup_many(self, table: str, index: str, keys: Iterable[Hashable]) -> list[dict]:
+        """The records of ``table`` whose ``index`` key is any of ``keys``, in table order."""
+        idx = self._indexes[table][index]
+        keys = [k for k in keys if _hashable(k)]  # an unhashable key is no record's key
+        with self._mem:
+            rows = self.tables[table]
+            uuids = [u for k in dict.fromkeys(keys) for u in idx.uuids(k)]
+            if len(keys) > 1:  # a record of a multi-key index may be under several of the keys
+                uuids = sorted(dict.fromkeys(uuids), key=self._position.__getitem__)
+            return [rows[u] for u in uuids]
+
+    def count(self, table: str, index: str, keys: Iterable[Hashable]) -> int:
+        """How many records :meth:`lookup_many` would return (without building the list)."""
+        idx = self._indexes[table][index]
+        with self._mem:
+            return sum(len(idx.buckets.get(k, ())) for k in dict.fromkeys(keys) if _hashable(k))
+
+    def get_many(self, table: str, uuids: Iterable[str]) -> list[dict]:
+        """The records of ``table`` with these UUIDs (missing ones left out), in table order."""
+        with self._mem:
+            rows = self.tables[table]
+            found = [rows[u] for u in dict.fromkeys(uuids) if u in rows]
+            found.sort(key=lambda r: self._position[r["uuid"]])
+            return found
 
     def logs_after(self, last_id: int) -> list[dict]:
         """Log records with ``id > last_id`` in id order (websocket ``last_log_id`` replay)."""
-        lo, hi = 0, len(self._log_list)
-        while lo < hi:  # binary search: ids are increasing
-            mid = (lo + hi) // 2
-            if self._log_list[mid]["id"] <= last_id:
-                lo = mid + 1
-            else:
-                hi = mid
-        return self._log_list[lo:]
+        with self._mem:
+            log_list = self._log_list
+            lo, hi = 0, len(log_list)
+            while lo < hi:  # binary search: ids are increasing
+                mid = (lo + hi) // 2
+                if log_list[mid]["id"] <= last_id:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return log_list[lo:]
 
     @property
     def last_log_id(self) -> int:
         return self._next_log_id - 1
 
     def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        with self._lock:  # the connection is shared with writers on other threads
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -173,14 +286,49 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")  # memory is untouched: nothing of the change is seen
             raise
-        if record is not None:
-            self.tables[table][record["uuid"]] = record
-        else:
-            self.tables[table].pop(deleted["uuid"], None)  # type: ignore[index]
-        if entry is not None:
-            self.tables["logs"][entry["uuid"]] = entry
-            self._log_list.append(entry)
-            self._next_log_id = entry["id"] + 1
+        with self._mem:
+            if record is not None:
+                self._put(table, record)
+            else:
+                assert deleted is not None
+                self._remove(table, deleted["uuid"])
+            if entry is not None:
+                self._put("logs", entry)
+                self._log_list.append(entry)
+                self._next_log_id = entry["id"] + 1
+
+    def _put(self, table: str, record: dict) -> None:
+        """Store ``record`` in memory and move its index entries (caller holds ``_mem``)."""
+        rows = self.tables[table]
+        old = rows.get(record["uuid"])
+        rows[record["uuid"]] = record
+        if old is None:
+            self._index_add(table, record)
+            return
+        position = self._position[record["uuid"]]
+        for idx in self._indexes.get(table, {}).values():
+            before, after = idx.keys(old), idx.keys(record)
+            for key in before - after:
+                idx.remove(key, record["uuid"])
+            for key in after - before:
+                idx.add(key, record["uuid"], position)
+
+    def _remove(self, table: str, uuid: str) -> None:
+        old = self.tables[table].pop(uuid, None)
+        if old is None:
+            return
+        for idx in self._indexes.get(table, {}).values():
+            for key in idx.keys(old):
+                idx.remove(key, uuid)
+        del self._position[uuid]
+
+    def _index_add(self, table: str, record: dict) -> None:
+        """Give a new record its table position and index entries."""
+        position = self._position[record["uuid"]] = self._next_position
+        self._next_position += 1
+        for idx in self._indexes.get(table, {}).values():
+            for key in idx.keys(record):
+                idx.add(key, record["uuid"], position)
 
     def _write(self, table: str, record: dict) -> None:
         self._db.execute(
@@ -223,6 +371,14 @@ class Store:
                 fn(entry)
             except Exception:  # a broken subscriber must not break writes
                 logger.exception("event listener failed")
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _public(record: dict | None) -> dict | None:

@@ -9,20 +9,11 @@ import re
 import secrets
 import string
 
-# Resource table name -> (Arvados kind, five-character type code).
+from .registry import KINDS
+
+#: Resource table name -> (Arvados kind, five-character type code), from the registry.
 RESOURCE_KINDS: dict[str, tuple[str, str]] = {
-    "api_client_authorizations": ("arvados#apiClientAuthorization", "gj3su"),
-    "authorized_keys": ("arvados#authorizedKey", "fngyi"),
-    "collections": ("arvados#collection", "4zz18"),
-    "container_requests": ("arvados#containerRequest", "xvhdp"),
-    "containers": ("arvados#container", "dz642"),
-    "groups": ("arvados#group", "j7d0g"),
-    "keep_services": ("arvados#keepService", "bi6l4"),
-    "links": ("arvados#link", "o0j2j"),
-    "logs": ("arvados#log", "57u5n"),
-    "users": ("arvados#user", "tpzed"),
-    "virtual_machines": ("arvados#virtualMachine", "2x53u"),
-    "workflows": ("arvados#workflow", "7fd4e"),
+    t: (k.kind, k.uuid_code) for t, k in KINDS.items() if k.kind and k.uuid_code
 }
 
 TYPE_CODE_TO_TABLE = {code: table for table, (_kind, code) in RESOURCE_KINDS.items()}

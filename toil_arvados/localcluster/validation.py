@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from .registry import KINDS
+
 #: Keys Arvados allows in runtime_constraints ('cuda' is the legacy form of 'gpu').
 RUNTIME_CONSTRAINT_KEYS = ("API", "gpu", "keep_cache_disk", "keep_cache_ram", "ram", "vcpus", "cuda")
 GPU_KEYS = ("device_count", "driver_version", "hardware_target", "stack", "vram")
@@ -23,10 +25,7 @@ GPU_STACKS = (None, "", "cuda", "rocm")
 SCHEDULING_PARAMETER_KEYS = ("max_run_time", "partitions", "preemptible", "supervisor")
 #: Columns that are ``character varying(255)`` in Arvados' database (db/structure.sql): a longer
 #: value is refused by PostgreSQL ("value too long"), not truncated.
-NAME_COLUMNS: dict[str, tuple[str, ...]] = {
-    "collections": ("name",), "container_requests": ("name", "output_name"), "groups": ("name",),
-    "links": ("name",), "workflows": ("name",), "users": ("first_name", "last_name", "username"),
-}
+NAME_COLUMNS: dict[str, tuple[str, ...]] = {t: k.name_columns for t, k in KINDS.items() if k.name_columns}
 MAX_NAME_LENGTH = 255
 
 
