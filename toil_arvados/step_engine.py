@@ -20,7 +20,8 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ from .timestamps import parse_timestamp
 logger = logging.getLogger(__name__)
 
 PASS_THREADS = 8  # passes mostly wait on the API; more threads would only contend for the GIL
+SHUTDOWN_WAIT = 30.0  # seconds the leader's shutdown gives passes under way
 
 
 @dataclass
@@ -59,6 +61,7 @@ class NativeSteps:
         self._lock = threading.Lock()
         self._steps: dict[int, _Step] = {}
         self._pool = ThreadPoolExecutor(max_workers=PASS_THREADS, thread_name_prefix="cwl-step")
+        self._pending: set[Future] = set()
 
     # -- the batch system's side ---------------------------------------------------------------
 
@@ -66,7 +69,7 @@ class NativeSteps:
         step = _Step(batch_id, job_store_id, name)
         with self._lock:
             self._steps[batch_id] = step
-        self._pool.submit(self._pass, step)
+        self._submit(step)
 
     def issued(self) -> list[int]:
         with self._lock:
@@ -94,12 +97,17 @@ class NativeSteps:
                 _cancel(self.context.api, step.cr_uuid)
 
     def shutdown(self) -> None:
-        """Stop running passes (those under way finish); their requests are the caller's to cancel."""
+        """Start no more passes, and give those under way a little time to end: a pass that
+        submits after this cancels its own request (its step is marked killed); the requests of
+        those that ended are the caller's to cancel."""
         with self._lock:
             for step in self._steps.values():
                 step.killed = True
             self._steps.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pending = list(self._pending)
+        futures_wait(pending, timeout=SHUTDOWN_WAIT)
 
     # -- passes ----------------------------------------------------------------------------------
 
@@ -126,7 +134,20 @@ class NativeSteps:
     def _request_final(self, step: _Step, cr: dict, container: dict | None) -> None:
         """The tracker's callback: collect in the pool, not in the tracker's thread."""
         self.context.finished[step.job_store_id] = (cr, container)
-        self._pool.submit(self._pass, step)
+        self._submit(step)
+
+    def _submit(self, step: _Step) -> None:
+        try:
+            future = self._pool.submit(self._pass, step)
+        except RuntimeError:  # shut down meanwhile
+            return
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget_future)
+
+    def _forget_future(self, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     def _done(self, step: _Step, exit_code: int) -> None:
         finished = self.context.finished.pop(step.job_store_id, None)
