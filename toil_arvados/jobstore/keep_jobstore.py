@@ -34,6 +34,9 @@ import logging
 import os
 import pickle
 import threading
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -67,6 +70,12 @@ KEEP_SCHEME = "keep"
 KEEP_MOUNT_ENV = "TOIL_ARVADOS_KEEP_MOUNT"
 PAGE = 1000
 PARALLEL = 8
+# read_logs answers "nothing new" without asking the server while its last poll found nothing,
+# less than this many seconds ago, and no instance in this process has written a log since.
+# Toil's leader polls every 0.5 s when idle; this bounds that to one list per interval.
+LOG_POLL_INTERVAL = 5.0
+# Job descriptions kept per instance (least recently used dropped first; a miss only costs a get).
+JOB_CACHE_SIZE = 4096
 
 
 class UnknownProjectError(NoSuchJobStoreException, ArvadosSetupError):
@@ -100,17 +109,82 @@ def _like_escape(text: str) -> str:
 _home_projects: dict[int, str] = {}
 _home_lock = threading.Lock()
 
+# The open (initialized or resumed) instance per full locator, for instance_for().
+_open_stores: weakref.WeakValueDictionary[str, KeepJobStore] = weakref.WeakValueDictionary()
+# Logs written in this process per full locator: lets read_logs skip a poll with a clear conscience.
+_log_writes: dict[str, int] = {}
+_registry_lock = threading.Lock()
+
+
+def _full_locator_of(locator: str) -> str:
+    """``arvados:<rest>`` or ``<rest>`` -> the canonical ``arvados:<rest>``."""
+    prefix = locators.PREFIX + ":"
+    return locators.parse(locator[len(prefix):] if locator.startswith(prefix) else locator).locator()
+
 
 class KeepJobStore(AbstractJobStore, HintedJobStore):
-    """A Toil job store whose records are collections in one Arvados project."""
+    """A Toil job store whose records are collections in one Arvados project.
+
+    Thread safety: one instance may be used by several threads of a process at once (the leader
+    and the CWL steps it runs in its own threads share the instance; see :meth:`instance_for`).
+    Every server update is a single atomic call, the process-local caches below are guarded by
+    one lock, and :meth:`batch` collects only the calling thread's jobs.
+
+    Process-local caches, and why each cannot be stale where it is used:
+
+    - hinted slot -> collection UUID: a slot's name is taken forever (deleted files become
+      tombstones under the same UUID), so the mapping never changes; content is always read from
+      the server, and an update that lands on a tombstone is undone and reported as missing.
+    - shared file name -> UUID: verified by the update itself (a 404 falls back to a lookup).
+    - job descriptions this process wrote or read: served only while this process is the only
+      one that can have written the job, i.e. inside :meth:`running_here` (the job runs in this
+      process, so no Toil worker elsewhere holds it), and once more right after that block (the
+      leader's reload of a job its own thread ran). Everything else goes to the server, so a job
+      a worker in another process updated is always re-read.
+    - jobs deleted by this process: gone at once for this process; the server deletes may lag
+      (``delete_job`` returns after the durable part, see there).
+    """
 
     def __init__(self, locator: str) -> None:
         super().__init__(locator)
         self._location = locators.parse(locator)
         self._full_locator = self._location.locator()
         self._project: str | None = None
+        self._lock = threading.RLock()
         self._shared_uuids: dict[str, str] = {}
-        self._batched: list[JobDescription] | None = None
+        self._slots: dict[str, str] = {}  # hinted slot path -> collection UUID
+        self._jobs: OrderedDict[str, bytes] = OrderedDict()  # job ID -> last pickle seen or written here
+        self._running: dict[str, int] = {}  # job ID -> running_here() depth (over all threads)
+        self._fresh: set[str] = set()  # jobs whose cached copy is authoritative for one more load
+        self._deleted: set[str] = set()  # jobs this process deleted
+        self._local = threading.local()  # per-thread: the open batch()
+        self._log_lock = threading.Lock()
+        self._log_seen = 0
+        self._log_empty_at: float | None = None
+
+    @classmethod
+    def instance_for(cls, locator: str) -> KeepJobStore | None:
+        """The instance this process opened (``initialize``/``resume``) for ``locator``, or None.
+
+        In-process users of a running workflow (the leader's step engine) take this one instead of
+        opening their own, so they share its caches and its read-your-writes view of jobs.
+        ``locator`` may have the ``arvados:`` prefix or not.
+        """
+        try:
+            key = _full_locator_of(locator)
+        except locators.BadLocatorError:
+            return None
+        with _registry_lock:
+            return _open_stores.get(key)
+
+    def _register(self) -> None:
+        with _registry_lock:
+            _open_stores[self._full_locator] = self
+
+    def _unregister(self) -> None:
+        with _registry_lock:
+            if _open_stores.get(self._full_locator) is self:
+                del _open_stores[self._full_locator]
 
     def __repr__(self) -> str:
         return f"KeepJobStore({self._full_locator})"
@@ -203,11 +277,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                     return mine
             raise
 
-    def _update(self, uuid: str, **fields: Any) -> dict | None:
+    def _update(self, uuid: str, select: list[str] | None = None, **fields: Any) -> dict | None:
         """Update fields of a collection; None if it no longer exists."""
         try:
             return self._api.collections().update(uuid=uuid, body={"collection": fields},
-                                                  select=["uuid", "portable_data_hash"]).execute()
+                                                  select=sorted({"uuid", "portable_data_hash", *(select or [])})
+                                                  ).execute()
         except Exception as e:
             if _status(e) == 404:
                 return None
@@ -248,6 +323,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             raise
         logger.debug("Created job store %s as project %s", self._full_locator, self._project)
         super().initialize(config)
+        self._register()
 
     def resume(self) -> None:
         project = self._find_project()
@@ -256,6 +332,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             raise NoSuchJobStoreException(self.locator, locators.PREFIX)
         self._project = project
         super().resume()
+        self._register()
 
     def destroy(self) -> None:
         """Delete every record, then the project: idempotent, and safe on a half-made store."""
@@ -278,7 +355,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             if _status(e) != 404:
                 raise
         self._project = None
-        self._shared_uuids.clear()
+        with self._lock:
+            for cache in (self._shared_uuids, self._slots, self._jobs, self._running):
+                cache.clear()
+            self._fresh.clear()
+            self._deleted.clear()
+        self._unregister()
         logger.debug("Destroyed job store %s", self._full_locator)
 
     def get_env(self) -> dict[str, str]:
@@ -298,70 +380,165 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Jobs created in the block are saved at its end, several at once."""
-        self._batched = []
+        """Jobs this thread creates in the block are saved at its end, several at once."""
+        outer = getattr(self._local, "batched", None)
+        self._local.batched = batched = [] if outer is None else outer
         try:
             yield
         finally:
-            batched, self._batched = self._batched, None
-        if batched:
+            self._local.batched = outer
+        if outer is None and batched:
             with ThreadPoolExecutor(PARALLEL) as pool:
                 list(pool.map(self.update_job, batched))
 
     def create_job(self, job_description: JobDescription) -> JobDescription:
-        if self._batched is not None:
-            self._batched.append(job_description)
+        batched = getattr(self._local, "batched", None)
+        if batched is not None:
+            batched.append(job_description)
         else:
             self.update_job(job_description)
         return job_description
+
+    @contextmanager
+    def running_here(self, job_id: str) -> Iterator[None]:
+        """Declare that job ``job_id`` runs in this process (a thread of the leader) for the block.
+
+        Toil hands a job to one runner at a time, so while the block is open no process but this
+        one can write the job: ``load_job``/``job_exists`` answer from what this process last
+        wrote or read, without a server call. The first ``load_job`` after the block (Toil's
+        leader reloading the job its thread just ran) is served the same way; later loads read
+        the server again, since the leader may by then have issued the job elsewhere.
+        """
+        job_id = str(job_id)
+        with self._lock:
+            self._running[job_id] = self._running.get(job_id, 0) + 1
+            self._fresh.discard(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                depth = self._running.pop(job_id) - 1
+                if depth:
+                    self._running[job_id] = depth
+                elif job_id in self._jobs:
+                    self._fresh.add(job_id)
+
+    def forget_job(self, job_id: str) -> None:
+        """Drop what this process knows of a job: the next load reads the server."""
+        with self._lock:
+            self._jobs.pop(str(job_id), None)
+            self._fresh.discard(str(job_id))
+
+    def _cached_job(self, job_id: str, consume: bool) -> bytes | None:
+        """The cached pickle of ``job_id`` if no other process can have changed it, else None."""
+        with self._lock:
+            data = self._jobs.get(job_id)
+            if data is None:
+                return None
+            if job_id in self._running:
+                return data
+            if job_id in self._fresh:
+                if consume:
+                    self._fresh.discard(job_id)
+                return data
+            return None
 
     def update_job(self, job_description: JobDescription) -> None:
         job_id = str(job_description.jobStoreID)
         if not naming.is_job_id(job_id):
             raise NoSuchJobException(job_id)
         job_description.pre_update_hook()
+        data = pickle.dumps(job_description, protocol=pickle.HIGHEST_PROTOCOL)
         writer = self._writer(naming.JOB_FILE)
-        writer.write_bytes(pickle.dumps(job_description, protocol=pickle.HIGHEST_PROTOCOL))
+        writer.write_bytes(data)
         props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id}
         if self._update(job_id, manifest_text=writer.manifest_text(), properties=props) is None:
             raise NoSuchJobException(job_id)
+        self._remember_job(job_id, data)
 
     def job_exists(self, job_id: str) -> bool:
-        if not naming.is_job_id(str(job_id)):
+        job_id = str(job_id)
+        if not naming.is_job_id(job_id):
             return False
-        rec = self._get(str(job_id), select=[])
+        with self._lock:
+            if job_id in self._deleted:
+                return False
+        if self._cached_job(job_id, consume=False) is not None:
+            return True
+        rec = self._get(job_id, select=[])
         return rec is not None and rec["properties"].get(KIND) == naming.KIND_JOB
 
     def load_job(self, job_id: str) -> JobDescription:
-        rec = self._get(str(job_id)) if naming.is_job_id(str(job_id)) else None
-        if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
-            raise NoSuchJobException(job_id)
-        return self._job_from(rec)
+        job_id = str(job_id)
+        with self._lock:
+            if job_id in self._deleted:
+                raise NoSuchJobException(job_id)
+        data = self._cached_job(job_id, consume=True)
+        if data is None:
+            rec = self._get(job_id) if naming.is_job_id(job_id) else None
+            if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
+                raise NoSuchJobException(job_id)
+            data = self._job_bytes(rec)
+        return self._unpickle_job(data)
 
-    def _job_from(self, rec: dict) -> JobDescription:
-        job = pickle.loads(collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE))
+    def _job_bytes(self, rec: dict) -> bytes:
+        data = collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE)
+        self._remember_job(rec["uuid"], data)
+        return data
+
+    def _remember_job(self, job_id: str, data: bytes) -> None:
+        with self._lock:
+            self._jobs[job_id] = data
+            self._jobs.move_to_end(job_id)
+            while len(self._jobs) > JOB_CACHE_SIZE:
+                old, _ = self._jobs.popitem(last=False)
+                self._fresh.discard(old)
+
+    def _unpickle_job(self, data: bytes) -> JobDescription:
+        job = pickle.loads(data)
         job.assignConfig(self.config)
         return job
 
     def delete_job(self, job_id: str) -> None:
-        if not naming.is_job_id(str(job_id)):
+        job_id = str(job_id)
+        if not naming.is_job_id(job_id):
             return
         job_rec = None
-        for rec in list(self._list([[f"properties.{naming.CLEANUP_JOB}", "=", str(job_id)]],
-                                   ["name", "properties"])):
+        files = []
+        for rec in list(self._list([[f"properties.{naming.CLEANUP_JOB}", "=", job_id]], ["name", "properties"])):
             if rec["uuid"] == job_id:
                 job_rec = rec
             else:
-                self._delete_file_record(rec)
+                files.append(rec)
+        self._parallel(self._delete_file_record, files)
         if job_rec is not None:
             self._delete(job_id)
+        with self._lock:
+            self._deleted.add(job_id)
+            self._jobs.pop(job_id, None)
+            self._fresh.discard(job_id)
+
+    @staticmethod
+    def _parallel(fn: Callable[[Any], Any], items: list) -> None:
+        """``fn`` over ``items``, several at once when there are several (each is one API call)."""
+        if len(items) <= 1:
+            for item in items:
+                fn(item)
+            return
+        with ThreadPoolExecutor(min(PARALLEL, len(items))) as pool:
+            list(pool.map(fn, items))
 
     def jobs(self) -> Iterator[JobDescription]:
         for rec in self._list([[f"properties.{KIND}", "=", naming.KIND_JOB]], ["manifest_text", "properties"]):
+            with self._lock:
+                if rec["uuid"] in self._deleted:
+                    continue
             try:
-                yield self._job_from(rec)
+                data = self._job_bytes(rec)
             except Exception as e:  # deleted under us: its blocks may already be gone
                 logger.debug("Skipping job %s: %s", rec["uuid"], e)
+                continue
+            yield self._unpickle_job(data)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -392,8 +569,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         """
         def attempt(slot_path: str) -> bool:
             try:
-                self._create(naming.hint_name(slot_path), {**props, naming.PATH: slot_path}, manifest_text,
-                             name_is_ours=False)
+                rec = self._create(naming.hint_name(slot_path), {**props, naming.PATH: slot_path}, manifest_text,
+                                   name_is_ours=False)
+                self._remember_slot(slot_path, rec["uuid"])
                 return True
             except Exception as e:
                 # Taken only if a record of that name exists: another 422 must not walk the slots.
@@ -422,17 +600,35 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             n += 1
         raise RuntimeError(f"no free hinted slot for {hints_str}/{basename}")
 
+    def _remember_slot(self, slot_path: str, uuid: str) -> None:
+        with self._lock:
+            self._slots[slot_path] = uuid
+
+    def _slot_uuid(self, slot_path: str) -> str | None:
+        with self._lock:
+            return self._slots.get(slot_path)
+
     def _file_record(self, file_id: str, select: list[str] | None = None) -> dict | None:
-        """The live record behind a file ID, or None."""
-        uuid, slot = naming.parse_file_id(str(file_id))
+        """The live record behind a file ID, or None.
+
+        A hinted ID whose slot this process has seen is fetched by UUID (its name, hence its UUID,
+        is taken forever); otherwise one list by name finds it."""
+        uuid, rest = naming.parse_file_id(str(file_id))
+        hinted = uuid is None
+        if hinted:
+            uuid = self._slot_uuid(rest)
         if uuid is not None:
             rec = self._get(uuid, select)
         else:
-            rec = self._by_name(naming.hint_name(slot), ["owner_uuid", "portable_data_hash", "file_size_total",
+            rec = self._by_name(naming.hint_name(rest), ["owner_uuid", "portable_data_hash", "file_size_total",
                                                           "manifest_text", *(select or [])])
-            if rec is not None and rec["properties"].get(naming.PATH) != slot:
-                rec = None
-        if rec is None or rec["properties"].get(KIND) != naming.KIND_FILE:
+        if rec is None:
+            return None
+        if hinted:
+            if rec["properties"].get(naming.PATH) != rest:
+                return None
+            self._remember_slot(rest, rec["uuid"])
+        if rec["properties"].get(KIND) != naming.KIND_FILE:
             return None
         return rec
 
@@ -476,6 +672,15 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     def _replace_content(self, file_id: str, manifest_text: str) -> None:
         """The atomic update: one manifest replaced on one record."""
         uuid, slot = naming.parse_file_id(str(file_id))
+        if uuid is None and (cached := self._slot_uuid(slot)) is not None:
+            # Known slot: update blindly, then check it was not a tombstone (undo if it was).
+            rec = self._update(cached, select=["properties"], manifest_text=manifest_text)
+            if rec is None:
+                raise NoSuchFileException(file_id)
+            if rec["properties"].get(KIND) != naming.KIND_FILE:
+                self._update(cached, manifest_text="")
+                raise NoSuchFileException(file_id)
+            return
         if uuid is None:
             rec = self._file_record(file_id, [])
             if rec is None:
@@ -543,9 +748,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._delete(rec["uuid"])
 
     def delete_file(self, file_id: str) -> None:
-        uuid, _ = naming.parse_file_id(str(file_id))
+        uuid, slot = naming.parse_file_id(str(file_id))
         if uuid is not None:
             rec = {"uuid": uuid, "properties": {}}
+        elif (cached := self._slot_uuid(slot)) is not None:
+            rec = {"uuid": cached, "properties": {naming.PATH: slot}}
         else:
             rec = self._file_record(file_id, [])
             if rec is None:
@@ -612,21 +819,22 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         """Create or replace the shared file ``name``; concurrent creators settle on one record."""
         if rename_to is not None:
             manifest_text = self._renamed(manifest_text, rename_to)
-        cached = self._shared_uuids.get(name)
+        with self._lock:
+            cached = self._shared_uuids.get(name)
         if cached is not None and self._update(cached, manifest_text=manifest_text) is not None:
             return
         for _ in range(5):
             try:
                 rec = self._create(naming.shared_name(name), {KIND: naming.KIND_SHARED}, manifest_text,
                                    name_is_ours=False)
-                self._shared_uuids[name] = rec["uuid"]
+                self._remember_shared(name, rec["uuid"])
                 return
             except Exception as e:
                 if not _is_conflict(e):
                     raise
             existing = self._by_name(naming.shared_name(name), [])
             if existing is not None and self._update(existing["uuid"], manifest_text=manifest_text) is not None:
-                self._shared_uuids[name] = existing["uuid"]
+                self._remember_shared(name, existing["uuid"])
                 return
         raise RuntimeError(f"could not save shared file {name} in {self._full_locator}: it keeps changing")
 
@@ -658,8 +866,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         rec = self._by_name(naming.shared_name(shared_file_name), select)
         if rec is None or rec["properties"].get(KIND) != naming.KIND_SHARED:
             raise NoSuchFileException(shared_file_name)
-        self._shared_uuids[shared_file_name] = rec["uuid"]
+        self._remember_shared(shared_file_name, rec["uuid"])
         return rec
+
+    def _remember_shared(self, name: str, uuid: str) -> None:
+        with self._lock:
+            self._shared_uuids[name] = uuid
 
     @contextmanager
     def read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
@@ -681,8 +893,33 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         writer.write_bytes(msg.encode("utf-8") if isinstance(msg, str) else msg)
         self._create(naming.log_name(), {KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW},
                      writer.manifest_text())
+        with _registry_lock:
+            _log_writes[self._full_locator] = _log_writes.get(self._full_locator, 0) + 1
+
+    def _logs_written_here(self) -> int:
+        with _registry_lock:
+            return _log_writes.get(self._full_locator, 0)
+
+    def _may_skip_log_poll(self) -> bool:
+        """True while the last poll found nothing, recently, and nobody here wrote a log since.
+
+        Logs of other processes then reach the leader up to LOG_POLL_INTERVAL later; they are not
+        lost (they stay unread on the server until a poll or ``read_all`` takes them)."""
+        if self._log_empty_at is None or self._logs_written_here() != self._log_seen:
+            return False
+        return time.monotonic() - self._log_empty_at < LOG_POLL_INTERVAL
 
     def read_logs(self, callback: Callable[..., Any], read_all: bool = False) -> int:
+        with self._log_lock:  # two concurrent readers would hand the same log out twice
+            if not read_all and self._may_skip_log_poll():
+                return 0
+            written = self._logs_written_here()
+            processed = self._read_logs(callback, read_all)
+            self._log_seen = written
+            self._log_empty_at = time.monotonic() if processed == 0 else None
+            return processed
+
+    def _read_logs(self, callback: Callable[..., Any], read_all: bool) -> int:
         filters: list = [[f"properties.{KIND}", "=", naming.KIND_LOG]]
         if not read_all:
             filters.append([f"properties.{naming.LOG_STATE}", "=", naming.LOG_NEW])
