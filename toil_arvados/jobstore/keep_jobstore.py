@@ -152,7 +152,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._project: str | None = None
         self._lock = threading.RLock()
         self._shared_uuids: dict[str, str] = {}
-        self._slots: dict[str, str] = {}  # hinted slot path -> collection UUID
+        self._slots: dict[tuple[str, str], str] = {}  # ("slot", path) / ("named", key) -> UUID
         self._jobs: OrderedDict[str, bytes] = OrderedDict()  # job ID -> last pickle seen or written here
         self._running: dict[str, int] = {}  # job ID -> running_here() depth (over all threads)
         self._fresh: set[str] = set()  # jobs whose cached copy is authoritative for one more load
@@ -602,38 +602,54 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def _remember_slot(self, slot_path: str, uuid: str) -> None:
         with self._lock:
-            self._slots[slot_path] = uuid
+            self._slots[("slot", slot_path)] = uuid
 
-    def _slot_uuid(self, slot_path: str) -> str | None:
+    def _locate(self, file_id: str) -> tuple[str | None, tuple[str, str] | None, str | None]:
+        """Where a file ID's record is: (its UUID if known here, cache key, name to find it by).
+
+        Hinted and ``n-<key>`` IDs name their record; the name -> UUID mapping never changes
+        (names are random, or taken forever), so it is cached once seen."""
+        named = naming.parse_named_file_id(file_id)
+        if named is not None:
+            key = ("named", named[0])
+            with self._lock:
+                return self._slots.get(key), key, naming.named_file_name(named[0])
+        uuid, rest = naming.parse_file_id(file_id)
+        if uuid is not None:
+            return uuid, None, None
+        key = ("slot", rest)
         with self._lock:
-            return self._slots.get(slot_path)
+            return self._slots.get(key), key, naming.hint_name(rest)
 
     def _file_record(self, file_id: str, select: list[str] | None = None) -> dict | None:
         """The live record behind a file ID, or None.
 
         A hinted ID whose slot this process has seen is fetched by UUID (its name, hence its UUID,
         is taken forever); otherwise one list by name finds it."""
-        uuid, rest = naming.parse_file_id(str(file_id))
-        hinted = uuid is None
-        if hinted:
-            uuid = self._slot_uuid(rest)
+        uuid, key, name = self._locate(str(file_id))
         if uuid is not None:
             rec = self._get(uuid, select)
+        elif name is not None:
+            rec = self._by_name(name, ["owner_uuid", "portable_data_hash", "file_size_total",
+                                       "manifest_text", *(select or [])])
         else:
-            rec = self._by_name(naming.hint_name(rest), ["owner_uuid", "portable_data_hash", "file_size_total",
-                                                          "manifest_text", *(select or [])])
+            return None
         if rec is None:
             return None
-        if hinted:
-            if rec["properties"].get(naming.PATH) != rest:
-                return None
-            self._remember_slot(rest, rec["uuid"])
+        if key is not None:
+            if key[0] == "slot" and rec["properties"].get(naming.PATH) != key[1]:
+                return None  # a shortened name shared by another slot
+            with self._lock:
+                self._slots[key] = rec["uuid"]
         if rec["properties"].get(KIND) != naming.KIND_FILE:
             return None
         return rec
 
     @staticmethod
     def _file_basename(file_id: str) -> str:
+        named = naming.parse_named_file_id(str(file_id))
+        if named is not None:
+            return named[1]
         uuid, rest = naming.parse_file_id(str(file_id))
         return rest if uuid is not None else naming.slot_basename(rest)
 
@@ -650,9 +666,16 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                           basename: str | None = None, encoding: str | None = None,
                           errors: str | None = None) -> Iterator[tuple[IO[Any], str]]:
         name = naming.basename_of(basename)
-        empty = self._writer(name)
-        empty.write_bytes(b"")
-        file_id = self._new_file(name, self._file_properties(job_id, cleanup), hints, empty.manifest_text())
+        props = self._file_properties(job_id, cleanup)
+        if self.hints_to_string(hints):
+            # The slot must be claimed before its ID can be handed out: create, then fill.
+            empty = self._writer(name)
+            empty.write_bytes(b"")
+            file_id = self._new_file(name, props, hints, empty.manifest_text())
+        else:
+            # The ID names a record that does not exist yet: one create, once the bytes are in.
+            key = naming.new_file_key()
+            file_id = naming.named_file_id(key, name)
         writer = self._writer(name)
         try:
             with writer.open(encoding, errors) as handle:
@@ -660,7 +683,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         except BaseException:
             writer.discard()
             raise
-        self._replace_content(file_id, writer.manifest_text())
+        if self.hints_to_string(hints):
+            self._replace_content(file_id, writer.manifest_text())
+            return
+        rec = self._create(naming.named_file_name(key), props, writer.manifest_text())
+        with self._lock:
+            self._slots[("named", key)] = rec["uuid"]
 
     def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
                                 basename: str | None = None, hints: list[str] | None = None) -> str:
@@ -671,14 +699,14 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def _replace_content(self, file_id: str, manifest_text: str) -> None:
         """The atomic update: one manifest replaced on one record."""
-        uuid, slot = naming.parse_file_id(str(file_id))
-        if uuid is None and (cached := self._slot_uuid(slot)) is not None:
-            # Known slot: update blindly, then check it was not a tombstone (undo if it was).
-            rec = self._update(cached, select=["properties"], manifest_text=manifest_text)
+        uuid, key, _ = self._locate(str(file_id))
+        if uuid is not None and key is not None:
+            # Known name: update blindly, then check it was not a tombstone (undo if it was).
+            rec = self._update(uuid, select=["properties"], manifest_text=manifest_text)
             if rec is None:
                 raise NoSuchFileException(file_id)
             if rec["properties"].get(KIND) != naming.KIND_FILE:
-                self._update(cached, manifest_text="")
+                self._update(uuid, manifest_text="")
                 raise NoSuchFileException(file_id)
             return
         if uuid is None:
@@ -748,11 +776,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._delete(rec["uuid"])
 
     def delete_file(self, file_id: str) -> None:
-        uuid, slot = naming.parse_file_id(str(file_id))
+        uuid, key, _ = self._locate(str(file_id))
         if uuid is not None:
-            rec = {"uuid": uuid, "properties": {}}
-        elif (cached := self._slot_uuid(slot)) is not None:
-            rec = {"uuid": cached, "properties": {naming.PATH: slot}}
+            rec = {"uuid": uuid, "properties": {naming.PATH: key[1]} if key and key[0] == "slot" else {}}
         else:
             rec = self._file_record(file_id, [])
             if rec is None:

@@ -9,6 +9,8 @@ kind          collection name                 ID Toil sees
 ============  ==============================  ====================================================
 job           ``job:<jobName>:<random>``      the collection UUID
 file          ``file:<basename>:<random>``    ``<collection UUID>/<quoted basename>``
+streamed file ``file:<key>``                  ``n-<key>/<quoted basename>`` (``<key>``: 16 random
+                                              hex digits, chosen before the collection exists)
 hinted file   ``hint:<slot path>``            the slot path ``<hints>/files/[N/]<basename>``
 tombstone     ``hint:<hints>/deleted/...``    (never handed out)
 shared file   ``shared:<name>``               the shared name
@@ -58,6 +60,8 @@ MAX_NAME = 250
 COLLECTION_UUID_RE = re.compile(r"^[a-z0-9]{5}-4zz18-[a-z0-9]{15}$")
 PROJECT_UUID_RE = re.compile(r"^[a-z0-9]{5}-(j7d0g|tpzed)-[a-z0-9]{15}$")
 _UNHINTED_ID_RE = re.compile(r"^([a-z0-9]{5}-4zz18-[a-z0-9]{15})/([^/]+)$")
+# Two segments: never a hinted ID, which always has a ``/files/`` segment in between.
+_NAMED_ID_RE = re.compile(r"^n-([0-9a-f]{16})/([^/]+)$")
 
 
 def _fit(name: str) -> str:
@@ -105,6 +109,25 @@ def is_tombstone_path(slot_path: str) -> bool:
 
 def unhinted_file_id(collection_uuid: str, basename: str) -> str:
     return f"{collection_uuid}/{quote(basename, safe='')}"
+
+
+def new_file_key() -> str:
+    return _suffix()
+
+
+def named_file_id(key: str, basename: str) -> str:
+    """The ID of a file whose record will be named :func:`named_file_name` (``key``)."""
+    return f"n-{key}/{quote(basename, safe='')}"
+
+
+def named_file_name(key: str) -> str:
+    return f"file:{key}"
+
+
+def parse_named_file_id(file_id: str) -> tuple[str, str] | None:
+    """``(key, basename)`` of an ``n-<key>/<basename>`` ID, else None."""
+    m = _NAMED_ID_RE.match(file_id)
+    return (m.group(1), unquote(m.group(2))) if m else None
 
 
 def parse_file_id(file_id: str) -> tuple[str | None, str]:
