@@ -157,6 +157,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._running: dict[str, int] = {}  # job ID -> running_here() depth (over all threads)
         self._fresh: set[str] = set()  # jobs whose cached copy is authoritative for one more load
         self._deleted: set[str] = set()  # jobs this process deleted
+        self._assigned: set[str] = set()  # job IDs assigned here whose record is not created yet
+        self._job_uuids: dict[str, str] = {}  # job ID -> its collection's UUID (never changes)
         self._local = threading.local()  # per-thread: the open batch()
         self._log_lock = threading.Lock()
         self._log_seen = 0
@@ -356,10 +358,10 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 raise
         self._project = None
         with self._lock:
-            for cache in (self._shared_uuids, self._slots, self._jobs, self._running):
+            for cache in (self._shared_uuids, self._slots, self._jobs, self._running, self._job_uuids):
                 cache.clear()
-            self._fresh.clear()
-            self._deleted.clear()
+            for ids in (self._fresh, self._deleted, self._assigned):
+                ids.clear()
         self._unregister()
         logger.debug("Destroyed job store %s", self._full_locator)
 
@@ -375,8 +377,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     # -- jobs ----------------------------------------------------------------------------------
 
     def assign_job_id(self, job_description: JobDescription) -> None:
-        rec = self._create(naming.job_name(job_description.jobName), {KIND: naming.KIND_JOB_ID})
-        job_description.jobStoreID = rec["uuid"]
+        """A random ID, no API call: the record (named after the ID) is created by the first save."""
+        job_id = naming.new_job_id()
+        with self._lock:
+            self._assigned.add(job_id)
+        job_description.jobStoreID = job_id
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -388,16 +393,18 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         finally:
             self._local.batched = outer
         if outer is None and batched:
-            with ThreadPoolExecutor(PARALLEL) as pool:
-                list(pool.map(self.update_job, batched))
+            self._parallel(self._create_job, batched)
 
     def create_job(self, job_description: JobDescription) -> JobDescription:
         batched = getattr(self._local, "batched", None)
         if batched is not None:
             batched.append(job_description)
         else:
-            self.update_job(job_description)
+            self._create_job(job_description)
         return job_description
+
+    def _create_job(self, job_description: JobDescription) -> None:
+        self._save_job(job_description, create=True)
 
     @contextmanager
     def running_here(self, job_id: str) -> Iterator[None]:
@@ -444,17 +451,58 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             return None
 
     def update_job(self, job_description: JobDescription) -> None:
+        self._save_job(job_description, create=False)
+
+    def _save_job(self, job_description: JobDescription, create: bool) -> None:
+        """One call: create the record (first save of an ID assigned here) or replace its manifest."""
         job_id = str(job_description.jobStoreID)
         if not naming.is_job_id(job_id):
+            raise NoSuchJobException(job_id)
+        with self._lock:
+            create = create or (job_id in self._assigned and job_id not in self._job_uuids)
+        uuid = None if create else self._job_uuid(job_id)
+        if uuid is None and not create:
             raise NoSuchJobException(job_id)
         job_description.pre_update_hook()
         data = pickle.dumps(job_description, protocol=pickle.HIGHEST_PROTOCOL)
         writer = self._writer(naming.JOB_FILE)
         writer.write_bytes(data)
-        props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id}
-        if self._update(job_id, manifest_text=writer.manifest_text(), properties=props) is None:
+        props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id,
+                 naming.JOB_NAME: naming.job_label(job_description.jobName)}
+        if uuid is None:
+            rec = self._create(naming.job_record_name(job_id), props, writer.manifest_text())
+            with self._lock:
+                self._job_uuids[job_id] = rec["uuid"]
+                self._assigned.discard(job_id)
+        elif self._update(uuid, manifest_text=writer.manifest_text(), properties=props) is None:
             raise NoSuchJobException(job_id)
         self._remember_job(job_id, data)
+
+    def _job_uuid(self, job_id: str) -> str | None:
+        """The collection of a job: known here once seen (IDs are never reused), else one list."""
+        with self._lock:
+            uuid = self._job_uuids.get(job_id)
+        if uuid is not None:
+            return uuid
+        rec = self._job_record(job_id, [])
+        return rec["uuid"] if rec is not None else None
+
+    def _job_record(self, job_id: str, select: list[str] | None) -> dict | None:
+        """The live record of a saved job, or None."""
+        if not naming.is_job_id(job_id):
+            return None
+        with self._lock:
+            uuid = self._job_uuids.get(job_id)
+        if uuid is not None:
+            rec = self._get(uuid, select)
+        else:
+            wanted = ["manifest_text"] if select is None else select
+            rec = self._by_name(naming.job_record_name(job_id), ["owner_uuid", *wanted])
+        if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
+            return None
+        with self._lock:
+            self._job_uuids[job_id] = rec["uuid"]
+        return rec
 
     def job_exists(self, job_id: str) -> bool:
         job_id = str(job_id)
@@ -465,8 +513,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 return False
         if self._cached_job(job_id, consume=False) is not None:
             return True
-        rec = self._get(job_id, select=[])
-        return rec is not None and rec["properties"].get(KIND) == naming.KIND_JOB
+        return self._job_record(job_id, []) is not None
 
     def load_job(self, job_id: str) -> JobDescription:
         job_id = str(job_id)
@@ -475,15 +522,15 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 raise NoSuchJobException(job_id)
         data = self._cached_job(job_id, consume=True)
         if data is None:
-            rec = self._get(job_id) if naming.is_job_id(job_id) else None
-            if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
+            rec = self._job_record(job_id, None)
+            if rec is None:
                 raise NoSuchJobException(job_id)
-            data = self._job_bytes(rec)
+            data = self._job_bytes(job_id, rec)
         return self._unpickle_job(data)
 
-    def _job_bytes(self, rec: dict) -> bytes:
+    def _job_bytes(self, job_id: str, rec: dict) -> bytes:
         data = collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE)
-        self._remember_job(rec["uuid"], data)
+        self._remember_job(job_id, data)
         return data
 
     def _remember_job(self, job_id: str, data: bytes) -> None:
@@ -506,13 +553,13 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         job_rec = None
         files = []
         for rec in list(self._list([[f"properties.{naming.CLEANUP_JOB}", "=", job_id]], ["name", "properties"])):
-            if rec["uuid"] == job_id:
+            if rec["properties"].get(KIND) == naming.KIND_JOB:
                 job_rec = rec
             else:
                 files.append(rec)
         self._parallel(self._delete_file_record, files)
         if job_rec is not None:
-            self._delete(job_id)
+            self._delete(job_rec["uuid"])
         with self._lock:
             self._deleted.add(job_id)
             self._jobs.pop(job_id, None)
@@ -530,11 +577,13 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def jobs(self) -> Iterator[JobDescription]:
         for rec in self._list([[f"properties.{KIND}", "=", naming.KIND_JOB]], ["manifest_text", "properties"]):
+            job_id = rec["properties"].get(naming.CLEANUP_JOB, "")
             with self._lock:
-                if rec["uuid"] in self._deleted:
+                if job_id in self._deleted or not naming.is_job_id(job_id):
                     continue
+                self._job_uuids[job_id] = rec["uuid"]
             try:
-                data = self._job_bytes(rec)
+                data = self._job_bytes(job_id, rec)
             except Exception as e:  # deleted under us: its blocks may already be gone
                 logger.debug("Skipping job %s: %s", rec["uuid"], e)
                 continue
