@@ -7,24 +7,32 @@ replacement on the API server, so concurrent workers (separate processes, separa
 corrupt each other's writes; "create if absent" races are settled by Arvados' per-owner unique
 names (the loser gets a 422 and takes the winner's record).
 
-API calls per operation (Keep block transfers not counted):
+API calls per operation (Keep block transfers not counted). "Seen here": this process created,
+loaded or looked up the record before; records are found by name once, then by UUID, since a name
+is never reused (job and streamed-file IDs are random, hinted slots are taken forever).
 
 =========================  ===================================================================
-assign_job_id              1 create (the job ID is the collection UUID)
-create_job / update_job    1 update (+ Keep PUT of the pickled JobDescription)
-load_job                   1 get (+ Keep GET)
-job_exists                 1 get (``select``: no manifest signing)
-delete_job                 1 list (the job + its cleanup files) + 1 delete each
+assign_job_id              none (the ID ``j-<random>`` is chosen locally)
+create_job                 1 create (the job's record); in ``batch()``, up to PARALLEL at once
+update_job                 1 update (+1 list for a job not seen here)
+load_job                   1 get, or 1 list for a job not seen here; none inside
+                           ``running_here(job)`` and for the first load after it
+job_exists                 1 get (``select``: no manifest signing), or 1 list; none for a job
+                           deleted here or inside ``running_here(job)``
+delete_job                 1 list (the job + its cleanup files) + 1 delete each (in parallel)
 jobs()                     1 list per 1000 jobs (manifests come with the list)
 write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken)
-write_file_stream          1 create + 1 update (the ID must exist before the bytes)
-read_file(_stream)         1 get (hinted IDs: 1 list)
-update_file(_stream)       1 update (hinted IDs: +1 list)
-delete_file                1 delete (hinted IDs: 1 list + 1 update to a tombstone)
-file_exists/get_file_size  1 get
+write_file_stream          1 create when the stream closes (hinted: create + update)
+get_empty_file_store_id    1 create
+read_file(_stream)         1 get (streamed/hinted IDs not seen here: 1 list)
+update_file(_stream)       1 update (streamed/hinted IDs not seen here: +1 list)
+delete_file                1 delete, hinted: 1 update to a tombstone (not seen here: +1 list)
+file_exists/get_file_size  1 get (or 1 list, as for reads)
 shared write               1 update (cached UUID) or 1 create (first) or create+list+update
 shared read                1 list
-write_logs / read_logs     1 create / 1 list + 1 update per new log
+write_logs                 1 create
+read_logs                  1 list + 1 update per new log; an idle leader polls the server at most
+                           every LOG_POLL_INTERVAL s unless a log was written in this process
 import keep:<pdh>/path     1 get (source) + 1 create; no Keep bytes copied
 =========================  ===================================================================
 """
@@ -114,6 +122,12 @@ _open_stores: weakref.WeakValueDictionary[str, KeepJobStore] = weakref.WeakValue
 # Logs written in this process per full locator: lets read_logs skip a poll with a clear conscience.
 _log_writes: dict[str, int] = {}
 _registry_lock = threading.Lock()
+# (project UUID, kind, key) -> collection UUID, for records found by name: job records ("job", job
+# ID), streamed files ("named", key), hinted slots ("slot", path). Process-wide, since the mapping
+# never changes (names are random or taken forever) and Toil opens more than one instance per
+# process (e.g. promises are resolved through an instance of their own).
+_uuids_by_name: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+UUIDS_BY_NAME_SIZE = 200_000
 
 
 def _full_locator_of(locator: str) -> str:
@@ -132,9 +146,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     Process-local caches, and why each cannot be stale where it is used:
 
-    - hinted slot -> collection UUID: a slot's name is taken forever (deleted files become
-      tombstones under the same UUID), so the mapping never changes; content is always read from
-      the server, and an update that lands on a tombstone is undone and reported as missing.
+    - record name -> collection UUID (process-wide, shared by all instances): job IDs and
+      streamed-file keys are random and hinted slots are taken forever (deleted hinted files become
+      tombstones under the same UUID), so the mapping never changes. File content is always read
+      from the server; an update that lands on a tombstone is undone and reported as missing, one
+      that hits a deleted record gets a 404.
     - shared file name -> UUID: verified by the update itself (a 404 falls back to a lookup).
     - job descriptions this process wrote or read: served only while this process is the only
       one that can have written the job, i.e. inside :meth:`running_here` (the job runs in this
@@ -152,13 +168,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._project: str | None = None
         self._lock = threading.RLock()
         self._shared_uuids: dict[str, str] = {}
-        self._slots: dict[tuple[str, str], str] = {}  # ("slot", path) / ("named", key) -> UUID
         self._jobs: OrderedDict[str, bytes] = OrderedDict()  # job ID -> last pickle seen or written here
         self._running: dict[str, int] = {}  # job ID -> running_here() depth (over all threads)
         self._fresh: set[str] = set()  # jobs whose cached copy is authoritative for one more load
         self._deleted: set[str] = set()  # jobs this process deleted
         self._assigned: set[str] = set()  # job IDs assigned here whose record is not created yet
-        self._job_uuids: dict[str, str] = {}  # job ID -> its collection's UUID (never changes)
         self._local = threading.local()  # per-thread: the open batch()
         self._log_lock = threading.Lock()
         self._log_seen = 0
@@ -182,6 +196,18 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     def _register(self) -> None:
         with _registry_lock:
             _open_stores[self._full_locator] = self
+
+    def _known(self, kind: str, key: str) -> str | None:
+        """The UUID of the record named by (kind, key), if this process has seen it."""
+        with _registry_lock:
+            return _uuids_by_name.get((self.project_uuid, kind, key))
+
+    def _learn(self, kind: str, key: str, uuid: str) -> None:
+        with _registry_lock:
+            _uuids_by_name[(self.project_uuid, kind, key)] = uuid
+            _uuids_by_name.move_to_end((self.project_uuid, kind, key))
+            while len(_uuids_by_name) > UUIDS_BY_NAME_SIZE:
+                _uuids_by_name.popitem(last=False)
 
     def _unregister(self) -> None:
         with _registry_lock:
@@ -358,7 +384,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 raise
         self._project = None
         with self._lock:
-            for cache in (self._shared_uuids, self._slots, self._jobs, self._running, self._job_uuids):
+            for cache in (self._shared_uuids, self._jobs, self._running):
                 cache.clear()
             for ids in (self._fresh, self._deleted, self._assigned):
                 ids.clear()
@@ -459,7 +485,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         if not naming.is_job_id(job_id):
             raise NoSuchJobException(job_id)
         with self._lock:
-            create = create or (job_id in self._assigned and job_id not in self._job_uuids)
+            create = create or (job_id in self._assigned and self._known("job", job_id) is None)
         uuid = None if create else self._job_uuid(job_id)
         if uuid is None and not create:
             raise NoSuchJobException(job_id)
@@ -471,8 +497,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                  naming.JOB_NAME: naming.job_label(job_description.jobName)}
         if uuid is None:
             rec = self._create(naming.job_record_name(job_id), props, writer.manifest_text())
+            self._learn("job", job_id, rec["uuid"])
             with self._lock:
-                self._job_uuids[job_id] = rec["uuid"]
                 self._assigned.discard(job_id)
         elif self._update(uuid, manifest_text=writer.manifest_text(), properties=props) is None:
             raise NoSuchJobException(job_id)
@@ -480,8 +506,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def _job_uuid(self, job_id: str) -> str | None:
         """The collection of a job: known here once seen (IDs are never reused), else one list."""
-        with self._lock:
-            uuid = self._job_uuids.get(job_id)
+        uuid = self._known("job", job_id)
         if uuid is not None:
             return uuid
         rec = self._job_record(job_id, [])
@@ -491,8 +516,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         """The live record of a saved job, or None."""
         if not naming.is_job_id(job_id):
             return None
-        with self._lock:
-            uuid = self._job_uuids.get(job_id)
+        uuid = self._known("job", job_id)
         if uuid is not None:
             rec = self._get(uuid, select)
         else:
@@ -500,8 +524,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             rec = self._by_name(naming.job_record_name(job_id), ["owner_uuid", *wanted])
         if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
             return None
-        with self._lock:
-            self._job_uuids[job_id] = rec["uuid"]
+        self._learn("job", job_id, rec["uuid"])
         return rec
 
     def job_exists(self, job_id: str) -> bool:
@@ -581,7 +604,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             with self._lock:
                 if job_id in self._deleted or not naming.is_job_id(job_id):
                     continue
-                self._job_uuids[job_id] = rec["uuid"]
+            self._learn("job", job_id, rec["uuid"])
             try:
                 data = self._job_bytes(job_id, rec)
             except Exception as e:  # deleted under us: its blocks may already be gone
@@ -650,8 +673,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         raise RuntimeError(f"no free hinted slot for {hints_str}/{basename}")
 
     def _remember_slot(self, slot_path: str, uuid: str) -> None:
-        with self._lock:
-            self._slots[("slot", slot_path)] = uuid
+        self._learn("slot", slot_path, uuid)
 
     def _locate(self, file_id: str) -> tuple[str | None, tuple[str, str] | None, str | None]:
         """Where a file ID's record is: (its UUID if known here, cache key, name to find it by).
@@ -661,14 +683,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         named = naming.parse_named_file_id(file_id)
         if named is not None:
             key = ("named", named[0])
-            with self._lock:
-                return self._slots.get(key), key, naming.named_file_name(named[0])
+            return self._known(*key), key, naming.named_file_name(named[0])
         uuid, rest = naming.parse_file_id(file_id)
         if uuid is not None:
             return uuid, None, None
         key = ("slot", rest)
-        with self._lock:
-            return self._slots.get(key), key, naming.hint_name(rest)
+        return self._known(*key), key, naming.hint_name(rest)
 
     def _file_record(self, file_id: str, select: list[str] | None = None) -> dict | None:
         """The live record behind a file ID, or None.
@@ -688,8 +708,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         if key is not None:
             if key[0] == "slot" and rec["properties"].get(naming.PATH) != key[1]:
                 return None  # a shortened name shared by another slot
-            with self._lock:
-                self._slots[key] = rec["uuid"]
+            self._learn(*key, rec["uuid"])
         if rec["properties"].get(KIND) != naming.KIND_FILE:
             return None
         return rec
@@ -736,8 +755,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._replace_content(file_id, writer.manifest_text())
             return
         rec = self._create(naming.named_file_name(key), props, writer.manifest_text())
-        with self._lock:
-            self._slots[("named", key)] = rec["uuid"]
+        self._learn("named", key, rec["uuid"])
 
     def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
                                 basename: str | None = None, hints: list[str] | None = None) -> str:
@@ -747,23 +765,25 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         return self._new_file(name, self._file_properties(job_id, cleanup), hints, writer.manifest_text())
 
     def _replace_content(self, file_id: str, manifest_text: str) -> None:
-        """The atomic update: one manifest replaced on one record."""
-        uuid, key, _ = self._locate(str(file_id))
-        if uuid is not None and key is not None:
-            # Known name: update blindly, then check it was not a tombstone (undo if it was).
-            rec = self._update(uuid, select=["properties"], manifest_text=manifest_text)
-            if rec is None:
-                raise NoSuchFileException(file_id)
-            if rec["properties"].get(KIND) != naming.KIND_FILE:
-                self._update(uuid, manifest_text="")
-                raise NoSuchFileException(file_id)
-            return
+        """The atomic update: one manifest replaced on one record.
+
+        The update is blind (one call) when the record's UUID is known; its answer then says
+        whether the record was still a live file. Arvados lets trashed collections be updated, so
+        a file deleted elsewhere shows as ``is_trashed``; a hinted file deleted elsewhere is a
+        tombstone, whose manifest is emptied again."""
+        uuid, _, _ = self._locate(str(file_id))
         if uuid is None:
             rec = self._file_record(file_id, [])
             if rec is None:
                 raise NoSuchFileException(file_id)
             uuid = rec["uuid"]
-        if self._update(uuid, manifest_text=manifest_text) is None:
+        rec = self._update(uuid, select=["properties", "is_trashed"], manifest_text=manifest_text)
+        if rec is None or rec.get("is_trashed"):
+            raise NoSuchFileException(file_id)
+        kind = rec["properties"].get(KIND)
+        if kind != naming.KIND_FILE:
+            if kind == naming.KIND_TOMBSTONE:
+                self._update(uuid, manifest_text="")
             raise NoSuchFileException(file_id)
 
     def update_file(self, file_id: str, local_path: str) -> None:
