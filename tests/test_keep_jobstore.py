@@ -714,3 +714,30 @@ def test_a_thread_batch_does_not_capture_other_threads_jobs(store):
         assert view.job_exists(other_thread_job.jobStoreID), "another thread's create waited for this batch"
         assert not view.job_exists(inside.jobStoreID)
     assert _other_process_view(store).job_exists(inside.jobStoreID)
+
+
+def test_job_exists_then_load_is_one_call_and_sees_the_other_process(store, cluster, monkeypatch):
+    """Toil's leader, once a worker elsewhere is done: job_exists, then reload the job."""
+    from toil_arvados.jobstore import keep_jobstore
+
+    job = _job()
+    store.assign_job_id(job)
+    store.create_job(job)
+    store.load_job(job.jobStoreID)
+    worker = _other_process_view(store)
+    ran = worker.load_job(job.jobStoreID)
+    ran.unitName = "ran elsewhere"
+    worker.update_job(ran)
+    with _CallCounter(cluster) as calls:
+        assert store.job_exists(job.jobStoreID)
+        assert store.load_job(job.jobStoreID).unitName == "ran elsewhere"
+    assert calls.total == 1
+    # The record serves one load only, and only moments after job_exists.
+    ran.unitName = "again"
+    worker.update_job(ran)
+    assert store.load_job(job.jobStoreID).unitName == "again"
+    monkeypatch.setattr(keep_jobstore, "PREFETCH_WINDOW", 0.0)
+    assert store.job_exists(job.jobStoreID)
+    ran.unitName = "later"
+    worker.update_job(ran)
+    assert store.load_job(job.jobStoreID).unitName == "later"

@@ -16,9 +16,11 @@ assign_job_id              none (the ID ``j-<random>`` is chosen locally)
 create_job                 1 create (the job's record); in ``batch()``, up to PARALLEL at once
 update_job                 1 update (+1 list for a job not seen here)
 load_job                   1 get, or 1 list for a job not seen here; none inside
-                           ``running_here(job)`` and for the first load after it
-job_exists                 1 get (``select``: no manifest signing), or 1 list; none for a job
-                           deleted here or inside ``running_here(job)``
+                           ``running_here(job)``, for the first load after it, and right after
+                           job_exists (see there)
+job_exists                 1 get, or 1 list; none for a job deleted here or inside
+                           ``running_here(job)``; the record serves this thread's next load_job
+                           of the job within PREFETCH_WINDOW s (Toil's leader: exists, reload)
 delete_job                 1 list (the job + its cleanup files) + 1 delete each (in parallel)
 jobs()                     1 list per 1000 jobs (manifests come with the list)
 write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken)
@@ -82,6 +84,10 @@ PARALLEL = 8
 # less than this many seconds ago, and no instance in this process has written a log since.
 # Toil's leader polls every 0.5 s when idle; this bounds that to one list per interval.
 LOG_POLL_INTERVAL = 5.0
+# A job record read by job_exists serves the same thread's next load_job of that job for this
+# long. Toil's leader calls the two back to back once a worker is done with a job; the read is
+# then as fresh as a second one would be (nobody else holds a finished job), and costs no call.
+PREFETCH_WINDOW = 1.0
 # Job descriptions kept per instance (least recently used dropped first; a miss only costs a get).
 JOB_CACHE_SIZE = 4096
 
@@ -536,7 +542,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 return False
         if self._cached_job(job_id, consume=False) is not None:
             return True
-        return self._job_record(job_id, []) is not None
+        rec = self._job_record(job_id, None)
+        # Toil's leader asks job_exists and, if so, reloads the job at once: keep the record for
+        # that next load_job on this thread (see PREFETCH_WINDOW).
+        self._local.prefetch = (job_id, rec, time.monotonic()) if rec is not None else None
+        return rec is not None
 
     def load_job(self, job_id: str) -> JobDescription:
         job_id = str(job_id)
@@ -545,11 +555,19 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 raise NoSuchJobException(job_id)
         data = self._cached_job(job_id, consume=True)
         if data is None:
-            rec = self._job_record(job_id, None)
+            rec = self._take_prefetched(job_id) or self._job_record(job_id, None)
             if rec is None:
                 raise NoSuchJobException(job_id)
             data = self._job_bytes(job_id, rec)
         return self._unpickle_job(data)
+
+    def _take_prefetched(self, job_id: str) -> dict | None:
+        """The record this thread's job_exists just read, if it was for this job, moments ago."""
+        prefetch = getattr(self._local, "prefetch", None)
+        self._local.prefetch = None
+        if prefetch is None or prefetch[0] != job_id or time.monotonic() - prefetch[2] > PREFETCH_WINDOW:
+            return None
+        return prefetch[1]
 
     def _job_bytes(self, job_id: str, rec: dict) -> bytes:
         data = collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE)
