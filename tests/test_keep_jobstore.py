@@ -741,3 +741,23 @@ def test_job_exists_then_load_is_one_call_and_sees_the_other_process(store, clus
     ran.unitName = "later"
     worker.update_job(ran)
     assert store.load_job(job.jobStoreID).unitName == "later"
+
+
+def test_workers_resume_without_a_project_lookup(store, api, cluster, parent_project, monkeypatch):
+    from toil_arvados.jobstore.keep_jobstore import PROJECT_ENV
+
+    env = store.get_env()
+    assert env == {PROJECT_ENV: f"arvados:{store.locator}={store.project_uuid}"}
+    assert store.config.workflowID
+    monkeypatch.setenv(PROJECT_ENV, env[PROJECT_ENV])
+    worker = KeepJobStore(store.locator)
+    with _CallCounter(cluster) as calls:
+        worker.resume()
+    assert "groups.list" not in calls.by_endpoint
+    assert worker.project_uuid == store.project_uuid and worker.config.workflowID == store.config.workflowID
+    # A stale hint (another project) falls back to the lookup.
+    monkeypatch.setenv(PROJECT_ENV, f"arvados:{store.locator}={_new_project(api, 'stale')}")
+    again = KeepJobStore(store.locator)
+    again.resume()
+    assert again.project_uuid == store.project_uuid
+    store._register()

@@ -78,6 +78,9 @@ logger = logging.getLogger(__name__)
 KEEP_SCHEME = "keep"
 # Where a Keep FUSE mount (arv-mount) may be, for read_file(..., symlink=True).
 KEEP_MOUNT_ENV = "TOIL_ARVADOS_KEEP_MOUNT"
+# ``<locator>=<project UUID>``, set by the leader for its workers (get_env): resume() then needs no
+# project lookup. Not a secret: the UUID only names the project; access still takes a token.
+PROJECT_ENV = "TOIL_ARVADOS_JOBSTORE_PROJECT"
 PAGE = 1000
 PARALLEL = 8
 # read_logs answers "nothing new" without asking the server while its last poll found nothing,
@@ -360,6 +363,16 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._register()
 
     def resume(self) -> None:
+        hinted = self._project_from_env()
+        if hinted is not None:
+            self._project = hinted
+            try:
+                super().resume()
+            except NoSuchFileException:  # the project went away (or the hint is wrong): look it up
+                self._project = None
+            else:
+                self._register()
+                return
         project = self._find_project()
         if project is None:
             self._check_parent(self._parent_uuid())
@@ -397,11 +410,21 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._unregister()
         logger.debug("Destroyed job store %s", self._full_locator)
 
+    def _project_from_env(self) -> str | None:
+        locator, _, project = os.environ.get(PROJECT_ENV, "").rpartition("=")
+        if locator == self._full_locator and naming.PROJECT_UUID_RE.match(project):
+            return project
+        return None
+
     def get_env(self) -> dict[str, str]:
-        """Nothing: workers find the cluster as the SDK always does. In Arvados containers the
+        """The job store's project UUID, which saves each worker's resume() a lookup.
+
+        No credentials: workers find the cluster as the SDK always does. In Arvados containers the
         runtime sets ARVADOS_API_HOST/ARVADOS_API_TOKEN (``runtime_constraints.API``); the leader's
         token must never be copied into the job store or the worker environment."""
-        return {}
+        if self._project is None:
+            return {}
+        return {PROJECT_ENV: f"{self._full_locator}={self._project}"}
 
     def default_caching(self) -> bool:
         return True  # Keep is remote: caching files on the node pays off
