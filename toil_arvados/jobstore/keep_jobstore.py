@@ -203,8 +203,10 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             return _open_stores.get(key)
 
     def _register(self) -> None:
+        """The first instance opened stays the one :meth:`instance_for` returns (the leader's);
+        later ones (Toil opens more, e.g. to resolve promises) do not replace it."""
         with _registry_lock:
-            _open_stores[self._full_locator] = self
+            _open_stores.setdefault(self._full_locator, self)
 
     def _known(self, kind: str, key: str) -> str | None:
         """The UUID of the record named by (kind, key), if this process has seen it."""
