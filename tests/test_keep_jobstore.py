@@ -643,6 +643,16 @@ def test_idle_log_polls_are_throttled_but_logs_written_here_show_at_once(store, 
     assert store.read_logs(callback) == 2
     assert sorted(got) == [b"from another process", b"from this process"]
     assert store.read_logs(callback, read_all=True) == 2  # read_all is never throttled
+    # A worker elsewhere writes its log, exits; the leader asks job_exists: the next poll is real.
+    assert store.read_logs(callback) == 0
+    w = collection_io.OneFileWriter(api, naming.LOG_FILE)
+    w.write_bytes(b"last job")
+    api.collections().create(body={"collection": {
+        "owner_uuid": store.project_uuid, "name": naming.log_name(), "manifest_text": w.manifest_text(),
+        "properties": {naming.KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW}}}).execute()
+    assert store.read_logs(callback) == 0
+    assert not store.job_exists(naming.new_job_id())
+    assert store.read_logs(callback) == 1 and got[-1] == b"last job"
 
 
 def test_one_instance_shared_by_threads(store):

@@ -34,7 +34,8 @@ shared write               1 update (cached UUID) or 1 create (first) or create+
 shared read                1 list
 write_logs                 1 create
 read_logs                  1 list + 1 update per new log; an idle leader polls the server at most
-                           every LOG_POLL_INTERVAL s unless a log was written in this process
+                           every LOG_POLL_INTERVAL s, unless a log was written in this process or
+                           job_exists asked the server (a worker finished) since the last poll
 import keep:<pdh>/path     1 get (source) + 1 create; no Keep bytes copied
 =========================  ===================================================================
 """
@@ -84,8 +85,11 @@ PROJECT_ENV = "TOIL_ARVADOS_JOBSTORE_PROJECT"
 PAGE = 1000
 PARALLEL = 8
 # read_logs answers "nothing new" without asking the server while its last poll found nothing,
-# less than this many seconds ago, and no instance in this process has written a log since.
-# Toil's leader polls every 0.5 s when idle; this bounds that to one list per interval.
+# less than this many seconds ago, and nothing in this process since hinted at new logs: a log
+# written here, or job_exists asked of the server (Toil's leader does that for every job a worker
+# finished; workers write their log before they exit). Toil's leader polls every 0.5 s when idle;
+# this bounds idle polling to one list per interval, and the leader's last poll still sees the
+# logs of the last jobs.
 LOG_POLL_INTERVAL = 5.0
 # A job record read by job_exists serves the same thread's next load_job of that job for this
 # long. Toil's leader calls the two back to back once a worker is done with a job; the read is
@@ -128,8 +132,8 @@ _home_lock = threading.Lock()
 
 # The open (initialized or resumed) instance per full locator, for instance_for().
 _open_stores: weakref.WeakValueDictionary[str, KeepJobStore] = weakref.WeakValueDictionary()
-# Logs written in this process per full locator: lets read_logs skip a poll with a clear conscience.
-_log_writes: dict[str, int] = {}
+# Hints of new logs in this process per full locator (see LOG_POLL_INTERVAL).
+_log_hints: dict[str, int] = {}
 _registry_lock = threading.Lock()
 # (project UUID, kind, key) -> collection UUID, for records found by name: job records ("job", job
 # ID), streamed files ("named", key), hinted slots ("slot", path). Process-wide, since the mapping
@@ -568,6 +572,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         if self._cached_job(job_id, consume=False) is not None:
             return True
         rec = self._job_record(job_id, None)
+        self._hint_new_logs()  # the leader asks after a worker finished; its log may be waiting
         # Toil's leader asks job_exists and, if so, reloads the job at once: keep the record for
         # that next load_job on this thread (see PREFETCH_WINDOW).
         self._local.prefetch = (job_id, rec, time.monotonic()) if rec is not None else None
@@ -1031,15 +1036,18 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         writer.write_bytes(msg.encode("utf-8") if isinstance(msg, str) else msg)
         self._create(naming.log_name(), {KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW},
                      writer.manifest_text())
+        self._hint_new_logs()
+
+    def _hint_new_logs(self) -> None:
         with _registry_lock:
-            _log_writes[self._full_locator] = _log_writes.get(self._full_locator, 0) + 1
+            _log_hints[self._full_locator] = _log_hints.get(self._full_locator, 0) + 1
 
     def _logs_written_here(self) -> int:
         with _registry_lock:
-            return _log_writes.get(self._full_locator, 0)
+            return _log_hints.get(self._full_locator, 0)
 
     def _may_skip_log_poll(self) -> bool:
-        """True while the last poll found nothing, recently, and nobody here wrote a log since.
+        """True while the last poll found nothing, recently, and nothing here hinted at new logs.
 
         Logs of other processes then reach the leader up to LOG_POLL_INTERVAL later; they are not
         lost (they stay unread on the server until a poll or ``read_all`` takes them)."""
