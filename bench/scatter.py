@@ -77,6 +77,9 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--jobstore", choices=["keep", "file"], default="keep",
                         help="job store for the arvados runs (single_machine always uses a file job store)")
+    parser.add_argument("--batch-systems", nargs="+", choices=["single_machine", "arvados"],
+                        default=["single_machine", "arvados"],
+                        help="which runs to make (the marginal-cost ratio needs both)")
     args = parser.parse_args()
     results: dict = {"sizes": args.sizes, "jobstore": args.jobstore, "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-scatter-", dir=REPO / "bench") as tmp:
@@ -93,7 +96,7 @@ def main() -> int:
             project = api.groups().create(body={"group": {"name": "bench", "group_class": "project"}},
                                           ensure_unique_name=True).execute()["uuid"]
             for n in args.sizes:
-                for bs in ("single_machine", "arvados"):
+                for bs in args.batch_systems:
                     if bs == "arvados" and args.jobstore == "keep":
                         jobstore = f"arvados:{project}/bench-{n}-{int(time.time())}"
                     else:
@@ -129,9 +132,10 @@ def main() -> int:
               f"{fmt('api_calls_per_job'):>14s} {fmt('scheduling_calls_per_job'):>15s} {fmt('leader_calls_per_job'):>11s}")
     for r in results["runs"]:
         if r["calls_by_endpoint"]:
-            top = sorted(r["calls_by_endpoint"].items(), key=lambda kv: -kv[1])[:8]
-            print(f"  arvados N={r['n']} calls by endpoint: " + ", ".join(f"{k} {v}" for k, v in top))
-    if lo != hi:
+            top = sorted(r["calls_by_endpoint"].items(), key=lambda kv: -kv[1])
+            print(f"  arvados N={r['n']} calls per step by endpoint: "
+                  + ", ".join(f"{k} {v / r['n']:.2f}" for k, v in top))
+    if lo != hi and len(args.batch_systems) == 2:
         for bs in ("single_machine", "arvados"):
             marginal = (runs[(bs, hi)]["wall_s"] - runs[(bs, lo)]["wall_s"]) / (hi - lo)
             results[f"marginal_s_per_job_{bs}"] = round(marginal, 3)

@@ -25,7 +25,7 @@ import pytest
 
 from toil.common import Config, Toil
 from toil.job import Job, JobDescription
-from toil.jobStores.abstractJobStore import NoSuchFileException, NoSuchJobStoreException
+from toil.jobStores.abstractJobStore import NoSuchFileException, NoSuchJobException, NoSuchJobStoreException
 from toil.test.jobStores.jobStoreTest import AbstractJobStoreTest
 
 from toil_arvados.jobstore import naming
@@ -461,3 +461,313 @@ def test_toil_workflow_on_single_machine(api, parent_project, cluster_env, tmp_p
     producer_pid, consumer_pid = [int(part.split("pid ")[1].split(";")[0]) for part in result.split("; ")]
     assert os.getpid() not in (producer_pid, consumer_pid), "jobs ran in the leader, not in workers"
     assert not _project_exists(api, parent_project, name), "clean=always left the job store behind"
+
+
+# -- caches, the shared instance and threads --------------------------------------------------
+
+def _server_calls(cluster) -> dict[str, int]:
+    """API calls per endpoint counted by the local cluster (``/_health/stats``)."""
+    import json
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://{cluster.api_host}/_health/stats",
+                                 headers={"Authorization": f"Bearer {cluster.root_token}"})
+    with urllib.request.urlopen(req, context=ctx) as r:
+        return json.load(r)["calls_by_endpoint"]
+
+
+class _CallCounter:
+    """Calls made between two points: ``with counter.measure() as calls: ...; calls.total``."""
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.total = 0
+        self.by_endpoint: dict[str, int] = {}
+
+    def __enter__(self) -> "_CallCounter":
+        self._before = _server_calls(self.cluster)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        after = _server_calls(self.cluster)
+        self.by_endpoint = {k: v - self._before.get(k, 0) for k, v in after.items() if v != self._before.get(k, 0)}
+        self.total = sum(self.by_endpoint.values())
+
+
+def _job(name: str = "j") -> JobDescription:
+    return JobDescription(jobName=name, requirements=dict(memory=1, cores=1, disk=1, preemptible=False))
+
+
+def _other_process_view(store: KeepJobStore) -> KeepJobStore:
+    """A second instance: its caches are its own, exactly like another process's."""
+    other = KeepJobStore(store.locator)
+    other.resume()
+    return other
+
+
+def test_instance_for_returns_the_store_this_process_opened(store):
+    assert KeepJobStore.instance_for(store.locator) is store
+    assert KeepJobStore.instance_for(f"arvados:{store.locator}") is store
+    assert KeepJobStore.instance_for(f"{store.locator}-other") is None
+    assert KeepJobStore.instance_for("not a/valid/locator") is None
+    _other_process_view(store)  # Toil opens more instances (e.g. for promises): the first stays
+    assert KeepJobStore.instance_for(store.locator) is store
+    locator = store.locator
+    store.destroy()
+    assert KeepJobStore.instance_for(locator) is None
+
+
+def test_job_id_and_first_save_cost_one_call(store, cluster):
+    job = _job()
+    with _CallCounter(cluster) as calls:
+        store.assign_job_id(job)
+        store.create_job(job)
+    assert calls.by_endpoint == {"collections.create": 1}
+    assert naming.is_job_id(job.jobStoreID)
+    assert _other_process_view(store).load_job(job.jobStoreID).jobStoreID == job.jobStoreID
+
+
+def test_a_job_another_process_updated_is_reread(store):
+    """The leader's reload after a worker elsewhere ran the job must see the worker's save."""
+    job = _job()
+    store.assign_job_id(job)
+    store.create_job(job)
+    store.load_job(job.jobStoreID)
+    worker = _other_process_view(store)
+    ran = worker.load_job(job.jobStoreID)
+    ran.unitName = "ran elsewhere"
+    worker.update_job(ran)
+    assert store.load_job(job.jobStoreID).unitName == "ran elsewhere"
+    assert store.job_exists(job.jobStoreID)
+    worker.delete_job(job.jobStoreID)
+    assert not store.job_exists(job.jobStoreID)
+
+
+def test_running_here_serves_own_writes_without_calls(store, cluster):
+    job = _job()
+    store.assign_job_id(job)
+    store.create_job(job)
+    with _CallCounter(cluster) as calls:
+        with store.running_here(job.jobStoreID):
+            loaded = store.load_job(job.jobStoreID)  # the step engine loads the job it runs
+            assert store.job_exists(job.jobStoreID)
+            loaded.unitName = "ran here"
+            store.update_job(loaded)
+        reloaded = store.load_job(job.jobStoreID)  # the leader's reload after the run
+    assert reloaded.unitName == "ran here"
+    assert calls.by_endpoint == {"collections.update": 1}
+    # The authority is spent: the next load asks the server, and so sees another process's save.
+    worker = _other_process_view(store)
+    elsewhere = worker.load_job(job.jobStoreID)
+    elsewhere.unitName = "ran elsewhere"
+    worker.update_job(elsewhere)
+    assert store.load_job(job.jobStoreID).unitName == "ran elsewhere"
+
+
+def test_a_job_deleted_here_is_gone_at_once(store):
+    job = _job()
+    store.assign_job_id(job)
+    store.create_job(job)
+    body = store.get_empty_file_store_id(job.jobStoreID, cleanup=True)
+    with store.running_here(job.jobStoreID):
+        store.delete_job(job.jobStoreID)
+        assert not store.job_exists(job.jobStoreID)
+    with pytest.raises(NoSuchJobException):
+        store.load_job(job.jobStoreID)
+    other = _other_process_view(store)
+    assert not other.job_exists(job.jobStoreID) and not other.file_exists(body)
+
+
+def test_streamed_file_is_one_create_and_visible_elsewhere(store, cluster):
+    with _CallCounter(cluster) as calls:
+        with store.write_file_stream(basename="out.txt") as (f, file_id):
+            f.write(b"streamed")
+    assert calls.by_endpoint == {"collections.create": 1}
+    other = _other_process_view(store)
+    with other.read_file_stream(file_id) as f:
+        assert f.read() == b"streamed"
+    with other.update_file_stream(file_id) as f:  # e.g. a promise fulfilled by another worker
+        f.write(b"fulfilled")
+    with store.read_file_stream(file_id) as f:  # file content is never cached
+        assert f.read() == b"fulfilled"
+    other.delete_file(file_id)
+    assert not store.file_exists(file_id)
+    with pytest.raises(NoSuchFileException):
+        store.update_file(file_id, __file__)
+
+
+def test_known_hinted_slot_update_is_one_call_and_respects_tombstones(store, cluster, tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("one")
+    file_id = store.write_file(str(src), hints=["step"])
+    src.write_text("two")
+    with _CallCounter(cluster) as calls:
+        store.update_file(file_id, str(src))
+    assert calls.by_endpoint == {"collections.update": 1}
+    with _other_process_view(store).read_file_stream(file_id) as f:
+        assert f.read() == b"two"
+    _other_process_view(store).delete_file(file_id)  # a tombstone now holds the slot
+    with pytest.raises(NoSuchFileException):
+        store.update_file(file_id, str(src))
+    assert not store.file_exists(file_id)
+    tomb = [c for c in _owned_collections(store._api, store.project_uuid)
+            if c["properties"].get(naming.KIND) == naming.KIND_TOMBSTONE]
+    assert len(tomb) == 1
+    assert store._api.collections().get(uuid=tomb[0]["uuid"]).execute()["manifest_text"] == ""
+
+
+def test_idle_log_polls_are_throttled_but_logs_written_here_show_at_once(store, api, cluster):
+    got: list[bytes] = []
+
+    def callback(handle: Any) -> None:
+        got.append(handle.read())
+
+    assert store.read_logs(callback) == 0
+    # A log from another process (written straight to the server) waits for the next real poll...
+    from toil_arvados.jobstore import collection_io
+
+    w = collection_io.OneFileWriter(api, naming.LOG_FILE)
+    w.write_bytes(b"from another process")
+    api.collections().create(body={"collection": {
+        "owner_uuid": store.project_uuid, "name": naming.log_name(), "manifest_text": w.manifest_text(),
+        "properties": {naming.KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW}}}).execute()
+    with _CallCounter(cluster) as calls:
+        assert store.read_logs(callback) == 0
+    assert calls.total == 0
+    # ...while a log written in this process (any instance) is read at once, with the other.
+    _other_process_view(store).write_logs("from this process")
+    assert store.read_logs(callback) == 2
+    assert sorted(got) == [b"from another process", b"from this process"]
+    assert store.read_logs(callback, read_all=True) == 2  # read_all is never throttled
+    # A worker elsewhere writes its log, exits; the leader asks job_exists: the next poll is real.
+    assert store.read_logs(callback) == 0
+    w = collection_io.OneFileWriter(api, naming.LOG_FILE)
+    w.write_bytes(b"last job")
+    api.collections().create(body={"collection": {
+        "owner_uuid": store.project_uuid, "name": naming.log_name(), "manifest_text": w.manifest_text(),
+        "properties": {naming.KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW}}}).execute()
+    assert store.read_logs(callback) == 0
+    assert not store.job_exists(naming.new_job_id())
+    assert store.read_logs(callback) == 1 and got[-1] == b"last job"
+
+
+def test_one_instance_shared_by_threads(store):
+    """Threads of one process (the leader's step engine) share the instance: batches stay per
+    thread, caches stay consistent, nothing is lost."""
+    import threading
+
+    n_threads, per_thread = 6, 4
+    results: dict[int, list[tuple[str, str]]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n_threads)
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            mine = []
+            with store.batch():
+                jobs = []
+                for i in range(per_thread):
+                    job = _job(f"t{t}-{i}")
+                    store.assign_job_id(job)
+                    store.create_job(job)
+                    jobs.append(job)
+            for i, job in enumerate(jobs):
+                with store.running_here(job.jobStoreID):
+                    loaded = store.load_job(job.jobStoreID)
+                    with store.write_file_stream(job.jobStoreID, basename=f"t{t}-{i}") as (f, file_id):
+                        f.write(f"t{t}-{i}".encode())
+                    loaded.unitName = file_id
+                    store.update_job(loaded)
+                assert store.load_job(job.jobStoreID).unitName == file_id
+                mine.append((job.jobStoreID, file_id))
+            results[t] = mine
+        except BaseException as e:  # reported below, with the thread's traceback
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(300)
+    assert not errors, errors
+    other = _other_process_view(store)
+    saved = {j.jobStoreID: j.unitName for j in other.jobs()}
+    assert len(saved) == n_threads * per_thread
+    for t, mine in results.items():
+        for i, (job_id, file_id) in enumerate(mine):
+            assert saved[job_id] == file_id
+            with other.read_file_stream(file_id) as f:
+                assert f.read() == f"t{t}-{i}".encode()
+
+
+def test_a_thread_batch_does_not_capture_other_threads_jobs(store):
+    import threading
+
+    other_thread_job = _job("outside")
+    with store.batch():
+        inside = _job("inside")
+        store.assign_job_id(inside)
+        store.create_job(inside)
+
+        def create() -> None:
+            store.assign_job_id(other_thread_job)
+            store.create_job(other_thread_job)
+
+        th = threading.Thread(target=create)
+        th.start()
+        th.join(60)
+        view = _other_process_view(store)
+        assert view.job_exists(other_thread_job.jobStoreID), "another thread's create waited for this batch"
+        assert not view.job_exists(inside.jobStoreID)
+    assert _other_process_view(store).job_exists(inside.jobStoreID)
+
+
+def test_job_exists_then_load_is_one_call_and_sees_the_other_process(store, cluster, monkeypatch):
+    """Toil's leader, once a worker elsewhere is done: job_exists, then reload the job."""
+    from toil_arvados.jobstore import keep_jobstore
+
+    job = _job()
+    store.assign_job_id(job)
+    store.create_job(job)
+    store.load_job(job.jobStoreID)
+    worker = _other_process_view(store)
+    ran = worker.load_job(job.jobStoreID)
+    ran.unitName = "ran elsewhere"
+    worker.update_job(ran)
+    with _CallCounter(cluster) as calls:
+        assert store.job_exists(job.jobStoreID)
+        assert store.load_job(job.jobStoreID).unitName == "ran elsewhere"
+    assert calls.total == 1
+    # The record serves one load only, and only moments after job_exists.
+    ran.unitName = "again"
+    worker.update_job(ran)
+    assert store.load_job(job.jobStoreID).unitName == "again"
+    monkeypatch.setattr(keep_jobstore, "PREFETCH_WINDOW", 0.0)
+    assert store.job_exists(job.jobStoreID)
+    ran.unitName = "later"
+    worker.update_job(ran)
+    assert store.load_job(job.jobStoreID).unitName == "later"
+
+
+def test_workers_resume_without_a_project_lookup(store, api, cluster, parent_project, monkeypatch):
+    from toil_arvados.jobstore.keep_jobstore import PROJECT_ENV
+
+    env = store.get_env()
+    assert env == {PROJECT_ENV: f"arvados:{store.locator}={store.project_uuid}"}
+    assert store.config.workflowID
+    monkeypatch.setenv(PROJECT_ENV, env[PROJECT_ENV])
+    worker = KeepJobStore(store.locator)
+    with _CallCounter(cluster) as calls:
+        worker.resume()
+    assert "groups.list" not in calls.by_endpoint
+    assert worker.project_uuid == store.project_uuid and worker.config.workflowID == store.config.workflowID
+    # A stale hint (another project) falls back to the lookup.
+    monkeypatch.setenv(PROJECT_ENV, f"arvados:{store.locator}={_new_project(api, 'stale')}")
+    again = KeepJobStore(store.locator)
+    again.resume()
+    assert again.project_uuid == store.project_uuid

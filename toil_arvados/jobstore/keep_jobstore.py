@@ -7,24 +7,35 @@ replacement on the API server, so concurrent workers (separate processes, separa
 corrupt each other's writes; "create if absent" races are settled by Arvados' per-owner unique
 names (the loser gets a 422 and takes the winner's record).
 
-API calls per operation (Keep block transfers not counted):
+API calls per operation (Keep block transfers not counted). "Seen here": this process created,
+loaded or looked up the record before; records are found by name once, then by UUID, since a name
+is never reused (job and streamed-file IDs are random, hinted slots are taken forever).
 
 =========================  ===================================================================
-assign_job_id              1 create (the job ID is the collection UUID)
-create_job / update_job    1 update (+ Keep PUT of the pickled JobDescription)
-load_job                   1 get (+ Keep GET)
-job_exists                 1 get (``select``: no manifest signing)
-delete_job                 1 list (the job + its cleanup files) + 1 delete each
+assign_job_id              none (the ID ``j-<random>`` is chosen locally)
+create_job                 1 create (the job's record); in ``batch()``, up to PARALLEL at once
+update_job                 1 update (+1 list for a job not seen here)
+load_job                   1 get, or 1 list for a job not seen here; none inside
+                           ``running_here(job)``, for the first load after it, and right after
+                           job_exists (see there)
+job_exists                 1 get, or 1 list; none for a job deleted here or inside
+                           ``running_here(job)``; the record serves this thread's next load_job
+                           of the job within PREFETCH_WINDOW s (Toil's leader: exists, reload)
+delete_job                 1 list (the job + its cleanup files) + 1 delete each (in parallel)
 jobs()                     1 list per 1000 jobs (manifests come with the list)
 write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken)
-write_file_stream          1 create + 1 update (the ID must exist before the bytes)
-read_file(_stream)         1 get (hinted IDs: 1 list)
-update_file(_stream)       1 update (hinted IDs: +1 list)
-delete_file                1 delete (hinted IDs: 1 list + 1 update to a tombstone)
-file_exists/get_file_size  1 get
+write_file_stream          1 create when the stream closes (hinted: create + update)
+get_empty_file_store_id    1 create
+read_file(_stream)         1 get (streamed/hinted IDs not seen here: 1 list)
+update_file(_stream)       1 update (streamed/hinted IDs not seen here: +1 list)
+delete_file                1 delete, hinted: 1 update to a tombstone (not seen here: +1 list)
+file_exists/get_file_size  1 get (or 1 list, as for reads)
 shared write               1 update (cached UUID) or 1 create (first) or create+list+update
 shared read                1 list
-write_logs / read_logs     1 create / 1 list + 1 update per new log
+write_logs                 1 create
+read_logs                  1 list + 1 update per new log; an idle leader polls the server at most
+                           every LOG_POLL_INTERVAL s, unless a log was written in this process or
+                           job_exists asked the server (a worker finished) since the last poll
 import keep:<pdh>/path     1 get (source) + 1 create; no Keep bytes copied
 =========================  ===================================================================
 """
@@ -34,6 +45,9 @@ import logging
 import os
 import pickle
 import threading
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -65,8 +79,24 @@ logger = logging.getLogger(__name__)
 KEEP_SCHEME = "keep"
 # Where a Keep FUSE mount (arv-mount) may be, for read_file(..., symlink=True).
 KEEP_MOUNT_ENV = "TOIL_ARVADOS_KEEP_MOUNT"
+# ``<locator>=<project UUID>``, set by the leader for its workers (get_env): resume() then needs no
+# project lookup. Not a secret: the UUID only names the project; access still takes a token.
+PROJECT_ENV = "TOIL_ARVADOS_JOBSTORE_PROJECT"
 PAGE = 1000
 PARALLEL = 8
+# read_logs answers "nothing new" without asking the server while its last poll found nothing,
+# less than this many seconds ago, and nothing in this process since hinted at new logs: a log
+# written here, or job_exists asked of the server (Toil's leader does that for every job a worker
+# finished; workers write their log before they exit). Toil's leader polls every 0.5 s when idle;
+# this bounds idle polling to one list per interval, and the leader's last poll still sees the
+# logs of the last jobs.
+LOG_POLL_INTERVAL = 5.0
+# A job record read by job_exists serves the same thread's next load_job of that job for this
+# long. Toil's leader calls the two back to back once a worker is done with a job; the read is
+# then as fresh as a second one would be (nobody else holds a finished job), and costs no call.
+PREFETCH_WINDOW = 1.0
+# Job descriptions kept per instance (least recently used dropped first; a miss only costs a get).
+JOB_CACHE_SIZE = 4096
 
 
 class UnknownProjectError(NoSuchJobStoreException, ArvadosSetupError):
@@ -100,17 +130,104 @@ def _like_escape(text: str) -> str:
 _home_projects: dict[int, str] = {}
 _home_lock = threading.Lock()
 
+# The open (initialized or resumed) instance per full locator, for instance_for().
+_open_stores: weakref.WeakValueDictionary[str, KeepJobStore] = weakref.WeakValueDictionary()
+# Hints of new logs in this process per full locator (see LOG_POLL_INTERVAL).
+_log_hints: dict[str, int] = {}
+_registry_lock = threading.Lock()
+# (project UUID, kind, key) -> collection UUID, for records found by name: job records ("job", job
+# ID), streamed files ("named", key), hinted slots ("slot", path). Process-wide, since the mapping
+# never changes (names are random or taken forever) and Toil opens more than one instance per
+# process (e.g. promises are resolved through an instance of their own).
+_uuids_by_name: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+UUIDS_BY_NAME_SIZE = 200_000
+
+
+def _full_locator_of(locator: str) -> str:
+    """``arvados:<rest>`` or ``<rest>`` -> the canonical ``arvados:<rest>``."""
+    prefix = locators.PREFIX + ":"
+    return locators.parse(locator[len(prefix):] if locator.startswith(prefix) else locator).locator()
+
 
 class KeepJobStore(AbstractJobStore, HintedJobStore):
-    """A Toil job store whose records are collections in one Arvados project."""
+    """A Toil job store whose records are collections in one Arvados project.
+
+    Thread safety: one instance may be used by several threads of a process at once (the leader
+    and the CWL steps it runs in its own threads share the instance; see :meth:`instance_for`).
+    Every server update is a single atomic call, the process-local caches below are guarded by
+    one lock, and :meth:`batch` collects only the calling thread's jobs.
+
+    Process-local caches, and why each cannot be stale where it is used:
+
+    - record name -> collection UUID (process-wide, shared by all instances): job IDs and
+      streamed-file keys are random and hinted slots are taken forever (deleted hinted files become
+      tombstones under the same UUID), so the mapping never changes. File content is always read
+      from the server; an update that lands on a tombstone is undone and reported as missing, one
+      that hits a deleted record gets a 404.
+    - shared file name -> UUID: verified by the update itself (a 404 falls back to a lookup).
+    - job descriptions this process wrote or read: served only while this process is the only
+      one that can have written the job, i.e. inside :meth:`running_here` (the job runs in this
+      process, so no Toil worker elsewhere holds it), and once more right after that block (the
+      leader's reload of a job its own thread ran). Everything else goes to the server, so a job
+      a worker in another process updated is always re-read.
+    - jobs deleted by this process: gone at once for this process; the server deletes may lag
+      (``delete_job`` returns after the durable part, see there).
+    """
 
     def __init__(self, locator: str) -> None:
         super().__init__(locator)
         self._location = locators.parse(locator)
         self._full_locator = self._location.locator()
         self._project: str | None = None
+        self._lock = threading.RLock()
         self._shared_uuids: dict[str, str] = {}
-        self._batched: list[JobDescription] | None = None
+        self._jobs: OrderedDict[str, bytes] = OrderedDict()  # job ID -> last pickle seen or written here
+        self._running: dict[str, int] = {}  # job ID -> running_here() depth (over all threads)
+        self._fresh: set[str] = set()  # jobs whose cached copy is authoritative for one more load
+        self._deleted: set[str] = set()  # jobs this process deleted
+        self._assigned: set[str] = set()  # job IDs assigned here whose record is not created yet
+        self._local = threading.local()  # per-thread: the open batch()
+        self._log_lock = threading.Lock()
+        self._log_seen = 0
+        self._log_empty_at: float | None = None
+
+    @classmethod
+    def instance_for(cls, locator: str) -> KeepJobStore | None:
+        """The instance this process opened (``initialize``/``resume``) for ``locator``, or None.
+
+        In-process users of a running workflow (the leader's step engine) take this one instead of
+        opening their own, so they share its caches and its read-your-writes view of jobs.
+        ``locator`` may have the ``arvados:`` prefix or not.
+        """
+        try:
+            key = _full_locator_of(locator)
+        except locators.BadLocatorError:
+            return None
+        with _registry_lock:
+            return _open_stores.get(key)
+
+    def _register(self) -> None:
+        """The first instance opened stays the one :meth:`instance_for` returns (the leader's);
+        later ones (Toil opens more, e.g. to resolve promises) do not replace it."""
+        with _registry_lock:
+            _open_stores.setdefault(self._full_locator, self)
+
+    def _known(self, kind: str, key: str) -> str | None:
+        """The UUID of the record named by (kind, key), if this process has seen it."""
+        with _registry_lock:
+            return _uuids_by_name.get((self.project_uuid, kind, key))
+
+    def _learn(self, kind: str, key: str, uuid: str) -> None:
+        with _registry_lock:
+            _uuids_by_name[(self.project_uuid, kind, key)] = uuid
+            _uuids_by_name.move_to_end((self.project_uuid, kind, key))
+            while len(_uuids_by_name) > UUIDS_BY_NAME_SIZE:
+                _uuids_by_name.popitem(last=False)
+
+    def _unregister(self) -> None:
+        with _registry_lock:
+            if _open_stores.get(self._full_locator) is self:
+                del _open_stores[self._full_locator]
 
     def __repr__(self) -> str:
         return f"KeepJobStore({self._full_locator})"
@@ -203,11 +320,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                     return mine
             raise
 
-    def _update(self, uuid: str, **fields: Any) -> dict | None:
+    def _update(self, uuid: str, select: list[str] | None = None, **fields: Any) -> dict | None:
         """Update fields of a collection; None if it no longer exists."""
         try:
             return self._api.collections().update(uuid=uuid, body={"collection": fields},
-                                                  select=["uuid", "portable_data_hash"]).execute()
+                                                  select=sorted({"uuid", "portable_data_hash", *(select or [])})
+                                                  ).execute()
         except Exception as e:
             if _status(e) == 404:
                 return None
@@ -248,14 +366,26 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             raise
         logger.debug("Created job store %s as project %s", self._full_locator, self._project)
         super().initialize(config)
+        self._register()
 
     def resume(self) -> None:
+        hinted = self._project_from_env()
+        if hinted is not None:
+            self._project = hinted
+            try:
+                super().resume()
+            except NoSuchFileException:  # the project went away (or the hint is wrong): look it up
+                self._project = None
+            else:
+                self._register()
+                return
         project = self._find_project()
         if project is None:
             self._check_parent(self._parent_uuid())
             raise NoSuchJobStoreException(self.locator, locators.PREFIX)
         self._project = project
         super().resume()
+        self._register()
 
     def destroy(self) -> None:
         """Delete every record, then the project: idempotent, and safe on a half-made store."""
@@ -278,14 +408,29 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             if _status(e) != 404:
                 raise
         self._project = None
-        self._shared_uuids.clear()
+        with self._lock:
+            for cache in (self._shared_uuids, self._jobs, self._running):
+                cache.clear()
+            for ids in (self._fresh, self._deleted, self._assigned):
+                ids.clear()
+        self._unregister()
         logger.debug("Destroyed job store %s", self._full_locator)
 
+    def _project_from_env(self) -> str | None:
+        locator, _, project = os.environ.get(PROJECT_ENV, "").rpartition("=")
+        if locator == self._full_locator and naming.PROJECT_UUID_RE.match(project):
+            return project
+        return None
+
     def get_env(self) -> dict[str, str]:
-        """Nothing: workers find the cluster as the SDK always does. In Arvados containers the
+        """The job store's project UUID, which saves each worker's resume() a lookup.
+
+        No credentials: workers find the cluster as the SDK always does. In Arvados containers the
         runtime sets ARVADOS_API_HOST/ARVADOS_API_TOKEN (``runtime_constraints.API``); the leader's
         token must never be copied into the job store or the worker environment."""
-        return {}
+        if self._project is None:
+            return {}
+        return {PROJECT_ENV: f"{self._full_locator}={self._project}"}
 
     def default_caching(self) -> bool:
         return True  # Keep is remote: caching files on the node pays off
@@ -293,75 +438,227 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     # -- jobs ----------------------------------------------------------------------------------
 
     def assign_job_id(self, job_description: JobDescription) -> None:
-        rec = self._create(naming.job_name(job_description.jobName), {KIND: naming.KIND_JOB_ID})
-        job_description.jobStoreID = rec["uuid"]
+        """A random ID, no API call: the record (named after the ID) is created by the first save."""
+        job_id = naming.new_job_id()
+        with self._lock:
+            self._assigned.add(job_id)
+        job_description.jobStoreID = job_id
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Jobs created in the block are saved at its end, several at once."""
-        self._batched = []
+        """Jobs this thread creates in the block are saved at its end, several at once."""
+        outer = getattr(self._local, "batched", None)
+        self._local.batched = batched = [] if outer is None else outer
         try:
             yield
         finally:
-            batched, self._batched = self._batched, None
-        if batched:
-            with ThreadPoolExecutor(PARALLEL) as pool:
-                list(pool.map(self.update_job, batched))
+            self._local.batched = outer
+        if outer is None and batched:
+            self._parallel(self._create_job, batched)
 
     def create_job(self, job_description: JobDescription) -> JobDescription:
-        if self._batched is not None:
-            self._batched.append(job_description)
+        batched = getattr(self._local, "batched", None)
+        if batched is not None:
+            batched.append(job_description)
         else:
-            self.update_job(job_description)
+            self._create_job(job_description)
         return job_description
 
+    def _create_job(self, job_description: JobDescription) -> None:
+        self._save_job(job_description, create=True)
+
+    @contextmanager
+    def running_here(self, job_id: str) -> Iterator[None]:
+        """Declare that job ``job_id`` runs in this process (a thread of the leader) for the block.
+
+        Toil hands a job to one runner at a time, so while the block is open no process but this
+        one can write the job: ``load_job``/``job_exists`` answer from what this process last
+        wrote or read, without a server call. The first ``load_job`` after the block (Toil's
+        leader reloading the job its thread just ran) is served the same way; later loads read
+        the server again, since the leader may by then have issued the job elsewhere.
+        """
+        job_id = str(job_id)
+        with self._lock:
+            self._running[job_id] = self._running.get(job_id, 0) + 1
+            self._fresh.discard(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                depth = self._running.pop(job_id) - 1
+                if depth:
+                    self._running[job_id] = depth
+                elif job_id in self._jobs:
+                    self._fresh.add(job_id)
+
+    def forget_job(self, job_id: str) -> None:
+        """Drop what this process knows of a job: the next load reads the server."""
+        with self._lock:
+            self._jobs.pop(str(job_id), None)
+            self._fresh.discard(str(job_id))
+
+    def _cached_job(self, job_id: str, consume: bool) -> bytes | None:
+        """The cached pickle of ``job_id`` if no other process can have changed it, else None."""
+        with self._lock:
+            data = self._jobs.get(job_id)
+            if data is None:
+                return None
+            if job_id in self._running:
+                return data
+            if job_id in self._fresh:
+                if consume:
+                    self._fresh.discard(job_id)
+                return data
+            return None
+
     def update_job(self, job_description: JobDescription) -> None:
+        self._save_job(job_description, create=False)
+
+    def _save_job(self, job_description: JobDescription, create: bool) -> None:
+        """One call: create the record (first save of an ID assigned here) or replace its manifest."""
         job_id = str(job_description.jobStoreID)
         if not naming.is_job_id(job_id):
             raise NoSuchJobException(job_id)
-        job_description.pre_update_hook()
-        writer = self._writer(naming.JOB_FILE)
-        writer.write_bytes(pickle.dumps(job_description, protocol=pickle.HIGHEST_PROTOCOL))
-        props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id}
-        if self._update(job_id, manifest_text=writer.manifest_text(), properties=props) is None:
+        with self._lock:
+            create = create or (job_id in self._assigned and self._known("job", job_id) is None)
+        uuid = None if create else self._job_uuid(job_id)
+        if uuid is None and not create:
             raise NoSuchJobException(job_id)
+        job_description.pre_update_hook()
+        data = pickle.dumps(job_description, protocol=pickle.HIGHEST_PROTOCOL)
+        writer = self._writer(naming.JOB_FILE)
+        writer.write_bytes(data)
+        props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id,
+                 naming.JOB_NAME: naming.job_label(job_description.jobName)}
+        if uuid is None:
+            rec = self._create(naming.job_record_name(job_id), props, writer.manifest_text())
+            self._learn("job", job_id, rec["uuid"])
+            with self._lock:
+                self._assigned.discard(job_id)
+        elif self._update(uuid, manifest_text=writer.manifest_text(), properties=props) is None:
+            raise NoSuchJobException(job_id)
+        self._remember_job(job_id, data)
+
+    def _job_uuid(self, job_id: str) -> str | None:
+        """The collection of a job: known here once seen (IDs are never reused), else one list."""
+        uuid = self._known("job", job_id)
+        if uuid is not None:
+            return uuid
+        rec = self._job_record(job_id, [])
+        return rec["uuid"] if rec is not None else None
+
+    def _job_record(self, job_id: str, select: list[str] | None) -> dict | None:
+        """The live record of a saved job, or None."""
+        if not naming.is_job_id(job_id):
+            return None
+        uuid = self._known("job", job_id)
+        if uuid is not None:
+            rec = self._get(uuid, select)
+        else:
+            wanted = ["manifest_text"] if select is None else select
+            rec = self._by_name(naming.job_record_name(job_id), ["owner_uuid", *wanted])
+        if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
+            return None
+        self._learn("job", job_id, rec["uuid"])
+        return rec
 
     def job_exists(self, job_id: str) -> bool:
-        if not naming.is_job_id(str(job_id)):
+        job_id = str(job_id)
+        if not naming.is_job_id(job_id):
             return False
-        rec = self._get(str(job_id), select=[])
-        return rec is not None and rec["properties"].get(KIND) == naming.KIND_JOB
+        with self._lock:
+            if job_id in self._deleted:
+                return False
+        if self._cached_job(job_id, consume=False) is not None:
+            return True
+        rec = self._job_record(job_id, None)
+        self._hint_new_logs()  # the leader asks after a worker finished; its log may be waiting
+        # Toil's leader asks job_exists and, if so, reloads the job at once: keep the record for
+        # that next load_job on this thread (see PREFETCH_WINDOW).
+        self._local.prefetch = (job_id, rec, time.monotonic()) if rec is not None else None
+        return rec is not None
 
     def load_job(self, job_id: str) -> JobDescription:
-        rec = self._get(str(job_id)) if naming.is_job_id(str(job_id)) else None
-        if rec is None or rec["properties"].get(KIND) != naming.KIND_JOB:
-            raise NoSuchJobException(job_id)
-        return self._job_from(rec)
+        job_id = str(job_id)
+        with self._lock:
+            if job_id in self._deleted:
+                raise NoSuchJobException(job_id)
+        data = self._cached_job(job_id, consume=True)
+        if data is None:
+            rec = self._take_prefetched(job_id) or self._job_record(job_id, None)
+            if rec is None:
+                raise NoSuchJobException(job_id)
+            data = self._job_bytes(job_id, rec)
+        return self._unpickle_job(data)
 
-    def _job_from(self, rec: dict) -> JobDescription:
-        job = pickle.loads(collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE))
+    def _take_prefetched(self, job_id: str) -> dict | None:
+        """The record this thread's job_exists just read, if it was for this job, moments ago."""
+        prefetch = getattr(self._local, "prefetch", None)
+        self._local.prefetch = None
+        if prefetch is None or prefetch[0] != job_id or time.monotonic() - prefetch[2] > PREFETCH_WINDOW:
+            return None
+        return prefetch[1]
+
+    def _job_bytes(self, job_id: str, rec: dict) -> bytes:
+        data = collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE)
+        self._remember_job(job_id, data)
+        return data
+
+    def _remember_job(self, job_id: str, data: bytes) -> None:
+        with self._lock:
+            self._jobs[job_id] = data
+            self._jobs.move_to_end(job_id)
+            while len(self._jobs) > JOB_CACHE_SIZE:
+                old, _ = self._jobs.popitem(last=False)
+                self._fresh.discard(old)
+
+    def _unpickle_job(self, data: bytes) -> JobDescription:
+        job = pickle.loads(data)
         job.assignConfig(self.config)
         return job
 
     def delete_job(self, job_id: str) -> None:
-        if not naming.is_job_id(str(job_id)):
+        job_id = str(job_id)
+        if not naming.is_job_id(job_id):
             return
         job_rec = None
-        for rec in list(self._list([[f"properties.{naming.CLEANUP_JOB}", "=", str(job_id)]],
-                                   ["name", "properties"])):
-            if rec["uuid"] == job_id:
+        files = []
+        for rec in list(self._list([[f"properties.{naming.CLEANUP_JOB}", "=", job_id]], ["name", "properties"])):
+            if rec["properties"].get(KIND) == naming.KIND_JOB:
                 job_rec = rec
             else:
-                self._delete_file_record(rec)
+                files.append(rec)
+        self._parallel(self._delete_file_record, files)
         if job_rec is not None:
-            self._delete(job_id)
+            self._delete(job_rec["uuid"])
+        with self._lock:
+            self._deleted.add(job_id)
+            self._jobs.pop(job_id, None)
+            self._fresh.discard(job_id)
+
+    @staticmethod
+    def _parallel(fn: Callable[[Any], Any], items: list) -> None:
+        """``fn`` over ``items``, several at once when there are several (each is one API call)."""
+        if len(items) <= 1:
+            for item in items:
+                fn(item)
+            return
+        with ThreadPoolExecutor(min(PARALLEL, len(items))) as pool:
+            list(pool.map(fn, items))
 
     def jobs(self) -> Iterator[JobDescription]:
         for rec in self._list([[f"properties.{KIND}", "=", naming.KIND_JOB]], ["manifest_text", "properties"]):
+            job_id = rec["properties"].get(naming.CLEANUP_JOB, "")
+            with self._lock:
+                if job_id in self._deleted or not naming.is_job_id(job_id):
+                    continue
+            self._learn("job", job_id, rec["uuid"])
             try:
-                yield self._job_from(rec)
+                data = self._job_bytes(job_id, rec)
             except Exception as e:  # deleted under us: its blocks may already be gone
                 logger.debug("Skipping job %s: %s", rec["uuid"], e)
+                continue
+            yield self._unpickle_job(data)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -392,8 +689,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         """
         def attempt(slot_path: str) -> bool:
             try:
-                self._create(naming.hint_name(slot_path), {**props, naming.PATH: slot_path}, manifest_text,
-                             name_is_ours=False)
+                rec = self._create(naming.hint_name(slot_path), {**props, naming.PATH: slot_path}, manifest_text,
+                                   name_is_ours=False)
+                self._remember_slot(slot_path, rec["uuid"])
                 return True
             except Exception as e:
                 # Taken only if a record of that name exists: another 422 must not walk the slots.
@@ -422,22 +720,52 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             n += 1
         raise RuntimeError(f"no free hinted slot for {hints_str}/{basename}")
 
+    def _remember_slot(self, slot_path: str, uuid: str) -> None:
+        self._learn("slot", slot_path, uuid)
+
+    def _locate(self, file_id: str) -> tuple[str | None, tuple[str, str] | None, str | None]:
+        """Where a file ID's record is: (its UUID if known here, cache key, name to find it by).
+
+        Hinted and ``n-<key>`` IDs name their record; the name -> UUID mapping never changes
+        (names are random, or taken forever), so it is cached once seen."""
+        named = naming.parse_named_file_id(file_id)
+        if named is not None:
+            key = ("named", named[0])
+            return self._known(*key), key, naming.named_file_name(named[0])
+        uuid, rest = naming.parse_file_id(file_id)
+        if uuid is not None:
+            return uuid, None, None
+        key = ("slot", rest)
+        return self._known(*key), key, naming.hint_name(rest)
+
     def _file_record(self, file_id: str, select: list[str] | None = None) -> dict | None:
-        """The live record behind a file ID, or None."""
-        uuid, slot = naming.parse_file_id(str(file_id))
+        """The live record behind a file ID, or None.
+
+        A hinted ID whose slot this process has seen is fetched by UUID (its name, hence its UUID,
+        is taken forever); otherwise one list by name finds it."""
+        uuid, key, name = self._locate(str(file_id))
         if uuid is not None:
             rec = self._get(uuid, select)
+        elif name is not None:
+            rec = self._by_name(name, ["owner_uuid", "portable_data_hash", "file_size_total",
+                                       "manifest_text", *(select or [])])
         else:
-            rec = self._by_name(naming.hint_name(slot), ["owner_uuid", "portable_data_hash", "file_size_total",
-                                                          "manifest_text", *(select or [])])
-            if rec is not None and rec["properties"].get(naming.PATH) != slot:
-                rec = None
-        if rec is None or rec["properties"].get(KIND) != naming.KIND_FILE:
+            return None
+        if rec is None:
+            return None
+        if key is not None:
+            if key[0] == "slot" and rec["properties"].get(naming.PATH) != key[1]:
+                return None  # a shortened name shared by another slot
+            self._learn(*key, rec["uuid"])
+        if rec["properties"].get(KIND) != naming.KIND_FILE:
             return None
         return rec
 
     @staticmethod
     def _file_basename(file_id: str) -> str:
+        named = naming.parse_named_file_id(str(file_id))
+        if named is not None:
+            return named[1]
         uuid, rest = naming.parse_file_id(str(file_id))
         return rest if uuid is not None else naming.slot_basename(rest)
 
@@ -454,9 +782,16 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                           basename: str | None = None, encoding: str | None = None,
                           errors: str | None = None) -> Iterator[tuple[IO[Any], str]]:
         name = naming.basename_of(basename)
-        empty = self._writer(name)
-        empty.write_bytes(b"")
-        file_id = self._new_file(name, self._file_properties(job_id, cleanup), hints, empty.manifest_text())
+        props = self._file_properties(job_id, cleanup)
+        if self.hints_to_string(hints):
+            # The slot must be claimed before its ID can be handed out: create, then fill.
+            empty = self._writer(name)
+            empty.write_bytes(b"")
+            file_id = self._new_file(name, props, hints, empty.manifest_text())
+        else:
+            # The ID names a record that does not exist yet: one create, once the bytes are in.
+            key = naming.new_file_key()
+            file_id = naming.named_file_id(key, name)
         writer = self._writer(name)
         try:
             with writer.open(encoding, errors) as handle:
@@ -464,7 +799,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         except BaseException:
             writer.discard()
             raise
-        self._replace_content(file_id, writer.manifest_text())
+        if self.hints_to_string(hints):
+            self._replace_content(file_id, writer.manifest_text())
+            return
+        rec = self._create(naming.named_file_name(key), props, writer.manifest_text())
+        self._learn("named", key, rec["uuid"])
 
     def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
                                 basename: str | None = None, hints: list[str] | None = None) -> str:
@@ -474,14 +813,25 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         return self._new_file(name, self._file_properties(job_id, cleanup), hints, writer.manifest_text())
 
     def _replace_content(self, file_id: str, manifest_text: str) -> None:
-        """The atomic update: one manifest replaced on one record."""
-        uuid, slot = naming.parse_file_id(str(file_id))
+        """The atomic update: one manifest replaced on one record.
+
+        The update is blind (one call) when the record's UUID is known; its answer then says
+        whether the record was still a live file. Arvados lets trashed collections be updated, so
+        a file deleted elsewhere shows as ``is_trashed``; a hinted file deleted elsewhere is a
+        tombstone, whose manifest is emptied again."""
+        uuid, _, _ = self._locate(str(file_id))
         if uuid is None:
             rec = self._file_record(file_id, [])
             if rec is None:
                 raise NoSuchFileException(file_id)
             uuid = rec["uuid"]
-        if self._update(uuid, manifest_text=manifest_text) is None:
+        rec = self._update(uuid, select=["properties", "is_trashed"], manifest_text=manifest_text)
+        if rec is None or rec.get("is_trashed"):
+            raise NoSuchFileException(file_id)
+        kind = rec["properties"].get(KIND)
+        if kind != naming.KIND_FILE:
+            if kind == naming.KIND_TOMBSTONE:
+                self._update(uuid, manifest_text="")
             raise NoSuchFileException(file_id)
 
     def update_file(self, file_id: str, local_path: str) -> None:
@@ -543,9 +893,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._delete(rec["uuid"])
 
     def delete_file(self, file_id: str) -> None:
-        uuid, _ = naming.parse_file_id(str(file_id))
+        uuid, key, _ = self._locate(str(file_id))
         if uuid is not None:
-            rec = {"uuid": uuid, "properties": {}}
+            rec = {"uuid": uuid, "properties": {naming.PATH: key[1]} if key and key[0] == "slot" else {}}
         else:
             rec = self._file_record(file_id, [])
             if rec is None:
@@ -612,21 +962,22 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         """Create or replace the shared file ``name``; concurrent creators settle on one record."""
         if rename_to is not None:
             manifest_text = self._renamed(manifest_text, rename_to)
-        cached = self._shared_uuids.get(name)
+        with self._lock:
+            cached = self._shared_uuids.get(name)
         if cached is not None and self._update(cached, manifest_text=manifest_text) is not None:
             return
         for _ in range(5):
             try:
                 rec = self._create(naming.shared_name(name), {KIND: naming.KIND_SHARED}, manifest_text,
                                    name_is_ours=False)
-                self._shared_uuids[name] = rec["uuid"]
+                self._remember_shared(name, rec["uuid"])
                 return
             except Exception as e:
                 if not _is_conflict(e):
                     raise
             existing = self._by_name(naming.shared_name(name), [])
             if existing is not None and self._update(existing["uuid"], manifest_text=manifest_text) is not None:
-                self._shared_uuids[name] = existing["uuid"]
+                self._remember_shared(name, existing["uuid"])
                 return
         raise RuntimeError(f"could not save shared file {name} in {self._full_locator}: it keeps changing")
 
@@ -658,8 +1009,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         rec = self._by_name(naming.shared_name(shared_file_name), select)
         if rec is None or rec["properties"].get(KIND) != naming.KIND_SHARED:
             raise NoSuchFileException(shared_file_name)
-        self._shared_uuids[shared_file_name] = rec["uuid"]
+        self._remember_shared(shared_file_name, rec["uuid"])
         return rec
+
+    def _remember_shared(self, name: str, uuid: str) -> None:
+        with self._lock:
+            self._shared_uuids[name] = uuid
 
     @contextmanager
     def read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
@@ -681,8 +1036,36 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         writer.write_bytes(msg.encode("utf-8") if isinstance(msg, str) else msg)
         self._create(naming.log_name(), {KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW},
                      writer.manifest_text())
+        self._hint_new_logs()
+
+    def _hint_new_logs(self) -> None:
+        with _registry_lock:
+            _log_hints[self._full_locator] = _log_hints.get(self._full_locator, 0) + 1
+
+    def _logs_written_here(self) -> int:
+        with _registry_lock:
+            return _log_hints.get(self._full_locator, 0)
+
+    def _may_skip_log_poll(self) -> bool:
+        """True while the last poll found nothing, recently, and nothing here hinted at new logs.
+
+        Logs of other processes then reach the leader up to LOG_POLL_INTERVAL later; they are not
+        lost (they stay unread on the server until a poll or ``read_all`` takes them)."""
+        if self._log_empty_at is None or self._logs_written_here() != self._log_seen:
+            return False
+        return time.monotonic() - self._log_empty_at < LOG_POLL_INTERVAL
 
     def read_logs(self, callback: Callable[..., Any], read_all: bool = False) -> int:
+        with self._log_lock:  # two concurrent readers would hand the same log out twice
+            if not read_all and self._may_skip_log_poll():
+                return 0
+            written = self._logs_written_here()
+            processed = self._read_logs(callback, read_all)
+            self._log_seen = written
+            self._log_empty_at = time.monotonic() if processed == 0 else None
+            return processed
+
+    def _read_logs(self, callback: Callable[..., Any], read_all: bool) -> int:
         filters: list = [[f"properties.{KIND}", "=", naming.KIND_LOG]]
         if not read_all:
             filters.append([f"properties.{naming.LOG_STATE}", "=", naming.LOG_NEW])

@@ -7,8 +7,10 @@ Every record is one collection owned by the job store's project:
 ============  ==============================  ====================================================
 kind          collection name                 ID Toil sees
 ============  ==============================  ====================================================
-job           ``job:<jobName>:<random>``      the collection UUID
+job           ``job:<job ID>``                ``j-<16 random hex digits>``, chosen locally
 file          ``file:<basename>:<random>``    ``<collection UUID>/<quoted basename>``
+streamed file ``file:<key>``                  ``n-<key>/<quoted basename>`` (``<key>``: 16 random
+                                              hex digits, chosen before the collection exists)
 hinted file   ``hint:<slot path>``            the slot path ``<hints>/files/[N/]<basename>``
 tombstone     ``hint:<hints>/deleted/...``    (never handed out)
 shared file   ``shared:<name>``               the shared name
@@ -31,13 +33,13 @@ from urllib.parse import quote, unquote
 # Property keys and values.
 KIND = "toil_kind"
 JOB = "toil_job"  # the job a file was written for (informational)
+JOB_NAME = "toil_job_name"  # a job record's Toil job name (informational)
 CLEANUP_JOB = "toil_cleanup_job"  # set only when the file goes away with that job
 PATH = "toil_path"  # a hinted file's slot path, checked on lookup (names may be shortened)
 LOG_STATE = "toil_log_state"
 STORE_MARK = "toil_job_store"
 
 KIND_JOB = "job"
-KIND_JOB_ID = "job-id"  # an assigned ID whose JobDescription is not yet saved
 KIND_FILE = "file"
 KIND_TOMBSTONE = "tombstone"
 KIND_SHARED = "shared"
@@ -58,6 +60,9 @@ MAX_NAME = 250
 COLLECTION_UUID_RE = re.compile(r"^[a-z0-9]{5}-4zz18-[a-z0-9]{15}$")
 PROJECT_UUID_RE = re.compile(r"^[a-z0-9]{5}-(j7d0g|tpzed)-[a-z0-9]{15}$")
 _UNHINTED_ID_RE = re.compile(r"^([a-z0-9]{5}-4zz18-[a-z0-9]{15})/([^/]+)$")
+_JOB_ID_RE = re.compile(r"^j-[0-9a-f]{16}$")
+# Two segments: never a hinted ID, which always has a ``/files/`` segment in between.
+_NAMED_ID_RE = re.compile(r"^n-([0-9a-f]{16})/([^/]+)$")
 
 
 def _fit(name: str) -> str:
@@ -76,8 +81,17 @@ def _clean(text: str, limit: int = 80) -> str:
     return "".join(c for c in text if c.isprintable() and c != "/")[:limit] or "_"
 
 
-def job_name(toil_job_name: str) -> str:
-    return _fit(f"job:{_clean(toil_job_name)}:{_suffix()}")
+def new_job_id() -> str:
+    """A job ID, chosen without asking the server: its record is created with the first save."""
+    return f"j-{_suffix()}"
+
+
+def job_record_name(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def job_label(toil_job_name: str) -> str:
+    return _clean(toil_job_name)
 
 
 def file_name(basename: str) -> str:
@@ -107,6 +121,25 @@ def unhinted_file_id(collection_uuid: str, basename: str) -> str:
     return f"{collection_uuid}/{quote(basename, safe='')}"
 
 
+def new_file_key() -> str:
+    return _suffix()
+
+
+def named_file_id(key: str, basename: str) -> str:
+    """The ID of a file whose record will be named :func:`named_file_name` (``key``)."""
+    return f"n-{key}/{quote(basename, safe='')}"
+
+
+def named_file_name(key: str) -> str:
+    return f"file:{key}"
+
+
+def parse_named_file_id(file_id: str) -> tuple[str, str] | None:
+    """``(key, basename)`` of an ``n-<key>/<basename>`` ID, else None."""
+    m = _NAMED_ID_RE.match(file_id)
+    return (m.group(1), unquote(m.group(2))) if m else None
+
+
 def parse_file_id(file_id: str) -> tuple[str | None, str]:
     """``(collection UUID, basename)`` for an unhinted ID, ``(None, slot path)`` for a hinted one."""
     m = _UNHINTED_ID_RE.match(file_id)
@@ -125,4 +158,4 @@ def basename_of(path_or_name: str | None) -> str:
 
 
 def is_job_id(job_id: str) -> bool:
-    return bool(COLLECTION_UUID_RE.match(job_id or ""))
+    return bool(_JOB_ID_RE.match(job_id or ""))
