@@ -27,7 +27,7 @@ import pickle
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,7 @@ class StepRunner:
         """``adopt`` is applied to each job as it is loaded (e.g. to make a CWL job's tool a
         native step)."""
         toil_patches.promise_files_per_thread()
+        toil_patches.read_promises_through(job_store)
         self.job_store = job_store
         self.adopt = adopt
         # What a submit pass read, for its collect pass: the job store is not read twice. The
@@ -112,6 +113,19 @@ class StepRunner:
         """One pass over the job (see the module docstring); never raises for a failing job."""
         Promise.filesToDelete.clear()  # what an earlier, abandoned pass of this thread read
         read = self._read.pop(job_store_id, None)
+        try:
+            with self._running_here(job_store_id):
+                return self._pass(job_store_id, name, read)
+        finally:
+            Promise.filesToDelete.clear()
+
+    def _running_here(self, job_store_id: str) -> Any:
+        """Tell a job store that can use it (the Keep job store) that this process runs the job:
+        its reads of the job are then served from what this process wrote."""
+        running_here = getattr(self.job_store, "running_here", None)
+        return running_here(job_store_id) if running_here is not None else nullcontext()
+
+    def _pass(self, job_store_id: str, name: str, read: tuple[bytes, bytes] | None) -> PassResult:
         try:
             if read is None:
                 read = self._load(job_store_id)
@@ -128,8 +142,6 @@ class StepRunner:
             return PassResult(1)
         except Exception as e:
             return PassResult(self._failure(e, name))
-        finally:
-            Promise.filesToDelete.clear()
 
     def forget(self, job_store_id: str) -> None:
         """Drop what a submit pass kept for a job that will not be collected (killed)."""

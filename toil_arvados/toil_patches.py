@@ -154,6 +154,16 @@ def _accept_inplace_updates() -> None:
     cwltoil.scan_for_unsupported_requirements = scan_for_unsupported_requirements
 
 
+def read_promises_through(job_store: Any) -> None:
+    """Resolve promises in this process through ``job_store`` (the leader's own instance, whose
+    caches the step engine shares) instead of a second instance Toil would open on first use."""
+    from toil.job import Promise
+
+    check_toil_version()
+    if getattr(job_store, "config", None) is not None and hasattr(Promise, "_jobstore"):
+        Promise._jobstore = job_store
+
+
 # -- Toil internals used as they are ---------------------------------------------------------------
 
 def read_job_body(job_store: Any, desc: Any) -> bytes:
