@@ -42,6 +42,9 @@ from .arvados_client import ArvadosSetupError, scrub
 logger = logging.getLogger(__name__)
 
 
+READ_CACHE_BYTES = 256 << 20
+
+
 class StepSubmitted(BaseException):
     """Raised by a step's tool once its request is submitted and not yet Final.
 
@@ -106,13 +109,15 @@ class StepRunner:
         # What a submit pass read, for its collect pass: the job store is not read twice. The
         # leader leaves an issued job's description alone, and a body never changes.
         self._read: dict[str, tuple[bytes, bytes]] = {}  # job store id -> (description, body) pickles
+        self._read_bytes = 0
+        self._read_lock = threading.Lock()
         self.work_dir = work_dir
         os.makedirs(work_dir, exist_ok=True)
 
     def run_pass(self, job_store_id: str, name: str) -> PassResult:
         """One pass over the job (see the module docstring); never raises for a failing job."""
         Promise.filesToDelete.clear()  # what an earlier, abandoned pass of this thread read
-        read = self._read.pop(job_store_id, None)
+        read = self._take_read(job_store_id)
         try:
             with self._running_here(job_store_id):
                 return self._pass(job_store_id, name, read)
@@ -135,7 +140,7 @@ class StepRunner:
                 self._run(read)
             return PassResult(0)
         except StepSubmitted as s:
-            self._read[job_store_id] = read
+            self._keep_read(job_store_id, read)
             return PassResult(0, submitted=s.cr)
         except ArvadosSetupError as e:
             logger.error("%s: %s", name, e)
@@ -145,7 +150,24 @@ class StepRunner:
 
     def forget(self, job_store_id: str) -> None:
         """Drop what a submit pass kept for a job that will not be collected (killed)."""
-        self._read.pop(job_store_id, None)
+        self._take_read(job_store_id)
+
+    def _keep_read(self, job_store_id: str, read: tuple[bytes, bytes]) -> None:
+        """Keep a job's pickles for its collect pass, within :data:`READ_CACHE_BYTES` (a CWL
+        job's body is some 200 KB: at thousands of steps in flight the collect pass reads it
+        from the job store again rather than hold it)."""
+        size = len(read[0]) + len(read[1])
+        with self._read_lock:
+            if self._read_bytes + size <= READ_CACHE_BYTES:
+                self._read[job_store_id] = read
+                self._read_bytes += size
+
+    def _take_read(self, job_store_id: str) -> tuple[bytes, bytes] | None:
+        with self._read_lock:
+            read = self._read.pop(job_store_id, None)
+            if read is not None:
+                self._read_bytes -= len(read[0]) + len(read[1])
+            return read
 
     def _load(self, job_store_id: str) -> tuple[bytes, bytes] | None:
         """The job's description and body, pickled; None if it has no body left to run."""
