@@ -221,3 +221,40 @@ def test_get_many_costs_one_call_per_chunk_when_complete() -> None:
     found = get_many(api.containers().list, ["c0", "c1", "c2", "c3", "c4", "gone"], ["state"])
     assert sorted(r["uuid"] for r in found) == ["c0", "c1", "c2", "c3", "c4"]
     assert len(api.calls) == 1, "fewer records than the page limit is a complete answer"
+
+
+class _RecordingQueue:
+    """Stands for the batch system's queue of ended jobs: empty, remembering how long it was
+    asked to wait."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def get(self, timeout: float | None = None) -> Any:
+        import queue
+
+        self.timeouts.append(timeout or 0.0)
+        raise queue.Empty
+
+
+def test_leader_updates_of_its_own_stop_the_wait_for_ended_jobs() -> None:
+    """Toil's loop asks for an ended batch job (up to 2 s) before processing the job updates it
+    published itself; the batch system must not keep it waiting while it has some."""
+    from toil.bus import JobUpdatedMessage, MessageBus
+
+    from toil_arvados.batch_system import ArvadosBatchSystem
+
+    bs = object.__new__(ArvadosBatchSystem)
+    bs._leader_work = threading.Event()
+    bs._updates = _RecordingQueue()
+    bs._updated_leader_side = lambda: None  # type: ignore[method-assign]
+    bus = MessageBus()
+    bs.set_message_bus(bus)
+
+    bus.publish(JobUpdatedMessage("some-job", 0))
+    assert bs.getUpdatedBatchJob(maxWait=2) is None
+    assert max(bs._updates.timeouts) == 0, "with leader work pending the call must not wait"
+
+    bs._updates.timeouts.clear()
+    assert bs.getUpdatedBatchJob(maxWait=0.3) is None
+    assert max(bs._updates.timeouts) > 0, "without leader work it waits for ended jobs as usual"
