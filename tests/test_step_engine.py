@@ -248,6 +248,7 @@ def test_leader_updates_of_its_own_stop_the_wait_for_ended_jobs() -> None:
     bs._leader_work = threading.Event()
     bs._updates = _RecordingQueue()
     bs._updated_leader_side = lambda: None  # type: ignore[method-assign]
+    bs.getIssuedBatchJobIDs = lambda: [7]  # type: ignore[method-assign]
     bus = MessageBus()
     bs.set_message_bus(bus)
 
@@ -258,3 +259,15 @@ def test_leader_updates_of_its_own_stop_the_wait_for_ended_jobs() -> None:
     bs._updates.timeouts.clear()
     assert bs.getUpdatedBatchJob(maxWait=0.3) is None
     assert max(bs._updates.timeouts) > 0, "without leader work it waits for ended jobs as usual"
+
+
+def test_nothing_issued_means_nothing_to_wait_for() -> None:
+    from toil_arvados.batch_system import ArvadosBatchSystem
+
+    bs = object.__new__(ArvadosBatchSystem)
+    bs._leader_work = threading.Event()
+    bs._updates = _RecordingQueue()
+    bs._updated_leader_side = lambda: None  # type: ignore[method-assign]
+    bs.getIssuedBatchJobIDs = lambda: []  # type: ignore[method-assign]
+    assert bs.getUpdatedBatchJob(maxWait=2) is None
+    assert max(bs._updates.timeouts) == 0

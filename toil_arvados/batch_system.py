@@ -432,6 +432,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if self._leader_work.is_set():  # the leader has work of its own: don't keep it waiting
             self._leader_work.clear()
             maxWait = 0
+        elif not self.getIssuedBatchJobIDs():  # nothing can end (the leader's last round)
+            maxWait = 0
         deadline = time.monotonic() + maxWait
         while True:
             try:
