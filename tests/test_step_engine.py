@@ -271,3 +271,23 @@ def test_nothing_issued_means_nothing_to_wait_for() -> None:
     bs.getIssuedBatchJobIDs = lambda: []  # type: ignore[method-assign]
     assert bs.getUpdatedBatchJob(maxWait=2) is None
     assert max(bs._updates.timeouts) == 0
+
+
+def test_cwl_schemas_pickle_by_reference_to_cwltools_cache() -> None:
+    """Each CWL job's body carries the CWL schema: by reference it is a fraction of the bytes,
+    and unpickles to the one object cwltool caches (not a copy per job)."""
+    import pickle
+
+    import cwltool.process
+
+    toil_patches.cwl_schemas_by_reference()
+    names = cwltool.process.get_schema("v1.2")[1]
+    data = pickle.dumps({"doc_schema": names})
+    assert len(data) < 1000, f"the schema went by value ({len(data)} bytes)"
+    assert pickle.loads(data)["doc_schema"] is names
+
+    from schema_salad.avro.schema import Names
+
+    own = Names()  # a schema cwltool does not cache goes by value, as before
+    back = pickle.loads(pickle.dumps(own))
+    assert type(back) is Names and back is not own and back is not names

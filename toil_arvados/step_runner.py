@@ -104,6 +104,7 @@ class StepRunner:
         native step)."""
         toil_patches.promise_files_per_thread()
         toil_patches.read_promises_through(job_store)
+        toil_patches.cwl_schemas_by_reference()
         self.job_store = job_store
         self.adopt = adopt
         # What a submit pass read, for its collect pass: the job store is not read twice. The

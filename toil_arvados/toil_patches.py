@@ -89,6 +89,8 @@ def cwl_runner_patches() -> None:
     * Toil pre-pulls every DockerRequirement image with Docker or Singularity before a run; on
       Arvados images live in Keep, so the pre-pull becomes a check that each one is there
       (:func:`toil_arvados.cwl_images.check_workflow_images`), failing in one line if not.
+    * CWL schemas are pickled by reference (:func:`cwl_schemas_by_reference`), from the root
+      job on.
     * Toil refuses InplaceUpdateRequirement unless ``--bypass-file-store``; native steps on a
       Keep job store write a tool's in-place change back to the input's own file
       (``ArvadosStepJob._apply_inplace_updates``), so it is accepted there. Toil checks in the
@@ -100,6 +102,7 @@ def cwl_runner_patches() -> None:
 
     from .cwl_images import native_steps_on_keep
 
+    cwl_schemas_by_reference()
     with _lock:
         if "cwl_runner" in _applied:
             return
@@ -162,6 +165,47 @@ def read_promises_through(job_store: Any) -> None:
     check_toil_version()
     if getattr(job_store, "config", None) is not None and hasattr(Promise, "_jobstore"):
         Promise._jobstore = job_store
+
+
+def cwl_schemas_by_reference() -> None:
+    """Pickle the CWL schema every cwltool process object carries (``doc_schema``: the whole CWL
+    language, some 150 of the 210 KB of each CWL job's body) as a reference to cwltool's own
+    per-version cache, instead of by value. Idempotent.
+
+    Every step job's body is written to the job store, read back and unpickled (twice, by the
+    step engine); with the schema by reference each is a quarter of the size, and all of them
+    share one schema object in memory instead of a copy each. Only cwltool's standard schemas
+    are referenced (``get_schema(version)`` rebuilds exactly them in any process); a schema
+    changed by extensions (``custom_schemas``) is pickled by value as before.
+    """
+    import copyreg
+
+    from schema_salad.avro.schema import Names
+
+    with _lock:
+        if "cwl_schemas" in _applied:
+            return
+        check_toil_version()
+        copyreg.pickle(Names, _reduce_names)
+        _applied.add("cwl_schemas")
+
+
+def _reduce_names(names: Any) -> Any:
+    import pickle
+
+    import cwltool.process
+
+    for version, cached in list(cwltool.process.SCHEMA_CACHE.items()):
+        if cached[1] is names and version not in cwltool.process.custom_schemas:
+            return (cwl_schema_names, (version,))
+    return names.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+
+def cwl_schema_names(version: str) -> Any:
+    """cwltool's schema names for a CWL version (what a pickled reference unpickles to)."""
+    import cwltool.process
+
+    return cwltool.process.get_schema(version)[1]
 
 
 # -- Toil internals used as they are ---------------------------------------------------------------
