@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 
 import httplib2
 import pytest
@@ -94,8 +95,35 @@ class _Exec:
         return self.fn()
 
 
+class _GatewayTime:
+    """The ``time`` the gateway sees in these tests: ``now[0]`` moves only when it sleeps.
+
+    Replacing the gateway's ``time`` rather than the ``time`` module leaves every other thread
+    of the test process (clients left by earlier tests, the SDK's own) on the real clock, so they
+    cannot move this one."""
+
+    def __init__(self, now: list[float]) -> None:
+        self.now = now
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        return self.now[0]
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now[0] += seconds
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def _gateway_clock(monkeypatch, now: list[float]) -> list[float]:
+    monkeypatch.setattr(gw, "time", _GatewayTime(now))
+    return now
+
+
 def test_a_create_whose_answer_was_lost_is_found_not_repeated(monkeypatch) -> None:
-    monkeypatch.setattr(gw.time, "sleep", lambda s: None)
+    _gateway_clock(monkeypatch, [0.0])
     fake = _FakeRequests()
     api = type("Api", (), {"container_requests": fake})()
     cr = gw.create_request(api, {"name": "step", "properties": {"k": "v"}}, "test")
@@ -152,7 +180,7 @@ class _Down:
 
 
 def test_patient_client_fails_fast_at_start_up_and_rides_out_outages_after(monkeypatch) -> None:
-    monkeypatch.setattr(gw.time, "sleep", lambda s: None)
+    _gateway_clock(monkeypatch, [0.0])
     monkeypatch.delenv(gw.STARTED_ENV, raising=False)
     down = _Down(failures=3)
     sdk = type("Sdk", (), {"_rootDesc": {"resources": {"collections": {}}}, "collections": lambda self: down,
@@ -168,9 +196,7 @@ def test_patient_client_fails_fast_at_start_up_and_rides_out_outages_after(monke
 
 
 def test_a_short_budget_is_not_stretched_by_the_patient_client(monkeypatch) -> None:
-    clock = [0.0]
-    monkeypatch.setattr(gw.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(gw.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    clock = _gateway_clock(monkeypatch, [0.0])
     monkeypatch.setenv(gw.STARTED_ENV, "1")
     down = _Down(failures=10**6)
     sdk = type("Sdk", (), {"_rootDesc": {"resources": {"collections": {}}}, "collections": lambda self: down})()
@@ -187,17 +213,8 @@ KEEP_OUTAGE = 5 * 60.0  # what the plugin must ride out (issue 10); the clock is
 
 @pytest.fixture
 def fake_clock(monkeypatch) -> list[float]:
-    """A clock that moves only when the code under test sleeps (any thread)."""
-    now = [0.0]
-    lock = threading.Lock()
-
-    def sleep(seconds: float) -> None:
-        with lock:
-            now[0] += seconds
-
-    monkeypatch.setattr(gw.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(gw.time, "sleep", sleep)
-    return now
+    """A clock that moves only when the gateway sleeps (any thread)."""
+    return _gateway_clock(monkeypatch, [0.0])
 
 
 class _KeepDown:
