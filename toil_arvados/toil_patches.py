@@ -77,9 +77,12 @@ def promise_files_per_thread() -> None:
         check_toil_version()
         from toil.job import Promise
 
-        if not isinstance(Promise.filesToDelete, set) or Promise.filesToDelete:
-            raise ToilVersionError("Toil's Promise.filesToDelete is not the empty set this patch replaces")
-        Promise.filesToDelete = PerThreadSet()  # type: ignore[assignment]
+        if not isinstance(Promise.filesToDelete, set):
+            raise ToilVersionError("Toil's Promise.filesToDelete is not the set this patch replaces")
+        per_thread = PerThreadSet()
+        for file_id in Promise.filesToDelete:  # read so far by this (the calling) thread
+            per_thread.add(file_id)
+        Promise.filesToDelete = per_thread  # type: ignore[assignment]
         _applied.add("promise_files")
 
 

@@ -142,17 +142,27 @@ def _archive(recipe: Recipe, layers: list[Layer], config: bytes, cache_dir: Path
             os.replace(partial, out)
             rebuilt = True
             _forget_older(out, recipe.name)
+        else:
+            os.utime(out)  # in use: see _forget_older
     logger.info("image %s sha256:%s %s in %.1fs", recipe.name, image_id[:12],
                 "built" if rebuilt else "cached", time.monotonic() - started)
     return BuiltImage(recipe.name, out, image_id, time.monotonic() - started, rebuilt,
                       recipe.aliases, dict(recipe.properties))
 
 
+_IN_USE_SECONDS = 3600
+
+
 def _forget_older(archive: Path, name: str) -> None:
-    """Keep one archive per image name in the cache (each is hundreds of MiB): the new one."""
+    """Keep one archive per image name in the cache (each is hundreds of MiB): the new one, and
+    any other built or used within the hour (another checkout of another version may be storing
+    it in its cluster right now)."""
     label = archive.with_suffix(".name")
     label.write_text(name)
+    now = time.time()
     for other in archive.parent.glob("*.name"):
-        if other != label and other.read_text() == name:
+        tar = other.with_suffix(".tar")
+        recent = tar.exists() and now - tar.stat().st_mtime < _IN_USE_SECONDS
+        if other != label and other.read_text() == name and not recent:
             other.with_suffix(".tar").unlink(missing_ok=True)
             other.unlink(missing_ok=True)
