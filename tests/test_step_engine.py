@@ -291,3 +291,17 @@ def test_cwl_schemas_pickle_by_reference_to_cwltools_cache() -> None:
     own = Names()  # a schema cwltool does not cache goes by value, as before
     back = pickle.loads(pickle.dumps(own))
     assert type(back) is Names and back is not own and back is not names
+
+
+def test_the_step_file_store_has_every_attribute_of_toils_own(tmp_path: Path) -> None:
+    """StepFileStore sets up what Toil's file store constructors set up, without their per-job
+    directory probes: when Toil adds an attribute, this fails instead of a step at run time."""
+    from toil.fileStores.nonCachingFileStore import NonCachingFileStore
+
+    from toil_arvados.step_runner import StepFileStore
+
+    store, job_id, _ = _job_store(tmp_path, FailingJob())
+    desc = store.load_job(job_id)
+    toils = NonCachingFileStore(store, desc, str(tmp_path / "w1"), lambda: True)
+    ours = StepFileStore(store, desc, str(tmp_path / "w2"), (toils.workflow_dir, toils.coordination_dir))
+    assert set(vars(ours)) == set(vars(toils))

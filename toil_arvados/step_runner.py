@@ -26,6 +26,7 @@ import os
 import pickle
 import shutil
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -67,6 +68,25 @@ class PassResult:
 class StepFileStore(NonCachingFileStore):
     """Toil's non-caching file store, minus what only a worker process may do (see the module
     docstring)."""
+
+    def __init__(self, job_store: Any, desc: Any, file_store_dir: str, dirs: tuple[str, str]) -> None:
+        """``AbstractFileStore.__init__`` and ``NonCachingFileStore.__init__`` (Toil 9.6), minus
+        their look-ups of the workflow's local and coordination dirs: the latter runs a process
+        to check the filesystem can be locked, once per job in Toil, once per run here (``dirs``).
+        A test checks these are the attributes Toil's own file store has."""
+        self.jobStore = job_store
+        self.jobDesc = desc
+        self.localTempDir = os.path.abspath(file_store_dir)
+        self.workflow_dir, self.coordination_dir = dirs
+        self.jobName = str(desc)
+        self.waitForPreviousCommit = _committed
+        self.logging_messages: list[dict[str, int | str]] = []
+        self.logging_user_streams: list[dict[str, str]] = []
+        self.filesToDelete: set[str] = set()
+        self._accessLog: list[tuple[str, ...]] = []
+        self._job_disk_used: int | None = None
+        self.jobStateFile = None
+        self.localFileMap: defaultdict[str, list[str]] = defaultdict(list)
 
     @contextmanager
     def open(self, job: Job) -> Iterator[None]:
@@ -111,6 +131,7 @@ class StepRunner:
         # leader leaves an issued job's description alone, and a body never changes.
         self._read: dict[str, tuple[bytes, bytes]] = {}  # job store id -> (description, body) pickles
         self._read_bytes = 0
+        self._dirs: tuple[str, str] | None = None
         self._read_lock = threading.Lock()
         self.work_dir = work_dir
         os.makedirs(work_dir, exist_ok=True)
@@ -124,6 +145,18 @@ class StepRunner:
                 return self._pass(job_store_id, name, read)
         finally:
             Promise.filesToDelete.clear()
+
+    def _workflow_dirs(self) -> tuple[str, str]:
+        """The workflow's local dir and coordination dir on this machine, looked up once."""
+        with self._read_lock:
+            if self._dirs is None:
+                from toil.common import Toil
+
+                config = self.job_store.config
+                self._dirs = (Toil.getLocalWorkflowDir(config.workflowID, config.workDir),
+                              Toil.get_local_workflow_coordination_dir(config.workflowID, config.workDir,
+                                                                       config.coordination_dir))
+            return self._dirs
 
     def _running_here(self, job_store_id: str) -> Any:
         """Tell a job store that can use it (the Keep job store) that this process runs the job:
@@ -181,7 +214,7 @@ class StepRunner:
         desc = pickle.loads(read[0])
         job = toil_patches.job_from_body(desc, read[1])
         self.adopt(job)
-        file_store = StepFileStore(self.job_store, desc, self.work_dir, lambda: True)
+        file_store = StepFileStore(self.job_store, desc, self.work_dir, self._workflow_dirs())
         with file_store.open(job):
             job._runner(jobGraph=None, jobStore=self.job_store, fileStore=file_store, defer=_no_defer)
             self._commit(job, file_store)
@@ -212,6 +245,11 @@ class StepRunner:
         else:
             logger.error("%s failed: %s", name, scrub(f"{type(e).__name__}: {e}"), exc_info=logger.isEnabledFor(logging.DEBUG))
         return 1
+
+
+def _committed() -> bool:
+    """No earlier job of this file store's to wait for (each pass has its own)."""
+    return True
 
 
 def _no_defer(function: Any, *args: Any, **kwargs: Any) -> None:
