@@ -8,6 +8,7 @@ committed by the collect pass, the body read once, no job seeing another's promi
 """
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ def test_submit_pass_commits_nothing_and_collect_pass_completes_the_job(tmp_path
 
 
 def test_a_failing_job_is_an_exit_code_not_an_exception(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Toil runs earlier in this process (other tests) may have quietened the plugin's loggers.
+    caplog.set_level(logging.ERROR, logger="toil_arvados.step_runner")
     store, job_id, _ = _job_store(tmp_path, FailingJob())
     runner = StepRunner(store, str(tmp_path / "work"), adopt=lambda job: None)
     result = runner.run_pass(job_id, "step b")
