@@ -4,7 +4,7 @@ The cluster is stopped twice while a small workflow runs with ``--batchSystem ar
 scatter (native steps) or a Toil Python workflow whose jobs run as worker containers, its script in
 a temp dir outside the image — for 20 s, then for 2 min, each time with a step finished and
 another running, and started again on the same address. The leader
-(reconciler, event bus, Keep job store) and every step process must wait it out with backoff and
+(reconciler, event bus, Keep job store, the step engine) and the workers must wait it out with backoff and
 finish the workflow with the right outputs; nothing is submitted twice (a create whose answer was
 lost is looked up, not repeated), no step is run again by Toil (``--retryCount 0``), and a step
 that had finished before the outage keeps its one container.
