@@ -130,6 +130,8 @@ class NativeSteps:
         else:
             step.cr_uuid = result.submitted["uuid"]
             self.tracker.track(result.submitted, lambda cr, c: self._request_final(step, cr, c))
+            if step.killed and self.tracker.forget(step.cr_uuid):  # killed while it was submitted
+                _cancel(self.context.api, step.cr_uuid)
 
     def _request_final(self, step: _Step, cr: dict, container: dict | None) -> None:
         """The tracker's callback: collect in the pool, not in the tracker's thread."""
