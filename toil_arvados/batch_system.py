@@ -40,10 +40,9 @@ from toil.resource import Resource
 
 from . import arvados_client
 from .images.worker import check_worker_image, default_image_name
-from .timestamps import parse_timestamp
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
-from .request_tracker import RequestTracker
+from .request_tracker import RequestTracker, wall_time
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
     PROPERTY_WORKFLOW,
@@ -534,9 +533,7 @@ def _update_info(batch_id: int, c: dict | None, cr_uuid: str) -> UpdatedBatchJob
     if c is None:
         return UpdatedBatchJobInfo(jobID=batch_id, exitStatus=EXIT_STATUS_UNAVAILABLE_VALUE,
                                    exitReason=BatchJobExitReason.LOST, wallTime=None, backing_id=cr_uuid)
-    wall = None
-    if c.get("started_at") and c.get("finished_at"):
-        wall = max(1e-6, parse_timestamp(c["finished_at"]) - parse_timestamp(c["started_at"]))
+    wall = wall_time(c)
     if c["state"] == "Complete":
         code = c.get("exit_code")
         code = EXIT_STATUS_UNAVAILABLE_VALUE if code is None else int(code)

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import arvados_client
 from .arvados_client import describe
+from .timestamps import parse_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -211,3 +212,10 @@ class RequestTracker:
                 t.on_final(cr, containers.get(cr.get("container_uuid") or ""))
             except Exception:
                 logger.exception("handling the end of %s failed", t.cr_uuid)
+
+
+def wall_time(c: dict | None) -> float | None:
+    """Seconds a finished container ran (Toil's ``wallTime``), if its times are known."""
+    if c and c.get("started_at") and c.get("finished_at"):
+        return max(1e-6, parse_timestamp(c["finished_at"]) - parse_timestamp(c["started_at"]))
+    return None

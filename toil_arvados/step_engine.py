@@ -29,8 +29,7 @@ from toil.batchSystems.abstractBatchSystem import BatchJobExitReason, UpdatedBat
 
 from . import arvados_client
 from .arvados_client import describe
-from .request_tracker import RequestTracker
-from .timestamps import parse_timestamp
+from .request_tracker import RequestTracker, wall_time
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +158,7 @@ class NativeSteps:
                 return  # killed meanwhile: Toil must not hear of it
         reason = BatchJobExitReason.FINISHED if exit_code == 0 else BatchJobExitReason.FAILED
         self.report(UpdatedBatchJobInfo(jobID=step.batch_id, exitStatus=exit_code, exitReason=reason,
-                                        wallTime=_wall_time(container), backing_id=step.cr_uuid))
+                                        wallTime=wall_time(container), backing_id=step.cr_uuid))
 
     def _step_runner(self) -> Any:
         with self._lock:
@@ -188,9 +187,3 @@ def _cancel(api: Any, cr_uuid: str) -> None:
         arvados_client.cancel_request(api, cr_uuid)
     except Exception as e:
         logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
-
-
-def _wall_time(c: dict | None) -> float | None:
-    if c and c.get("started_at") and c.get("finished_at"):
-        return max(1e-6, parse_timestamp(c["finished_at"]) - parse_timestamp(c["started_at"]))
-    return None
