@@ -7,9 +7,12 @@ applying one to another Toil version fails loudly instead of silently misbehavin
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 TESTED_TOIL = ("9.6.",)
 
@@ -168,6 +171,60 @@ def read_promises_through(job_store: Any) -> None:
     check_toil_version()
     if getattr(job_store, "config", None) is not None and hasattr(Promise, "_jobstore"):
         Promise._jobstore = job_store
+
+
+def promises_fulfilled_blindly() -> None:
+    """Fulfil a job's promises with one write each on job stores that can tell "gone" from the
+    write itself (``UPDATE_REPORTS_MISSING``, with a ``write_promise(file_id, data)``). Idempotent.
+
+    Toil asks ``file_exists`` before writing each promise file (a promise's reader may already
+    have deleted it when a service job re-runs), then writes it: two calls per promise, one per
+    CWL step. A Keep job store's update answers 404 (or a trashed record) for a gone file, so
+    the write alone decides, and a gone file is skipped exactly as Toil skips it. Other job
+    stores keep Toil's own code."""
+    from toil.job import Job
+
+    with _lock:
+        if "blind_promises" in _applied:
+            return
+        check_toil_version()
+        original = Job._fulfillPromises
+
+        def _fulfillPromises(self: Any, returnValues: Any, jobStore: Any) -> None:
+            if not getattr(jobStore, "UPDATE_REPORTS_MISSING", False):
+                return original(self, returnValues, jobStore)
+            for path, file_ids in self._rvs.items():
+                value = _promised_value(returnValues, path)
+                for file_id in file_ids:
+                    _write_promise(jobStore, file_id, value)
+
+        Job._fulfillPromises = _fulfillPromises  # type: ignore[method-assign]
+        _applied.add("blind_promises")
+
+
+def _promised_value(returnValues: Any, path: tuple) -> Any:
+    """The part of a job's return value a promise with ``path`` stands for (as Toil picks it)."""
+    from toil.job import Promise
+
+    if not path:
+        return returnValues
+    if isinstance(returnValues, Promise):
+        return Promise(returnValues.job, path)
+    value = returnValues
+    for index in path:
+        value = value[index]
+    return value
+
+
+def _write_promise(job_store: Any, file_id: str, value: Any) -> None:
+    import pickle
+
+    from toil.jobStores.abstractJobStore import NoSuchFileException
+
+    try:
+        job_store.write_promise(file_id, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    except NoSuchFileException:
+        logger.debug("Promise file %s is gone (its reader finished); not written", file_id)
 
 
 def cwl_schemas_by_reference() -> None:
