@@ -610,7 +610,8 @@ def test_deleting_a_job_created_and_run_here_needs_no_list(store, cluster, tmp_p
     with _CallCounter(cluster) as calls:
         store.delete_job(job.jobStoreID)
     assert "collections.list" not in calls.by_endpoint
-    assert calls.by_endpoint == {"collections.delete": 3, "collections.update": 1}  # the hinted one: a tombstone
+    # The job's record (its body inside) and the empty file go; the hinted file becomes a tombstone.
+    assert calls.by_endpoint == {"collections.delete": 2, "collections.update": 1}
     assert _tombstoned_or_gone(store, files) and not _other_process_view(store).job_exists(job.jobStoreID)
     assert store.file_exists(kept)
 
@@ -683,6 +684,53 @@ def test_bodies_and_promises_kept_here_are_read_without_calls(store, cluster):
     store.delete_job(job.jobStoreID)
     with pytest.raises(NoSuchFileException):
         store.read_file(body, "/dev/null")
+
+
+def test_a_body_written_before_its_job_is_saved_in_the_jobs_record(store, cluster):
+    """Toil writes a job's body, then creates the job: one create holds both, every file
+    operation works on the body from any process, and the body goes with the job."""
+    job = _job()
+    store.assign_job_id(job)
+    with _CallCounter(cluster) as calls:
+        with store.write_file_stream(job.jobStoreID, cleanup=True) as (f, body):
+            f.write(b"the body")
+        store.create_job(job)
+    assert calls.by_endpoint == {"collections.create": 1}
+    other = _other_process_view(store)
+    with other.read_file_stream(body) as f:
+        assert f.read() == b"the body"
+    assert other.file_exists(body) and other.get_file_size(body) == len(b"the body")
+    assert other.get_public_url(body).startswith("keep:")
+    loaded = other.load_job(job.jobStoreID)
+    loaded.unitName = "updated elsewhere"
+    other.update_job(loaded)  # the update keeps the body
+    job2 = _job("second")
+    store.assign_job_id(job2)
+    with store.write_file_stream(job2.jobStoreID, cleanup=True) as (f, body2):
+        f.write(b"second body")
+    store.create_job(job2)
+    for _ in range(2):  # updated twice here: the record keeps one body and one job file
+        store.update_job(store.load_job(job2.jobStoreID))
+    assert sorted(_names_in(store, job2.jobStoreID)) == sorted(["job", naming.body_member(body2.split("/")[0][2:])])
+    with _other_process_view(store).read_file_stream(body) as f:
+        assert f.read() == b"the body"
+    with other.update_file_stream(body) as f:  # the file API stays whole (Toil itself never does this)
+        f.write(b"rewritten")
+    with _other_process_view(store).read_file_stream(body) as f:
+        assert f.read() == b"rewritten"
+    assert _other_process_view(store).load_job(job.jobStoreID).unitName == "updated elsewhere"
+    other.delete_file(body)
+    assert not _other_process_view(store).file_exists(body)
+    assert _other_process_view(store).job_exists(job.jobStoreID)
+    store.delete_job(job2.jobStoreID)
+    assert not _other_process_view(store).file_exists(body2)
+
+
+def _names_in(store: KeepJobStore, job_id: str) -> list[str]:
+    from toil_arvados.jobstore import manifest_text
+
+    rec = _other_process_view(store)._job_record(job_id, ["manifest_text"])
+    return manifest_text.members(rec["manifest_text"])
 
 
 def test_a_job_deleted_here_is_gone_at_once(store):

@@ -13,7 +13,8 @@ is never reused (job and streamed-file IDs are random, hinted slots are taken fo
 
 =========================  ===================================================================
 assign_job_id              none (the ID ``j-<random>`` is chosen locally)
-create_job                 1 create (the job's record); in ``batch()``, up to PARALLEL at once
+create_job                 1 create (the job's record, with the bodies written for it); in
+                           ``batch()``, up to PARALLEL at once
 update_job                 1 update (+1 list for a job not seen here)
 load_job                   1 get, or 1 list for a job not seen here; none inside
                            ``running_here(job)``, for the first load after it or after the
@@ -25,7 +26,8 @@ delete_job                 1 list (the job + its cleanup files) + 1 delete each 
                            list for a job created and run in this process
 jobs()                     1 list per 1000 jobs (manifests come with the list)
 write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken)
-write_file_stream          1 create when the stream closes (hinted: create + update)
+write_file_stream          1 create when the stream closes (hinted: create + update); none for a
+                           job's body written before the job's record (saved with the record)
 get_empty_file_store_id    1 create
 read_file(_stream)         1 get (streamed/hinted IDs not seen here: 1 list)
 update_file(_stream)       1 update (streamed/hinted IDs not seen here: +1 list)
@@ -72,6 +74,7 @@ from toil.jobStores.abstractJobStore import (
 from toil_arvados import arvados_client
 from toil_arvados.arvados_client import NUM_RETRIES, ArvadosSetupError
 from toil_arvados.jobstore import collection_io, naming
+from toil_arvados.jobstore import manifest_text as manifests
 from toil_arvados.jobstore import locator as locators
 from toil_arvados.jobstore.naming import KIND
 
@@ -208,6 +211,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._local_jobs: dict[str, tuple[bool, list[dict]]] = {}
         self._manifests: OrderedDict[str, tuple[str, str]] = OrderedDict()  # file ID -> (UUID, manifest)
         self._manifest_ids: dict[str, str] = {}  # UUID -> file ID, for the entries above
+        self._pending_bodies: dict[str, list[str]] = {}  # job ID -> body manifests for its first save
+        self._job_manifests: OrderedDict[str, str] = OrderedDict()  # job ID -> its record's last manifest
         self._local = threading.local()  # per-thread: the open batch()
         self._log_lock = threading.Lock()
         self._log_seen = 0
@@ -561,17 +566,33 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         writer.write_bytes(data)
         props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id,
                  naming.JOB_NAME: naming.job_label(job_description.jobName)}
+        manifest = self._job_manifest(job_id, writer.manifest_text(), uuid)
         if uuid is None:
-            rec = self._create(naming.job_record_name(job_id), props, writer.manifest_text())
+            rec = self._create(naming.job_record_name(job_id), props, manifest)
             self._learn("job", job_id, rec["uuid"])
             with self._lock:
                 self._assigned.discard(job_id)
                 self._local_jobs.setdefault(job_id, (False, []))
                 if in_run:
                     self._fresh.add(job_id)
-        elif self._update(uuid, manifest_text=writer.manifest_text(), properties=props) is None:
+        elif self._update(uuid, manifest_text=manifest, properties=props) is None:
             raise NoSuchJobException(job_id)
-        self._remember_job(job_id, data)
+        self._remember_job(job_id, data, manifest)
+
+    def _job_manifest(self, job_id: str, job_file: str, uuid: str | None) -> str:
+        """The record's new manifest: the job file, plus its bodies (written before its first
+        save, or already in the record: known here once seen, else one get)."""
+        if uuid is None:
+            with self._lock:
+                bodies = self._pending_bodies.pop(job_id, [])
+            return manifests.merge(job_file, *bodies) if bodies else job_file
+        with self._lock:
+            previous = self._job_manifests.get(job_id)
+        if previous is None:
+            rec = self._get(uuid, ["manifest_text"])
+            previous = rec["manifest_text"] if rec is not None else ""
+        rest = manifests.without(previous, naming.JOB_FILE) if previous else ""
+        return manifests.merge(job_file, rest) if rest else job_file
 
     def _job_uuid(self, job_id: str) -> str | None:
         """The collection of a job: known here once seen (IDs are never reused), else one list."""
@@ -635,16 +656,20 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def _job_bytes(self, job_id: str, rec: dict) -> bytes:
         data = collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE)
-        self._remember_job(job_id, data)
+        self._remember_job(job_id, data, rec["manifest_text"])
         return data
 
-    def _remember_job(self, job_id: str, data: bytes) -> None:
+    def _remember_job(self, job_id: str, data: bytes, manifest: str) -> None:
         with self._lock:
             self._jobs[job_id] = data
             self._jobs.move_to_end(job_id)
             while len(self._jobs) > JOB_CACHE_SIZE:
                 old, _ = self._jobs.popitem(last=False)
                 self._fresh.discard(old)
+            self._job_manifests[job_id] = manifest
+            self._job_manifests.move_to_end(job_id)
+            while len(self._job_manifests) > MANIFEST_CACHE_SIZE:
+                self._job_manifests.popitem(last=False)
 
     def _note_cleanup_file(self, props: dict, uuid: str) -> None:
         """Remember a cleanup file written here for a job created here (see delete_job)."""
@@ -691,6 +716,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._deleted.add(job_id)
             self._jobs.pop(job_id, None)
             self._fresh.discard(job_id)
+            self._job_manifests.pop(job_id, None)
+            self._pending_bodies.pop(job_id, None)
 
     @staticmethod
     def _parallel(fn: Callable[[Any], Any], items: list) -> None:
@@ -801,6 +828,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
         A hinted ID whose slot this process has seen is fetched by UUID (its name, hence its UUID,
         is taken forever); otherwise one list by name finds it."""
+        if naming.parse_body_file_id(str(file_id)) is not None:
+            return self._body_record(str(file_id))
         uuid, key, name = self._locate(str(file_id))
         if uuid is not None:
             rec = self._get(uuid, select)
@@ -819,8 +848,42 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             return None
         return rec
 
+    def _body_record(self, file_id: str) -> dict | None:
+        """A job body's file as a record of its own: the job's record, sized to the body."""
+        _key, job_id, _name = naming.parse_body_file_id(file_id)  # type: ignore[misc]
+        with self._lock:
+            if job_id in self._deleted:
+                return None
+        rec = self._job_record(job_id, ["manifest_text", "portable_data_hash"])
+        if rec is None:
+            return None
+        size = manifests.size_of(rec["manifest_text"], self._file_basename(file_id))
+        if size is None:
+            return None
+        return {**rec, "file_size_total": size, "properties": {KIND: naming.KIND_FILE}}
+
+    def _rewrite_body(self, file_id: str, manifest: str | None) -> str:
+        """Replace (``manifest``) or drop (None) a body in its job's record: one get, one update.
+        Toil does neither (a body goes with its job); this keeps the file API whole."""
+        self._drop_manifests(file_id)
+        rec = self._body_record(file_id)
+        if rec is None:
+            raise NoSuchFileException(file_id)
+        job_id = naming.parse_body_file_id(file_id)[1]  # type: ignore[index]
+        rest = manifests.without(rec["manifest_text"], self._file_basename(file_id))
+        new = manifests.merge(rest, manifest) if manifest else rest
+        if self._update(rec["uuid"], manifest_text=new) is None:
+            raise NoSuchFileException(file_id)
+        with self._lock:
+            self._job_manifests.pop(job_id, None)
+        return rec["uuid"]
+
     @staticmethod
     def _file_basename(file_id: str) -> str:
+        """The file's name inside its collection."""
+        body = naming.parse_body_file_id(str(file_id))
+        if body is not None:
+            return naming.body_member(body[0])
         named = naming.parse_named_file_id(str(file_id))
         if named is not None:
             return named[1]
@@ -841,6 +904,10 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                           errors: str | None = None) -> Iterator[tuple[IO[Any], str]]:
         name = naming.basename_of(basename)
         props = self._file_properties(job_id, cleanup)
+        if self._is_body(job_id, cleanup, hints):
+            with self._body_stream(str(job_id), name, encoding, errors) as written:
+                yield written
+            return
         if self.hints_to_string(hints):
             # The slot must be claimed before its ID can be handed out: create, then fill.
             empty = self._writer(name)
@@ -867,11 +934,37 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         if cleanup and job_id is not None and str(job_id) in self._assigned:  # a body: never rewritten
             self._keep_manifest(file_id, rec["uuid"], manifest_text)
 
+    def _is_body(self, job_id: str | None, cleanup: bool, hints: list[str] | None) -> bool:
+        """A stream Toil writes for a job whose record does not exist yet, to go away with it:
+        the job's body (``Job.saveBody``). It is kept in the job's own record."""
+        if not cleanup or job_id is None or self.hints_to_string(hints):
+            return False
+        with self._lock:
+            return str(job_id) in self._assigned and self._known("job", str(job_id)) is None
+
+    @contextmanager
+    def _body_stream(self, job_id: str, name: str, encoding: str | None,
+                     errors: str | None) -> Iterator[tuple[IO[Any], str]]:
+        key = naming.new_file_key()
+        file_id = naming.body_file_id(key, job_id, name)
+        writer = self._writer(naming.body_member(key))
+        try:
+            with writer.open(encoding, errors) as handle:
+                yield handle, file_id
+        except BaseException:
+            writer.discard()
+            raise
+        manifest = writer.manifest_text()
+        with self._lock:
+            self._pending_bodies.setdefault(job_id, []).append(manifest)
+        self._keep_manifest(file_id, "", manifest)
+
     def _keep_manifest(self, file_id: str, uuid: str, manifest_text: str) -> None:
         with self._lock:
             self._manifests[str(file_id)] = (uuid, manifest_text)
             self._manifests.move_to_end(str(file_id))
-            self._manifest_ids[uuid] = str(file_id)
+            if uuid:
+                self._manifest_ids[uuid] = str(file_id)
             while len(self._manifests) > MANIFEST_CACHE_SIZE:
                 _, (old_uuid, _) = self._manifests.popitem(last=False)
                 self._manifest_ids.pop(old_uuid, None)
@@ -913,6 +1006,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         whether the record was still a live file. Arvados lets trashed collections be updated, so
         a file deleted elsewhere shows as ``is_trashed``; a hinted file deleted elsewhere is a
         tombstone, whose manifest is emptied again."""
+        if naming.parse_body_file_id(str(file_id)) is not None:
+            return self._rewrite_body(str(file_id), manifest_text)
         self._drop_manifests(file_id)
         uuid, _, _ = self._locate(str(file_id))
         if uuid is None:
@@ -950,6 +1045,10 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def _readable_record(self, file_id: str) -> dict:
         """What a read needs (the manifest): kept here for immutable files, else from the server."""
+        body = naming.parse_body_file_id(str(file_id))
+        with self._lock:
+            if body is not None and body[1] in self._deleted:  # a body goes with its job
+                raise NoSuchFileException(file_id)
         kept = self._kept_manifest(file_id)
         if kept is not None:
             return {"manifest_text": kept}
@@ -996,6 +1095,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._delete(rec["uuid"])
 
     def delete_file(self, file_id: str) -> None:
+        if naming.parse_body_file_id(str(file_id)) is not None:
+            try:
+                self._rewrite_body(str(file_id), None)
+            except NoSuchFileException:
+                pass
+            return
         uuid, key, _ = self._locate(str(file_id))
         if uuid is not None:
             rec = {"uuid": uuid, "properties": {naming.PATH: key[1]} if key and key[0] == "slot" else {}}
