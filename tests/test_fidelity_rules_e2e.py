@@ -125,7 +125,9 @@ def test_config_exports_what_clients_need_to_size_requests(api) -> None:
     config = api.configs().get().execute()
     assert config["Containers"]["ReserveExtraRAM"] == 550 << 20
     (name, it), = config["InstanceTypes"].items()
-    assert it["Preemptible"] is False and it["Scratch"] > 0 and it["VCPUs"] == 2 and it["RAM"] == 4 << 30
+    assert it["Preemptible"] is False and it["VCPUs"] == 2 and it["RAM"] == 4 << 30
+    # As Arvados exports it: Scratch and Name are computed by readers, never exported.
+    assert "Scratch" not in it and "Name" not in it and it["IncludedScratch"] > 0 and it["AddedScratch"] == 0
 
 
 def test_malformed_exists_filters_are_422_with_arvados_message_not_500(api) -> None:
