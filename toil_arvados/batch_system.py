@@ -38,7 +38,7 @@ from toil.common import Config
 from toil.job import JobDescription, Requirer
 from toil.resource import Resource
 
-from . import arvados_client
+from . import arvados_client, toil_patches
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
@@ -130,6 +130,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if getattr(config, "restart", False):
             self._load_reattachable()
         self.tracker = RequestTracker(self.api, self.poll_interval)
+        toil_patches.progress_bar_shows_batch_system_summary()
         logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
 
     # -- options -------------------------------------------------------------------------------
@@ -444,6 +445,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                     return local
                 if time.monotonic() >= deadline:
                     return None
+
+    def progress_summary(self) -> str:
+        """The run's requests by Arvados state, for Toil's progress bar
+        (:func:`toil_patches.progress_bar_shows_batch_system_summary`)."""
+        return self.tracker.counts().summary()
 
     def getSchedulingStatusMessage(self) -> str | None:
         waiting = self.tracker.queued()
