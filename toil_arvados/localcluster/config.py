@@ -60,16 +60,13 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def _disk_size(path: Path) -> int:
-    """Size of the filesystem holding *path* (what this module once stored as ``scratch``)."""
-    return shutil.disk_usage(_existing(path)).total
-
-
-def free_scratch(state_dir: Path) -> int:
-    """Bytes the dispatcher can really give containers' ``tmp`` mounts: the space free on the
-    filesystem holding their scratch images (``<state dir>/containers``, see scratch.py). Each
-    image is sparse, so a capacity beyond this would be accepted and fail mid-run instead."""
-    return shutil.disk_usage(_existing(Path(state_dir) / "containers")).free
+def disk_scratch(state_dir: Path) -> int:
+    """Bytes of scratch the one local instance type has: the size of the filesystem holding
+    the containers' scratch images (``<state dir>/containers``, see scratch.py), as Arvados'
+    single-host install sizes its instance from its temp filesystem. Its size, not its free
+    space: the same request must fit the same way on a fuller disk (scratch images are sparse;
+    a container that really fills the disk fails as it would on a full compute node)."""
+    return shutil.disk_usage(_existing(Path(state_dir) / "containers")).total
 
 
 #: The InstanceType fields Arvados computes and never exports (``json:"-"`` in
@@ -112,7 +109,7 @@ class ClusterConfig:
     #: Containers.ReserveExtraRAM, bytes (see dispatcher fitting).
     reserve_extra_ram: int = DEFAULT_RESERVE_EXTRA_RAM
     #: IncludedScratch of the instance, bytes; containers needing more are unsatisfiable.
-    #: 0: measured whenever asked (:func:`free_scratch`), as the disk fills with Keep blocks too.
+    #: 0: the size of the disk under the state dir (:func:`disk_scratch`), measured when asked.
     scratch: int = 0
     #: Also offer a preemptible variant of the instance type (Arvados refuses preemptible
     #: requests when InstanceTypes has none).
@@ -126,7 +123,7 @@ class ClusterConfig:
         Scratch = IncludedScratch + AddedScratch; :func:`exported_instance_types` for clients):
         this machine, as much of it as the cluster was given, its scratch what the dispatcher can
         really offer, and (``preemptible_instances``) the same again marked Preemptible."""
-        scratch = self.scratch or free_scratch(self.state_path)
+        scratch = self.scratch or disk_scratch(self.state_path)
         base = {"ProviderType": "local", "VCPUs": self.cores, "RAM": self.ram, "Scratch": scratch,
                 "IncludedScratch": scratch, "AddedScratch": 0, "Price": 0, "Preemptible": False,
                 "GPU": {"Stack": "", "DriverVersion": "", "HardwareTarget": "", "DeviceCount": 0, "VRAM": 0}}
@@ -178,8 +175,6 @@ class ClusterConfig:
     def load(cls, state_dir: Path) -> "ClusterConfig":
         data = json.loads((Path(state_dir) / "cluster.json").read_text())
         data["state_dir"] = str(state_dir)
-        if data.get("scratch") == _disk_size(Path(state_dir)):
-            data["scratch"] = 0  # saved by an older version (the disk's size, not its free space)
         return cls(**data)
 
     @classmethod
