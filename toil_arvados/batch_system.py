@@ -42,6 +42,7 @@ from . import arvados_client, toil_patches
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
+from .local_jobs import LazyLocalBatch
 from .request_tracker import RequestTracker, wall_time
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
@@ -83,6 +84,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def __init__(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
         super().__init__(config, maxCores, maxMemory, maxDisk)
+        self._lazy_local_jobs(config, maxCores, maxMemory, maxDisk)
         # Toil's set_log_level() silences every non-Toil logger already created (ours included,
         # as the plugin is imported first), which would hide failed jobs' stderr: inherit again.
         logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
@@ -132,6 +134,17 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         self.tracker = RequestTracker(self.api, self.poll_interval)
         toil_patches.progress_bar_shows_batch_system_summary()
         logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
+
+    def _lazy_local_jobs(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
+        """Toil made its local-job batch system already (BatchSystemLocalSupport): stop it, and
+        make it again only if a local job comes that does not run in the leader (local_jobs)."""
+        from toil.batchSystems.singleMachine import SingleMachineBatchSystem
+        from toil.lib.threading import cpu_count
+
+        self.localBatch.shutdown()
+        max_local = config.max_local_jobs if config.max_local_jobs is not None else cpu_count()
+        self.localBatch = LazyLocalBatch(lambda: SingleMachineBatchSystem(  # type: ignore[assignment]
+            config, maxCores, maxMemory, maxDisk, max_jobs=max_local))
 
     # -- options -------------------------------------------------------------------------------
 
