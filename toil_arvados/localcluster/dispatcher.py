@@ -238,12 +238,12 @@ class Dispatcher:
             self._finish_cancelled(uuid, logdir, f"dispatcher error: {type(e).__name__}: {e}")
         finally:
             self.running.pop(uuid, None)
+            self._wake.set()  # its cores are free: the next container starts while this one is cleaned up
             if token is not None and self.store.get(token["uuid"]):
                 self.store.update(token["uuid"], {"expires_at": timestamp()}, log=False)
             if scratch is not None:
                 await asyncio.to_thread(scratch.release)
             shutil.rmtree(workdir, ignore_errors=True)
-            self._wake.set()
 
     async def _wait(self, run: _Running, max_run_time: float) -> int:
         """The command's exit code. Past ``max_run_time`` seconds (0: no limit) the container is
