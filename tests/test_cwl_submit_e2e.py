@@ -159,6 +159,8 @@ def test_ctrl_c_cancels_the_runner_and_its_steps(api, clean_project, env, tmp_pa
 
         found = poll_until(step_running, bool, RUN_TIMEOUT, "the sleeping step to run", interval=1.0)
         runner, steps = found[0], found[1:]
+        # The leader's log lines arrive while it runs, not only at its end.
+        poll_until(follower.stderr, lambda text: "CWL step main.nap" in text, 60, "the leader's log lines")
         follower.proc.send_signal(signal.SIGINT)
         done = follower.wait(120)
     finally:
@@ -171,3 +173,40 @@ def test_ctrl_c_cancels_the_runner_and_its_steps(api, clean_project, env, tmp_pa
     for step in steps:
         step = _final(api, step["uuid"], 120)
         assert api.containers().get(uuid=step["container_uuid"]).execute()["state"] == "Cancelled", step
+
+
+SECRET = textwrap.dedent("""\
+    cwlVersion: v1.2
+    class: CommandLineTool
+    $namespaces: {cwltool: "http://commonwl.org/cwltool#"}
+    hints:
+      cwltool:Secrets: {secrets: [pw]}
+    requirements:
+      InitialWorkDirRequirement:
+        listing: [{entryname: pw.txt, entry: $(inputs.pw)}]
+      ShellCommandRequirement: {}
+    inputs:
+      pw: string
+    arguments: [{valueFrom: 'wc -c < pw.txt', shellQuote: false}]
+    stdout: out.txt
+    outputs:
+      out: {type: File, outputBinding: {glob: out.txt}}
+    """)
+
+
+def test_a_secret_input_reaches_the_tool_but_no_record(api, clean_project, env, tmp_path: Path) -> None:
+    secret = f"hunter2-{secrets.token_hex(8)}"
+    tool = tmp_path / "secret.cwl"
+    tool.write_text(SECRET)
+    inputs = tmp_path / "secret.yml"
+    inputs.write_text(json.dumps({"pw": secret}))
+    done = run(_submit(clean_project, "--outdir", str(tmp_path / "out"), str(tool), str(inputs)), env, tmp_path,
+               timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.describe()
+    assert (tmp_path / "out" / "out.txt").read_text().strip() == str(len(secret))
+    (runner,) = [cr for cr in project_requests(api, clean_project) if cr["properties"].get("type") == "workflow"]
+    container = api.containers().get(uuid=runner["container_uuid"]).execute()
+    logs = list_all(api.logs(), [["object_uuid", "=", runner["container_uuid"]]])
+    log_files = collection_files(api, runner["log_uuid"])
+    assert logs and secret not in json.dumps([runner, container, logs, done.stderr])
+    assert all(secret.encode() not in data for data in log_files.values())

@@ -60,10 +60,12 @@ def wanted(args: list[str]) -> bool:
 
 def submit_main(args: list[str], get_options: Callable[[list[str]], Namespace], stdout: TextIO) -> int:
     """Submit the run; follow it unless ``--arvadosNoWait``. The command's exit code."""
-    options = get_options(args)
-    _check_options(options)
+    from cwltool.loghandler import _logger as cwl_logger, defaultStreamHandler
     from toil.statsAndLogging import set_logging_from_options
 
+    cwl_logger.removeHandler(defaultStreamHandler)  # as Toil's main: cwltool logs through Toil's handler
+    options = get_options(args)
+    _check_options(options)
     set_logging_from_options(options)
     logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
     api, settings = _prepare(options)
@@ -198,5 +200,5 @@ def refuse_unhandled(args: list[str]) -> None:
     """A leader starting here although the command asked for a submission (the hook did not
     take over Toil's main): stop instead of silently running the workflow on this machine."""
     if wanted(args):
-        raise ArvadosSetupError(f"{FLAG} was not handled (is toil-arvados installed with its startup hook, "
-                                "toil_arvados.pth?): reinstall toil-arvados")
+        raise ArvadosSetupError(f"{FLAG} works with toil-cwl-runner only, and needs toil-arvados installed with "
+                                "its startup hook (toil_arvados.pth): run toil-cwl-runner, or reinstall toil-arvados")

@@ -48,7 +48,8 @@ def load_job_order(path: str) -> dict:
     order = _plain(document)
     if not isinstance(order, dict):
         raise ArvadosSetupError(f"input object {path} is not a mapping of input names to values")
-    order.pop("id", None)
+    for key in ("id", "__id"):  # the loader's note of where the file was: this machine's path
+        order.pop(key, None)
     return order
 
 
