@@ -34,7 +34,7 @@ LOCAL_DESTS = frozenset({
     "arvados_submit", "arvados_no_wait", "arvados_submit_cores", "arvados_submit_ram", "jobStore", "outdir",
     "workDir", "coordination_dir", "tmpdir_prefix", "tmp_outdir_prefix", "runDir", "logFile", "writeLogs",
     "writeLogsGzip", "cachedir", "provenance", "batchSystem", "arvados_project", "arvados_worker_image",
-    "arvados_worker_python", "restart", "cwltool", "cwljob", "basedir",
+    "restart", "cwltool", "cwljob", "basedir",
 })
 
 
