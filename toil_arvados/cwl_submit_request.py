@@ -82,6 +82,9 @@ def runner_request_body(settings: RunnerSettings, packed: Mapping[str, Any], job
         "secret_mounts": dict(secret_mounts),
         "runtime_constraints": {"vcpus": max(1, math.ceil(settings.cores)), "ram": int(settings.ram), "API": True},
         "use_existing": False,  # a workflow run is never "the same" as an earlier one
+        # A workflow runner, as Arvados marks arvados-cwl-runner's: the dispatcher keeps runners
+        # to a share of the cluster, so they cannot take every slot their steps need.
+        "scheduling_parameters": {"supervisor": True},
         "properties": {PROPERTY_RUNNER: settings.name, "type": "workflow"},
     }
 
