@@ -17,6 +17,8 @@ from e2e_util import collection_files
 from toil_cli import (TOIL_CWL_RUNNER, Background, is_one_line_error, last_line, list_all, poll_until,
                       project_requests, run)
 
+from toil_arvados.cwl_submit_request import PROPERTY_RUNNER as RUNNER_PROPERTY
+
 DEMO = Path(__file__).resolve().parent.parent / "toil_arvados" / "demo"
 UUID = re.compile(r"^[a-z0-9]{5}-xvhdp-[a-z0-9]{15}$")
 RUN_TIMEOUT = 540
@@ -57,7 +59,8 @@ def test_no_wait_prints_the_runner_uuid_which_ends_with_the_outputs(api, clean_p
     assert done.seconds < 60, f"--arvadosNoWait took {done.seconds:.0f}s"
     runner = api.container_requests().get(uuid=uuid).execute()
     assert runner["state"] == "Committed" and runner["runtime_constraints"]["API"] is True
-    assert "ARVADOS_API_TOKEN" not in json.dumps([runner["command"], runner["environment"], runner["mounts"]])
+    token_secret = env["ARVADOS_API_TOKEN"].rsplit("/", 1)[-1]
+    assert token_secret not in json.dumps(runner) and runner["scheduling_parameters"]["supervisor"] is True
 
     runner = _final(api, uuid)
     container = api.containers().get(uuid=runner["container_uuid"]).execute()
@@ -110,11 +113,14 @@ FAILING = textwrap.dedent("""\
 def test_a_failing_workflow_fails_the_command(api, clean_project, env, tmp_path: Path) -> None:
     tool = tmp_path / "fail.cwl"
     tool.write_text(FAILING)
+    local = run([TOIL_CWL_RUNNER, "--batchSystem", "arvados", "--arvadosProject", clean_project, "--retryCount",
+                 "0", "--jobStore", f"arvados:{clean_project}/local-fail", str(tool)], env, tmp_path,
+                timeout=RUN_TIMEOUT)
     done = run(_submit(clean_project, str(tool)), env, tmp_path, timeout=RUN_TIMEOUT)
-    assert done.returncode != 0, done.describe()
+    assert done.returncode != 0 and done.returncode == local.returncode, (local.returncode, done.describe())
     assert "about to fail" in done.stderr, done.describe()  # the step's stderr, via the leader's log
-    (runner,) = [cr for cr in project_requests(api, clean_project) if cr["properties"].get("type") == "workflow"]
-    assert runner["state"] == "Final" and runner["container_uuid"]
+    (runner,) = [cr for cr in project_requests(api, clean_project)
+                 if RUNNER_PROPERTY in cr["properties"] and cr["state"] == "Final" and cr["container_uuid"]]
     assert api.containers().get(uuid=runner["container_uuid"]).execute()["exit_code"] != 0
 
 
@@ -149,7 +155,7 @@ def test_ctrl_c_cancels_the_runner_and_its_steps(api, clean_project, env, tmp_pa
     follower = Background(_submit(clean_project, str(wf)), env, tmp_path, "sleeper")
     try:
         def step_running() -> list[dict]:
-            runners = [cr for cr in project_requests(api, clean_project) if cr["properties"].get("type") == "workflow"]
+            runners = [cr for cr in project_requests(api, clean_project) if RUNNER_PROPERTY in cr["properties"]]
             if not runners or not runners[0]["container_uuid"]:
                 return []
             steps = _children(api, runners[0])
@@ -204,7 +210,7 @@ def test_a_secret_input_reaches_the_tool_but_no_record(api, clean_project, env, 
                timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.describe()
     assert (tmp_path / "out" / "out.txt").read_text().strip() == str(len(secret))
-    (runner,) = [cr for cr in project_requests(api, clean_project) if cr["properties"].get("type") == "workflow"]
+    (runner,) = [cr for cr in project_requests(api, clean_project) if RUNNER_PROPERTY in cr["properties"]]
     container = api.containers().get(uuid=runner["container_uuid"]).execute()
     logs = list_all(api.logs(), [["object_uuid", "=", runner["container_uuid"]]])
     log_files = collection_files(api, runner["log_uuid"])

@@ -138,8 +138,9 @@ def _arity() -> Callable[[str], tuple[str, int] | None]:
         action = actions.get(option)
         if action is None:
             return None
-        nargs = action.nargs
-        return action.dest, (1 if nargs in (None, "?") else 0 if nargs == 0 else int(nargs) if isinstance(nargs, int) else 1)
+        # Flags take none; a fixed count takes that many; anything else (one value, "?", "*",
+        # "+") is taken as one value, which is how Toil's own options of those kinds are used.
+        return action.dest, action.nargs if isinstance(action.nargs, int) else 1
 
     return arity
 

@@ -29,6 +29,7 @@ class Progress:
 
     last_log_id: int = 0
     container_uuid: str | None = None
+    container_state: str | None = None
 
 
 def new_log_text(api: Any, container_uuid: str, after: int) -> list[dict]:
@@ -46,6 +47,17 @@ def show_logs(api: Any, progress: Progress, out: TextIO) -> None:
             out.write(str((rec.get("properties") or {}).get("text") or ""))
             progress.last_log_id = rec["id"]
     out.flush()
+
+
+def show_state(api: Any, progress: Progress) -> None:
+    """Say when the runner's container changes state (Queued: it waits for room on the cluster)."""
+    if not progress.container_uuid:
+        return
+    c = arvados_client.call(lambda: api.containers().get(uuid=progress.container_uuid, select=["uuid", "state"]),
+                            f"look up {progress.container_uuid}")
+    if c.get("state") != progress.container_state:
+        progress.container_state = c.get("state")
+        logger.info("Workflow runner container %s is %s", progress.container_uuid, progress.container_state)
 
 
 def request_state(api: Any, uuid: str) -> dict:
@@ -82,15 +94,15 @@ def follow(api: Any, uuid: str, out: TextIO = sys.stderr, poll: float = POLL_SEC
         events = None
     try:
         while True:
+            wake.clear()  # before looking: whatever happens from now on wakes the next round
             cr = request_state(api, uuid)
             if cr.get("container_uuid") != progress.container_uuid:
                 progress.container_uuid, progress.last_log_id = cr.get("container_uuid"), 0
+            show_state(api, progress)
             show_logs(api, progress, out)
             if cr["state"] == "Final":
-                show_logs(api, progress, out)
                 return cr
             wake.wait(poll)
-            wake.clear()
     finally:
         if events is not None:
             events.close()
