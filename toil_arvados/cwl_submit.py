@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import secrets
-import sys
 import time
 from argparse import ArgumentParser, Namespace, _ArgumentGroup
 from pathlib import Path
