@@ -216,3 +216,40 @@ def test_a_secret_input_reaches_the_tool_but_no_record(api, clean_project, env, 
     log_files = collection_files(api, runner["log_uuid"])
     assert logs and secret not in json.dumps([runner, container, logs, done.stderr])
     assert all(secret.encode() not in data for data in log_files.values())
+
+
+DIRECTORIES = textwrap.dedent("""\
+    cwlVersion: v1.2
+    class: CommandLineTool
+    requirements: {ShellCommandRequirement: {}}
+    inputs:
+      d: Directory
+    arguments: [{valueFrom: 'mkdir out && cp -r $(inputs.d.path)/. out/ && ls -R out > listing.txt',
+                 shellQuote: false}]
+    outputs:
+      copy: {type: Directory, outputBinding: {glob: out}}
+      listing: {type: File, outputBinding: {glob: listing.txt}}
+    """)
+
+
+def test_a_local_directory_goes_up_and_a_directory_output_comes_back(api, clean_project, env,
+                                                                     tmp_path: Path) -> None:
+    tool = tmp_path / "dirs.cwl"
+    tool.write_text(DIRECTORIES)
+    data = tmp_path / "in" / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("a\n")
+    (data / "sub" / "b.txt").write_text("b\n")
+    inputs = tmp_path / "dirs.yml"
+    inputs.write_text(json.dumps({"d": {"class": "Directory", "location": "in/data"}}))
+    done = run(_submit(clean_project, "--outdir", str(tmp_path / "out"), str(tool), str(inputs)), env, tmp_path,
+               timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.describe()
+    out = json.loads(done.stdout)
+    copy = Path(out["copy"]["path"])
+    assert copy == tmp_path / "out" / "out"
+    assert (copy / "a.txt").read_text() == "a\n" and (copy / "sub" / "b.txt").read_text() == "b\n"
+    assert "b.txt" in Path(out["listing"]["path"]).read_text()
+    (runner,) = [cr for cr in project_requests(api, clean_project) if RUNNER_PROPERTY in cr["properties"]]
+    location = runner["mounts"]["/var/lib/cwl/cwl.input.json"]["content"]["d"]["location"]
+    assert location.startswith("keep:") and location.endswith("/data"), location

@@ -67,9 +67,13 @@ def submit_main(args: list[str], get_options: Callable[[list[str]], Namespace], 
     _check_options(options)
     set_logging_from_options(options)
     logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
-    api, settings = _prepare(options)
-    body = _runner_body(api, options, settings, args)
-    cr = arvados_client.create_request(api, body, "submit the workflow runner", ensure_unique_name=True)
+    try:
+        api, settings = _prepare(options)
+        body = _runner_body(api, options, settings, args)
+        cr = arvados_client.create_request(api, body, "submit the workflow runner", ensure_unique_name=True)
+    except KeyboardInterrupt:
+        logger.error("Interrupted before the workflow runner was submitted")
+        return 130
     if options.arvados_no_wait:
         print(cr["uuid"], file=stdout)
         stdout.flush()
@@ -151,14 +155,26 @@ def _follow(api: Any, uuid: str, options: Namespace, stdout: TextIO) -> int:
         cr = follow(api, uuid)
     except KeyboardInterrupt:
         logger.error("Interrupted: cancelling workflow runner %s and its steps", uuid)
-        cancel(api, uuid)
+        try:
+            cancel(api, uuid)
+        except Exception as e:
+            raise ArvadosSetupError(arvados_client.describe(e, f"could not cancel workflow runner {uuid} (cancel "
+                                                               "it in Workbench)")) from None
         return 130
     code = exit_code(api, cr)
     if code != 0:
         logger.error("Workflow runner %s failed (exit code %d); its log: %s", uuid, code, cr.get("log_uuid"))
         return code
-    outdir = Path(options.outdir or os.getcwd()).resolve()
-    outputs = download_outputs(api, cr["output_uuid"], outdir)
+    return _deliver_outputs(api, cr, Path(options.outdir or os.getcwd()).resolve(), stdout)
+
+
+def _deliver_outputs(api: Any, cr: dict, outdir: Path, stdout: TextIO) -> int:
+    """As a local leader ends: the outputs in ``outdir``, the output object on stdout."""
+    try:
+        outputs = download_outputs(api, cr["output_uuid"], outdir)
+    except KeyboardInterrupt:
+        logger.error("Interrupted while downloading: the outputs are in collection %s", cr["output_uuid"])
+        return 130
     logger.info("Workflow outputs are in collection %s, downloaded to %s", cr["output_uuid"], outdir)
     json.dump(outputs, stdout, indent=4)
     stdout.write("\n")
