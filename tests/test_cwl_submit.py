@@ -6,7 +6,7 @@ import json
 import pytest
 
 from toil_arvados.cwl_submit import _arity, wanted
-from toil_arvados.cwl_submit_request import (INPUT_MOUNT, WORKFLOW_MOUNT, RunnerSettings, common_parent,
+from toil_arvados.cwl_submit_request import (INPUT_MOUNT, WORKFLOW_MOUNT, RunnerSettings, common_parent, env_options,
                                              local_paths, passthrough_args, relocate_outputs, runner_request_body,
                                              secret_input_names, split_secrets, to_keep)
 from toil_arvados.cwl_submit_runner import write_output_object
@@ -48,6 +48,17 @@ def test_options_naming_this_machine_are_not_passed_on() -> None:
             "wf.cwl", "job.yml"]
     assert passthrough_args(argv, _arity()) == ["--retryCount", "2", "--logDebug", "--noArvadosStepReuse",
                                                 "--arvadosDefaultImage", "debian:stable-slim"]
+
+
+def test_plugin_options_set_in_the_environment_reach_the_runner() -> None:
+    options = [("--arvadosDefaultImage", "arvados_default_image", "TOIL_ARVADOS_DEFAULT_IMAGE"),
+               ("--arvadosPriority", "arvados_priority", "TOIL_ARVADOS_PRIORITY"),
+               ("--arvadosProject", "arvados_project", "TOIL_ARVADOS_PROJECT"),
+               ("--workDir", "workDir", "TOIL_WORKDIR")]
+    environ = {"TOIL_ARVADOS_DEFAULT_IMAGE": "debian:stable-slim", "TOIL_ARVADOS_PRIORITY": "700",
+               "TOIL_ARVADOS_PROJECT": "zzzzz-j7d0g-000000000000001", "TOIL_WORKDIR": "/scratch"}
+    assert env_options(options, ["--arvadosPriority=900", "wf.cwl"], environ) == \
+        ["--arvadosDefaultImage", "debian:stable-slim"]  # the command line wins; local options stay here
 
 
 def test_the_flag_counts_only_as_an_option() -> None:

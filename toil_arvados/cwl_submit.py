@@ -26,7 +26,7 @@ from typing import Any, Callable, TextIO
 
 from . import arvados_client
 from .arvados_client import ArvadosSetupError
-from .cwl_submit_request import OUTPUT_OBJECT, RunnerSettings, passthrough_args, relocate_outputs, \
+from .cwl_submit_request import OUTPUT_OBJECT, RunnerSettings, env_options, passthrough_args, relocate_outputs, \
     runner_request_body, secret_input_names, split_secrets
 
 logger = logging.getLogger(__name__)
@@ -125,17 +125,26 @@ def _runner_body(api: Any, options: Namespace, settings: RunnerSettings, args: l
     job_order = load_job_order(options.cwljob[0]) if options.cwljob else {}
     packed, job_order = upload_local_files(api, settings.project_uuid, settings.name, packed, job_order)
     job_order, secret_mounts = split_secrets(job_order, secret_input_names(packed))
-    return runner_request_body(settings, packed, job_order, secret_mounts, passthrough_args(args, _arity()))
+    parser = _toil_parser()
+    env = [(a.option_strings[0], a.dest, a.env_var) for a in parser._actions
+           if a.option_strings and getattr(a, "env_var", None)]
+    passed = passthrough_args(args, _arity(parser)) + env_options(env, args, os.environ)
+    return runner_request_body(settings, packed, job_order, secret_mounts, passed)
 
 
-def _arity() -> Callable[[str], tuple[str, int] | None]:
-    """For each option string of toil-cwl-runner: its dest and how many values follow it."""
+def _toil_parser() -> Any:
+    """toil-cwl-runner's option parser, as Toil's ``get_options`` builds it."""
     from configargparse import ArgParser
     from toil.common import addOptions
 
     parser = ArgParser(allow_abbrev=False)
     addOptions(parser, jobstore_as_flag=True, cwl=True)
-    actions = parser._option_string_actions
+    return parser
+
+
+def _arity(parser: Any = None) -> Callable[[str], tuple[str, int] | None]:
+    """For each option string of toil-cwl-runner: its dest and how many values follow it."""
+    actions = (parser or _toil_parser())._option_string_actions
 
     def arity(option: str) -> tuple[str, int] | None:
         action = actions.get(option)

@@ -145,6 +145,19 @@ def passthrough_args(argv: Sequence[str], arity: Callable[[str], tuple[str, int]
     return out
 
 
+def env_options(options: Iterable[tuple[str, str, str]], argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """This plugin's options set through their environment variables here (``(option, dest,
+    variable)`` each), as options for the runner's leader, which does not have this environment;
+    an option on the command line wins, as with configargparse."""
+    given = {token.partition("=")[0] for token in argv}
+    out: list[str] = []
+    for option, dest, variable in options:
+        if option.startswith("--arvados") and dest not in LOCAL_DESTS and option not in given \
+                and environ.get(variable):
+            out += [option, environ[variable]]
+    return out
+
+
 # -- locations --------------------------------------------------------------------------------
 
 def common_parent(paths: Iterable[str]) -> str:
