@@ -38,7 +38,7 @@ from toil.common import Config
 from toil.job import JobDescription, Requirer
 from toil.resource import Resource
 
-from . import arvados_client, toil_patches
+from . import arvados_client, cwl_submit, toil_patches
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
@@ -88,6 +88,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         # Toil's set_log_level() silences every non-Toil logger already created (ours included,
         # as the plugin is imported first), which would hide failed jobs' stderr: inherit again.
         logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
+        cwl_submit.refuse_unhandled(sys.argv[1:])
         arvados_client.mark_starting()
         self.api = arvados_client.connect()
         user = arvados_client.check_connection(self.api)
@@ -189,6 +190,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         parser.add_argument("--arvadosMaxAttempts", dest="arvados_max_attempts", default=None, type=int,
                             help="container_count_max for each request: how often Arvados itself retries a "
                                  "container lost to infrastructure (default: the cluster's setting)")
+        cwl_submit.add_options(parser)
 
     @classmethod
     def setOptions(cls, setOption: OptionSetter) -> None:

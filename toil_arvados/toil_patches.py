@@ -417,3 +417,33 @@ def _print_requests(stores: list[Any]) -> None:
         lines = report(store)
         if lines:
             print("\n" + "\n".join(lines))
+
+def submit_hook() -> None:
+    """Let ``toil-cwl-runner --arvadosSubmit`` submit the run instead of leading it here.
+
+    Wraps ``toil.cwl.cwltoil.main`` as soon as the module is imported (see startup_hook.py), so
+    the console script picks up the wrapper. Without ``--arvadosSubmit`` the wrapper calls
+    Toil's own ``main`` unchanged; with it, :func:`toil_arvados.cwl_submit.submit_main` parses
+    the same options with Toil's own ``get_options`` and submits a runner request. Idempotent.
+    """
+    import sys
+
+    with _lock:
+        if "submit" in _applied:
+            return
+        check_toil_version()
+        from toil.cwl import cwltoil
+
+        original = cwltoil.main
+
+        def main(args: list[str] | None = None, stdout: Any = sys.stdout) -> int:
+            from .cwl_submit import submit_main, wanted
+
+            argv = list(sys.argv[1:] if args is None else args)
+            if not wanted(argv):
+                return original(args, stdout)
+            return submit_main(argv, cwltoil.get_options, stdout)
+
+        main.__doc__ = original.__doc__
+        cwltoil.main = main
+        _applied.add("submit")
