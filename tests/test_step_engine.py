@@ -215,6 +215,44 @@ def test_tracker_reports_requests_final_at_creation_with_one_batched_lookup(monk
     assert len(api.calls) <= 4, f"ending requests are looked up in batches, not one by one: {api.calls}"
 
 
+def test_ended_requests_whose_container_succeeded_cost_only_the_container_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successes need only their containers (one batched list); a failure's request is read
+    whole, and so is a request whose container Arvados replaced since the tracker last looked."""
+    from toil_arvados import arvados_client
+
+    monkeypatch.setattr(arvados_client, "subscribe_events",
+                        lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no event bus here")))
+    api = FakeApi()
+    states = {"ok": ("Complete", 0), "failed": ("Complete", 3), "retried": ("Cancelled", None)}
+    for name, (state, code) in states.items():
+        api.records["cr"][name] = {"uuid": name, "state": "Final", "container_uuid": f"c-{name}",
+                                   "log_uuid": f"log-{name}", "output_uuid": f"out-{name}"}
+        api.records["c"][f"c-{name}"] = {"uuid": f"c-{name}", "state": state, "exit_code": code}
+    api.records["cr"]["retried"]["container_uuid"] = "c-second"  # the replacement, which succeeded
+    api.records["c"]["c-second"] = {"uuid": "c-second", "state": "Complete", "exit_code": 0}
+    ended: dict[str, tuple[dict, dict | None]] = {}
+    done = threading.Event()
+
+    def on_final(cr: dict, c: dict | None) -> None:
+        ended[cr["uuid"]] = (cr, c)
+        if len(ended) == 3:
+            done.set()
+
+    tracker = RequestTracker(api, poll_interval=3600)
+    try:
+        for name in states:  # as tracked when created: the first container
+            tracker.track({"uuid": name, "state": "Final", "container_uuid": f"c-{name}"}, on_final)
+        assert done.wait(10)
+    finally:
+        tracker.stop()
+    assert ended["ok"][0] == {"uuid": "ok", "state": "Final", "container_uuid": "c-ok"}
+    assert ended["ok"][1]["exit_code"] == 0
+    assert ended["failed"][0]["log_uuid"] == "log-failed" and ended["failed"][1]["exit_code"] == 3
+    assert ended["retried"][1]["uuid"] == "c-second" and ended["retried"][0]["output_uuid"] == "out-retried"
+    looked_up = [u for kind, uuids in api.calls if kind == "cr" for u in uuids]
+    assert sorted(looked_up) == ["failed", "retried"], api.calls  # never the success's request
+
+
 def test_get_many_costs_one_call_per_chunk_when_complete() -> None:
     from toil_arvados.arvados_client import get_many
 

@@ -242,20 +242,49 @@ class RequestTracker:
             self._finishing = set()
         if not done:
             return
-        crs = {cr["uuid"]: cr for cr in arvados_client.get_many(
-            self.api.container_requests().list, [t.cr_uuid for t in done], REQUEST_FIELDS)}
-        c_uuids = [cr["container_uuid"] for cr in crs.values() if cr.get("container_uuid")]
-        containers = {c["uuid"]: c for c in arvados_client.get_many(
-            self.api.containers().list, c_uuids, CONTAINER_FIELDS)} if c_uuids else {}
-        for t in done:
-            cr = crs.get(t.cr_uuid, {"uuid": t.cr_uuid})
+        for t, cr, container in self._final_records(done):
             with self._lock:
                 if self._tracked.pop(t.cr_uuid, None) is None:
                     continue  # forgotten meanwhile (killed): nobody must hear of it
             try:
-                t.on_final(cr, containers.get(cr.get("container_uuid") or ""))
+                t.on_final(cr, container)
             except Exception:
                 logger.exception("handling the end of %s failed", t.cr_uuid)
+
+    def _final_records(self, done: list[Tracked]) -> list[tuple[Tracked, dict, dict | None]]:
+        """Each ended request with its container: one batched look at the containers this
+        tracker knows; requests whose container did not simply succeed (exit code 0) are read
+        whole too (their log, their output request), with their current container (Arvados may
+        have replaced a cancelled one). A success needs nothing of its request but its uuid:
+        its output is the container's."""
+        known = self._containers([t.container_uuid for t in done if t.container_uuid])
+        ok = {t.cr_uuid: known[t.container_uuid] for t in done
+              if t.container_uuid in known and _succeeded(known[t.container_uuid])}
+        rest = [t for t in done if t.cr_uuid not in ok]
+        crs = {cr["uuid"]: cr for cr in arvados_client.get_many(
+            self.api.container_requests().list, [t.cr_uuid for t in rest], REQUEST_FIELDS)} if rest else {}
+        more = self._containers([cr["container_uuid"] for cr in crs.values()
+                                 if cr.get("container_uuid") and cr["container_uuid"] not in known])
+        records = []
+        for t in done:
+            if t.cr_uuid in ok:
+                container = ok[t.cr_uuid]
+                records.append((t, {"uuid": t.cr_uuid, "state": "Final", "container_uuid": container["uuid"]},
+                                container))
+                continue
+            cr = crs.get(t.cr_uuid, {"uuid": t.cr_uuid})
+            c_uuid = cr.get("container_uuid") or ""
+            records.append((t, cr, known.get(c_uuid) or more.get(c_uuid)))
+        return records
+
+    def _containers(self, uuids: list[str]) -> dict[str, dict]:
+        if not uuids:
+            return {}
+        return {c["uuid"]: c for c in arvados_client.get_many(self.api.containers().list, uuids, CONTAINER_FIELDS)}
+
+
+def _succeeded(c: dict) -> bool:
+    return c.get("state") == "Complete" and c.get("exit_code") == 0
 
 
 def wall_time(c: dict | None) -> float | None:
