@@ -15,6 +15,7 @@ the Arvados API server does:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from . import manifest as mf
@@ -709,7 +710,7 @@ class Lifecycle:
             props.update({"type": kind, "container_request": cr["uuid"]})
             changes["output_uuid"] = self._copy_collection(
                 c["output"], cr, name=cr.get("output_name") or f"Container output for request {cr['uuid']}",
-                properties=props)
+                properties=props, ttl=int(cr.get("output_ttl") or 0))
         self.store.update(cr["uuid"], changes)
 
     def _add_to_request_log(self, cr: dict, c: dict, *, at_root: bool) -> str | None:
@@ -747,7 +748,9 @@ class Lifecycle:
                     for c in self.store.lookup("collections", "owner_name", (owner, name)))
         return (validation.unique_name(name, uuid) if taken else name), uuid
 
-    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:
+    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict, ttl: int = 0) -> str | None:
+        """A copy of the collection *pdh* for the request's owner; with ``output_ttl`` (*ttl*)
+        it is trashed and deleted that many seconds from now, as update_collections does."""
         source = self._collection_by_pdh(pdh)
         if source is None:
             return None
@@ -758,8 +761,9 @@ class Lifecycle:
         base = {k: v for k, v in source.items() if k not in ("uuid", "owner_uuid", "created_at", "modified_at",
                                                                "modified_by_user_uuid", "etag", "kind")}
         base.update(attrs)
+        expires = timestamp(time.time() + ttl) if ttl > 0 else None
         base.update({"owner_uuid": cr["owner_uuid"], "name": final_name, "properties": properties,
-                     "trash_at": None, "delete_at": None, "is_trashed": False})
+                     "trash_at": expires, "delete_at": expires, "is_trashed": False})
         rec = self.store.create("collections", base, by=self.store.system_user_uuid, uuid=uuid)
         self.store.update(rec["uuid"], {"current_version_uuid": rec["uuid"]}, log=False, touch=False)
         return rec["uuid"]
