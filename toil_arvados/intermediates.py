@@ -54,7 +54,7 @@ def add_options(parser: ArgumentParser | _ArgumentGroup) -> None:
                         help="Trash a successful run's intermediate collections (the default)")
 
 
-class IntermediateOptionError(ArgumentTypeError):
+class IntermediateOptionError(ArgumentTypeError, ValueError):
     """A negative or non-integer TTL (argparse prints it as one line)."""
 
 
