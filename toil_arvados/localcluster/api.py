@@ -149,9 +149,9 @@ class Resource:
         return record
 
     def visible(self, req: Request, record: dict) -> bool:
-        if req.params.get("include_trash") in (True, "true") or record.get("is_trashed") is not True:
+        if req.params.get("include_trash") in (True, "true"):
             return self.authz.can_read(req.user, record)
-        return False
+        return record.get("is_trashed") is not True and self.authz.can_read_live(req.user, record)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """Extra (method, path, handler) routes under /arvados/v1/<table>/: the resource's
@@ -242,7 +242,8 @@ class Resource:
         if (record is None or table_of(req.params["uuid"]) != self.table
                 or not self.authz.can_read(req.user, record)):
             raise not_found()
-        if record.get("is_trashed") and not req.flag("include_trash") and self.table != "collections":
+        if not req.flag("include_trash") and ((record.get("is_trashed") and self.table != "collections")
+                                              or self.authz.in_trashed_project(record)):
             raise not_found()
         return self._shape(req, record)
 

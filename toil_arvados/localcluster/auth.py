@@ -128,6 +128,30 @@ class Authorizer:
     def can_read(self, caller: Caller, record: dict) -> bool:
         return self.level(caller, record) >= 1
 
+    def in_trashed_project(self, record: dict) -> bool:
+        """Whether a project above ``record`` is in the trash (trashed, or its ``trash_at`` passed).
+
+        Arvados keeps the contents of a trashed project as they are but treats them as trashed
+        (``readable_by``: owner in ``trashed_groups``, which holds every project below a trashed
+        one): hidden from list and get unless ``include_trash``, unreadable for mounts and reuse,
+        and deleted with the project.
+        """
+        now = timestamp()
+        owner, seen = record.get("owner_uuid"), set()
+        while isinstance(owner, str) and table_of(owner) == "groups" and owner not in seen:
+            seen.add(owner)
+            group = self.store.get(owner)
+            if group is None:
+                return False
+            if group.get("is_trashed") or (group.get("trash_at") and str(group["trash_at"]) <= now):
+                return True
+            owner = group.get("owner_uuid")
+        return False
+
+    def can_read_live(self, caller: Caller, record: dict) -> bool:
+        """Readable and not inside a trashed project: what Arvados' ``readable_by`` finds."""
+        return self.can_read(caller, record) and not self.in_trashed_project(record)
+
     def can_write(self, caller: Caller, record: dict) -> bool:
         return self.level(caller, record) >= 2
 

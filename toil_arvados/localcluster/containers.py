@@ -84,7 +84,7 @@ class ContainerRequests(Resource):
 
     def _reader(self, req: Request) -> Readable:
         """What the requester may read: mounts and images are resolved among those only."""
-        return lambda record: self.authz.can_read(req.user, record)
+        return lambda record: self.authz.can_read_live(req.user, record)
 
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
         # Implied values are filled before the whitelist check (Rails' before_validation), so
@@ -450,7 +450,7 @@ class Lifecycle:
         from .auth import Caller
 
         caller = Caller(user=user, token={})
-        return lambda record: self.authz.can_read(caller, record)
+        return lambda record: self.authz.can_read_live(caller, record)
 
     # -- requests --------------------------------------------------------------------------
 
