@@ -159,3 +159,31 @@ def test_bad_output_options_are_one_line_errors(env, tmp_path: Path) -> None:
         done = run([TOIL_CWL_RUNNER, "--batchSystem", "arvados", flag, value, str(tmp_path / "wf.cwl")],
                    env, tmp_path, timeout=120)
         assert done.returncode != 0 and words in done.stderr and "Traceback" not in done.stderr, done.describe()
+
+
+def test_toil_clean_after_a_failed_run_leaves_only_what_reuse_needs(api, clean_project, env, tmp_path: Path) -> None:
+    from toil_cli import VENV_BIN
+
+    project = clean_project
+    inputs, _sample, _data = _setup(api, project, tmp_path)
+    (tmp_path / "wf.cwl").write_text(WORKFLOW.replace("baseCommand: [wc, -c]", "baseCommand: [sh, -c, 'exit 3']"))
+    before = _live_collections(api, project)
+    done = run([TOIL_CWL_RUNNER, "--batchSystem", "arvados", "--arvadosProject", project,
+                "--jobStore", f"arvados:{project}/failed", "--retryCount", "0",
+                str(tmp_path / "wf.cwl"), str(inputs)], env, tmp_path, timeout=600)
+    assert done.returncode != 0
+    wf = workflow_id(done.stderr)
+    steps = [cr for cr in project_requests(api, project)
+             if cr["properties"].get("toil_workflow_id") == wf and "toil_step" in cr["properties"]]
+    (tag_request,) = [cr for cr in steps if "tag" in cr["properties"]["toil_step"]]
+    left = {u: c for u, c in _live_collections(api, project).items() if u not in before}
+    assert any(c["name"].startswith("Inputs of") for c in left.values())  # a failed run trashes nothing
+    assert list_all(api.groups(), [["owner_uuid", "=", project]], ["uuid"])  # the job store is kept for --restart
+
+    clean = run([str(VENV_BIN / "toil"), "clean", f"arvados:{project}/failed"], env, tmp_path, timeout=300)
+    assert clean.returncode == 0, clean.describe()
+    assert not list_all(api.groups(), [["owner_uuid", "=", project]], ["uuid"])
+    kept = {u: c for u, c in _live_collections(api, project).items() if u not in before}
+    tag = containers_by_uuid(api, [tag_request])[tag_request["container_uuid"]]
+    assert sorted(c["portable_data_hash"] for c in kept.values()) == sorted([tag["output"], tag["log"]])
+    assert len(left) > len(kept) == 2
