@@ -187,3 +187,15 @@ def test_toil_clean_after_a_failed_run_leaves_only_what_reuse_needs(api, clean_p
     tag = containers_by_uuid(api, [tag_request])[tag_request["container_uuid"]]
     assert sorted(c["portable_data_hash"] for c in kept.values()) == sorted([tag["output"], tag["log"]])
     assert len(left) > len(kept) == 2
+
+
+def test_dest_bucket_still_exports_there(api, clean_project, env, tmp_path: Path) -> None:
+    project = clean_project
+    inputs, sample, _data = _setup(api, project, tmp_path)
+    dest = f"keep:{project}/dest%20out"
+    done, _steps = _run(api, project, env, tmp_path, inputs, "dest", "--destBucket", dest)
+    assert json.loads(done.stdout)["tagged"]["location"] == f"{dest}/tagged.txt"
+    names = [c["name"] for c in _live_collections(api, project).values()]
+    assert "dest out" in names and not [n for n in names if n.startswith(("Output from", "Inputs of"))]
+    (coll,) = list_all(api.collections(), [["owner_uuid", "=", project], ["name", "=", "dest out"]], ["uuid"])
+    assert collection_files(api, coll["uuid"])["tagged.txt"] == f"{sample}\ndata of {sample}\n".encode()
