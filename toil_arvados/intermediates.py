@@ -189,6 +189,7 @@ def trash_intermediates(api: Any, workflow_id: str) -> int:
     records = find_run_records(api, workflow_id)
     doomed = plan_trash(records)
     n = trash_collections(api, doomed)
-    logger.info("Trashed %d intermediate collections of workflow %s (kept %d that Arvados needs to reuse its steps)",
-                n, workflow_id, len(records.collections) - len(doomed))
+    logger.log(logging.INFO if n else logging.DEBUG,
+               "Trashed %d intermediate collections of workflow %s (kept %d that Arvados needs to reuse its steps)",
+               n, workflow_id, len(records.collections) - len(doomed))
     return n

@@ -19,6 +19,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from . import arvados_client
+from .arvados_client import ArvadosSetupError
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,7 +53,11 @@ def stage_outputs(original: Callable[..., None], toil: Any, cwljob: Any, outdir:
     if getattr(options, "arvados_trash_intermediate", True):
         from .intermediates import trash_intermediates
 
-        trash_intermediates(api, str(toil.config.workflowID))
+        try:
+            trash_intermediates(api, str(toil.config.workflowID))
+        except Exception as e:  # the outputs are saved: this only leaves more behind
+            logger.warning("Could not trash the run's intermediate collections (toil clean or the trash in "
+                           "Workbench removes them): %s", arvados_client.scrub(str(e)))
 
 
 def _save_output_collection(original: Callable[..., None], toil: Any, cwljob: Any, outdir: str, log_level: int,
@@ -60,8 +67,15 @@ def _save_output_collection(original: Callable[..., None], toil: Any, cwljob: An
     options = toil.options
     spec = output_collection.load_spec(toil._jobStore, options)
     local = getattr(options, "outdir", None) is not None
-    uuid, pdh, in_keep = output_collection.save_outputs(
-        toil, cwljob, spec, project, api, compute_checksum=bool(getattr(options, "compute_checksum", True)) and not local)
+    try:
+        uuid, pdh, in_keep = output_collection.save_outputs(
+            toil, cwljob, spec, project, api,
+            compute_checksum=bool(getattr(options, "compute_checksum", True)) and not local)
+    except Exception as e:
+        raise ArvadosSetupError(
+            f"the workflow finished but its outputs could not be saved as collection {spec['name']!r} in "
+            f"{project}: {arvados_client.scrub(str(e))}; fix that and run it again (Arvados reuses the finished "
+            "steps)") from None
     logger.log(max(log_level, logging.INFO), "Final output collection %s \"%s\" (%s)", pdh, spec["name"], uuid)
     if local:
         original(toil, cwljob, outdir, destBucket=None, log_level=log_level)
@@ -79,8 +93,6 @@ def _replace_contents(target: Any, source: Any) -> None:
 
 
 def _api_and_project(options: Any) -> tuple[Any, str]:
-    from . import arvados_client
-
     api = arvados_client.connect()
     user = arvados_client.check_connection(api)
     return api, arvados_client.resolve_project(api, getattr(options, "arvados_project", None), user)
