@@ -65,3 +65,25 @@ def test_contents_of_a_trashed_project_are_hidden_until_it_is_untrashed(api, clu
     user.groups().untrash(uuid=top["uuid"]).execute()
     assert user.collections().get(uuid=deep["uuid"]).execute()["portable_data_hash"] == deep["portable_data_hash"]
     assert user.groups().get(uuid=sub["uuid"]).execute()["uuid"] == sub["uuid"]
+
+
+def test_a_collection_is_trashed_once_its_trash_at_passes(api, cluster_env) -> None:
+    """What an ``output_ttl`` does to a step's output: hidden once ``trash_at`` is past, as
+    ``readable_by`` does, without waiting for a sweeper to set ``is_trashed``."""
+    from datetime import datetime, timedelta, timezone
+
+    from e2e_util import wait_for
+
+    user = _user_client(api, cluster_env)
+    home = user.users().current().execute()["uuid"]
+    c = _collection(user, home, f"short-lived {secrets.token_hex(3)}")
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    user.collections().update(uuid=c["uuid"], body={"collection": {"trash_at": soon, "delete_at": soon}}).execute()
+
+    def listed() -> list:
+        return user.collections().list(filters=[["uuid", "=", c["uuid"]]]).execute()["items"]
+
+    wait_for(listed, lambda items: items == [], timeout=15, what="the collection to leave the listing")
+    assert _missing(user.collections().get(uuid=c["uuid"]))
+    assert _missing(user.collections().get(uuid=c["portable_data_hash"]))
+    assert user.collections().get(uuid=c["uuid"], include_trash=True).execute()["uuid"] == c["uuid"]

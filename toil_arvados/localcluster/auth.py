@@ -33,6 +33,25 @@ class Caller:
         return bool(self.user.get("is_admin"))
 
 
+def trashed_now(record: dict | None) -> bool:
+    """Trashed, or due: Arvados' ``readable_by`` treats a collection or project whose ``trash_at``
+    has passed as trashed at once (its sweeper sets ``is_trashed`` later), e.g. a step output
+    whose request had an ``output_ttl``."""
+    if not record:
+        return False
+    if record.get("is_trashed"):
+        return True
+    at = record.get("trash_at")
+    if not at:
+        return False
+    from .filters import FilterError, normalize_timestamp
+
+    try:
+        return normalize_timestamp(str(at)) <= normalize_timestamp(timestamp())
+    except FilterError:
+        return False
+
+
 class Authorizer:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -136,14 +155,13 @@ class Authorizer:
         one): hidden from list and get unless ``include_trash``, unreadable for mounts and reuse,
         and deleted with the project.
         """
-        now = timestamp()
         owner, seen = record.get("owner_uuid"), set()
         while isinstance(owner, str) and table_of(owner) == "groups" and owner not in seen:
             seen.add(owner)
             group = self.store.get(owner)
             if group is None:
                 return False
-            if group.get("is_trashed") or (group.get("trash_at") and str(group["trash_at"]) <= now):
+            if trashed_now(group):
                 return True
             owner = group.get("owner_uuid")
         return False

@@ -22,6 +22,7 @@ from . import manifest as mf
 from . import reuse, validation
 from .collections import manifest_attrs, store_manifest
 from .api import ApiError, Request, Resource, not_found, unprocessable
+from .auth import trashed_now
 from .store import Store, timestamp
 from .uuids import is_pdh, new_uuid, table_of
 
@@ -372,7 +373,7 @@ def validate_collection_mount(path: str, mount: dict, store: Store, readable: Re
         if record is None or (readable is not None and not readable(record)):
             raise unprocessable(f"mounts[{path!r}]: cannot mount collection {uuid}: not found")
     if pdh is not None and pdh != EMPTY_PDH and not any(
-            c.get("portable_data_hash") == pdh and not c.get("is_trashed") and (readable is None or readable(c))
+            c.get("portable_data_hash") == pdh and not trashed_now(c) and (readable is None or readable(c))
             for c in _by_pdh(store, pdh)):
         raise unprocessable(f"mounts[{path!r}]: cannot mount collection {pdh}: not found")
 
@@ -405,7 +406,7 @@ def resolve_image(image: str, store: Store, readable: Readable | None = None) ->
     means to you.
     """
     def ok(record: dict | None) -> bool:
-        return record is not None and not record.get("is_trashed") and (readable is None or readable(record))
+        return record is not None and not trashed_now(record) and (readable is None or readable(record))
 
     if is_pdh(image):
         if image == EMPTY_PDH or any(c.get("portable_data_hash") == image and ok(c)
@@ -539,7 +540,7 @@ class Lifecycle:
         requester: otherwise reuse would hand another user's results to them."""
         if not pdh:
             return False
-        return any(c.get("portable_data_hash") == pdh and not c.get("is_trashed")
+        return any(c.get("portable_data_hash") == pdh and not trashed_now(c)
                    and (reader is None or reader(c))
                    for c in _by_pdh(self.store, pdh))
 
