@@ -243,7 +243,9 @@ class ArvadosStepJob(JobBase):
         if status != "success":
             logger.error("CWL step %s: container request %s ended %s (exit code %s)", self.name, cr["uuid"],
                          status, rcode)
-        output = cr.get("output_uuid") or container.get("output")
+        # Arvados copies the output for the request only when the container succeeded; crunch-run's
+        # own output collection is trashed at once, so a failed step has no output to read.
+        output = cr.get("output_uuid") or (container.get("output") if status == "success" else None)
         if output:
             arvados_client.retrying(lambda: _download(ctx.api, output, host_out), f"read the output of {self.name}")
         if self.inplace_update and status == "success":

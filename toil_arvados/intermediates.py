@@ -155,9 +155,10 @@ def find_run_records(api: Any, workflow_id: str) -> RunRecords:
     needed = sorted(reuse_needs(requests, containers))
     elsewhere: list[dict] = []
     for i in range(0, len(needed), 200):
-        elsewhere += [c for c in arvados_client.list_all(api.collections().list,
-                                                         [["portable_data_hash", "in", needed[i:i + 200]]],
-                                                         _COLL_FIELDS, what="list collections reuse needs")
+        lasting = [["portable_data_hash", "in", needed[i:i + 200]], ["properties", "exists", "container_request"],
+                   ["trash_at", "=", None]]
+        elsewhere += [c for c in arvados_client.list_all(api.collections().list, lasting, _COLL_FIELDS,
+                                                         what="list collections reuse needs")
                       if c["uuid"] not in ours and _lasting_request_copy(c)]
     return RunRecords(requests, containers, collections, elsewhere)
 
