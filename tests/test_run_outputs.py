@@ -133,6 +133,15 @@ def test_output_collection_intermediates_trashed_and_rerun_reused(api, clean_pro
     assert second["name"] == "second output" and set(after) <= set(after2)
     assert json.loads(done2.stdout)["tagged"]["location"] == f"keep:{second['portable_data_hash']}/tagged.txt"
 
+    # What was kept is what reuse needs: without the tag step's output, Arvados runs that step again.
+    (tag_request,) = [cr for cr in steps if "tag" in cr["properties"]["toil_step"]]
+    tag_output = containers[tag_request["container_uuid"]]["output"]
+    for c in after2.values():
+        if c["portable_data_hash"] == tag_output:
+            api.collections().delete(uuid=c["uuid"]).execute()
+    _run(api, project, env, tmp_path, inputs, "run3")
+    assert len(_all_containers(api) - containers_run1) == 1  # the tag step ran; the count step was reused
+
 
 def test_keep_intermediates_ttl_and_outdir(api, clean_project, env, tmp_path: Path) -> None:
     project = clean_project
@@ -199,3 +208,16 @@ def test_dest_bucket_still_exports_there(api, clean_project, env, tmp_path: Path
     assert "dest out" in names and not [n for n in names if n.startswith(("Output from", "Inputs of"))]
     (coll,) = list_all(api.collections(), [["owner_uuid", "=", project], ["name", "=", "dest out"]], ["uuid"])
     assert collection_files(api, coll["uuid"])["tagged.txt"] == f"{sample}\ndata of {sample}\n".encode()
+
+
+def test_worker_containers_leave_only_the_output_collection(api, clean_project, env, tmp_path: Path) -> None:
+    """With --noArvadosNativeSteps every tool runs in a Toil worker container, which Arvados does
+    not reuse (--arvadosReuse is off): a successful run leaves nothing but its output collection."""
+    project = clean_project
+    inputs, sample, _data = _setup(api, project, tmp_path)
+    before = _live_collections(api, project)
+    done, _steps = _run(api, project, env, tmp_path, inputs, "workers", "--noArvadosNativeSteps")
+    (final,) = [c for u, c in _live_collections(api, project).items() if u not in before]
+    assert final["name"] == "Output from workflow tiny pipeline" and final["properties"] == {"sample": sample}
+    assert json.loads(done.stdout)["tagged"]["location"] == f"keep:{final['portable_data_hash']}/tagged.txt"
+    assert collection_files(api, final["uuid"])["tagged.txt"] == f"{sample}\ndata of {sample}\n".encode()
