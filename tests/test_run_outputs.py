@@ -83,20 +83,10 @@ def _setup(api, project: str, tmp_path: Path) -> tuple[Path, str, str]:
     return inputs, sample, data
 
 
-def test_output_collection_intermediates_trashed_and_rerun_reused(api, clean_project, env, tmp_path: Path) -> None:
-    project = clean_project
-    inputs, sample, _data = _setup(api, project, tmp_path)
-    before = _live_collections(api, project)
-    containers_before = _all_containers(api)
-
-    done, steps = _run(api, project, env, tmp_path, inputs, "run1", "--arvadosOutputProperties", "batch=7",
-                       "--arvadosOutputProperties", "note=a=b")
-    assert len(steps) == 2
+def _check_output_collection(api, done, new: dict, sample: str) -> dict:
+    """The output collection: default name, properties from the workflow and the command line,
+    the outputs and cwl.output.json in it, keep: locations printed."""
     out = json.loads(done.stdout)
-    after = _live_collections(api, project)
-    new = {u: c for u, c in after.items() if u not in before}
-
-    # The output collection: default name, properties from the workflow and the command line.
     (final,) = [c for c in new.values() if c["name"] == "Output from workflow tiny pipeline"]
     assert final["properties"] == {"sample": sample, "batch": "7", "note": "a=b"}
     pdh = final["portable_data_hash"]
@@ -109,8 +99,11 @@ def test_output_collection_intermediates_trashed_and_rerun_reused(api, clean_pro
     assert out["counted"]["location"] == f"keep:{pdh}/counted.txt"
     assert out["counted"]["size"] == len(expected["counted.txt"]) and out["counted"]["checksum"].startswith("sha1$")
     assert json.loads(files["cwl.output.json"])["counted"]["location"] == "counted.txt"
+    return final
 
-    # Intermediates: only the output collection and, per step, what reuse needs (output + log) are left.
+
+def _check_only_reuse_needs_left(api, project: str, steps: list[dict], new: dict, final: dict) -> None:
+    """Besides the output collection, per step one collection with its output and one with its log."""
     containers = containers_by_uuid(api, steps)
     needed = {containers[cr["container_uuid"]][k] for cr in steps for k in ("output", "log")}
     assert {c["portable_data_hash"] for u, c in new.items() if u != final["uuid"]} == needed
@@ -121,6 +114,20 @@ def test_output_collection_intermediates_trashed_and_rerun_reused(api, clean_pro
                                      include_trash=True, select=["uuid", "is_trashed"]).execute()["items"]
     assert len(staging) == 2 and all(c["is_trashed"] for c in staging)
     assert not list_all(api.groups(), [["owner_uuid", "=", project]], ["uuid"])  # job store removed
+
+
+def test_output_collection_intermediates_trashed_and_rerun_reused(api, clean_project, env, tmp_path: Path) -> None:
+    project = clean_project
+    inputs, sample, _data = _setup(api, project, tmp_path)
+    before = _live_collections(api, project)
+    containers_before = _all_containers(api)
+    done, steps = _run(api, project, env, tmp_path, inputs, "run1", "--arvadosOutputProperties", "batch=7",
+                       "--arvadosOutputProperties", "note=a=b")
+    assert len(steps) == 2
+    after = _live_collections(api, project)
+    new = {u: c for u, c in after.items() if u not in before}
+    final = _check_output_collection(api, done, new, sample)
+    _check_only_reuse_needs_left(api, project, steps, new, final)
 
     # A rerun is reused by Arvados and leaves only its own output collection.
     containers_run1 = _all_containers(api)
@@ -135,7 +142,7 @@ def test_output_collection_intermediates_trashed_and_rerun_reused(api, clean_pro
 
     # What was kept is what reuse needs: without the tag step's output, Arvados runs that step again.
     (tag_request,) = [cr for cr in steps if "tag" in cr["properties"]["toil_step"]]
-    tag_output = containers[tag_request["container_uuid"]]["output"]
+    tag_output = containers_by_uuid(api, [tag_request])[tag_request["container_uuid"]]["output"]
     for c in after2.values():
         if c["portable_data_hash"] == tag_output:
             api.collections().delete(uuid=c["uuid"]).execute()
