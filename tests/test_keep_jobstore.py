@@ -646,7 +646,7 @@ def test_promises_are_written_without_an_existence_check(store, cluster):
         assert pickle.load(f) == "b"  # the last promise written to it: path (1,)
 
 
-def test_bodies_and_promises_kept_here_are_read_without_calls(store, cluster):
+def test_bodies_and_promises_kept_here_are_read_without_calls(store, cluster, tmp_path):
     """A job's body (written once, before its record) and a promise fulfilled by a job running
     here are read back with no API call; a promise fulfilled outside a run is read from the
     server, and a deleted file is gone at once."""
@@ -683,7 +683,7 @@ def test_bodies_and_promises_kept_here_are_read_without_calls(store, cluster):
             pass
     store.delete_job(job.jobStoreID)
     with pytest.raises(NoSuchFileException):
-        store.read_file(body, "/dev/null")
+        store.read_file(body, str(tmp_path / "body"))
 
 
 def test_a_body_written_before_its_job_is_saved_in_the_jobs_record(store, cluster):
@@ -731,6 +731,16 @@ def _names_in(store: KeepJobStore, job_id: str) -> list[str]:
 
     rec = _other_process_view(store)._job_record(job_id, ["manifest_text"])
     return manifest_text.members(rec["manifest_text"])
+
+
+def test_reading_into_a_device_writes_into_it_and_leaves_it_a_device(store):
+    """``read_file(id, "/dev/null")`` must not replace the device with a regular file."""
+    import stat
+
+    with store.write_file_stream() as (f, file_id):
+        f.write(b"discarded")
+    store.read_file(file_id, "/dev/null")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
 def test_a_job_deleted_here_is_gone_at_once(store):

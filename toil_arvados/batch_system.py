@@ -38,7 +38,7 @@ from toil.common import Config
 from toil.job import JobDescription, Requirer
 from toil.resource import Resource
 
-from . import arvados_client, cwl_submit, toil_patches
+from . import arvados_client, cwl_submit, intermediates, output_collection, toil_patches
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
@@ -120,7 +120,8 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             project_uuid=project, priority=self.settings.priority,
             reuse=bool(getattr(config, "arvados_step_reuse", True)),
             max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID),
-            preemptible_instances=preemptible_instances)
+            preemptible_instances=preemptible_instances,
+            output_ttl=int(getattr(config, "arvados_intermediate_output_ttl", 0) or 0))
         # Start-up checks passed: from here on, every process of this run rides out API outages.
         arvados_client.mark_started()
         self._parent_request: str | None = None
@@ -191,12 +192,15 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                             help="container_count_max for each request: how often Arvados itself retries a "
                                  "container lost to infrastructure (default: the cluster's setting)")
         cwl_submit.add_options(parser)
+        output_collection.add_options(parser)
+        intermediates.add_options(parser)
 
     @classmethod
     def setOptions(cls, setOption: OptionSetter) -> None:
         for name in ("arvados_project", "arvados_worker_image", "arvados_worker_python", "arvados_priority",
                      "arvados_reuse", "arvados_poll_interval", "arvados_max_attempts", "arvados_native_steps",
-                     "arvados_default_image", "arvados_step_reuse"):
+                     "arvados_default_image", "arvados_step_reuse", "arvados_output_name",
+                     "arvados_output_properties", "arvados_intermediate_output_ttl", "arvados_trash_intermediate"):
             setOption(name)
 
     # -- resources -----------------------------------------------------------------------------

@@ -125,11 +125,14 @@ class StagingCollection:
             self._add_location(entry.resolved, dest)
         self.entries.append(entry)
 
-    def save(self, owner_uuid: str, name: str) -> str:
-        """Save as a new collection; returns its portable data hash."""
+    def save(self, owner_uuid: str, name: str, properties: dict[str, Any] | None = None) -> str:
+        """Save as a new collection; returns its portable data hash. ``properties`` name the run
+        that made it (so it can be trashed with the run's intermediates); they are not part of
+        the portable data hash, which alone the request mounts."""
         if not self.entries:
             raise ValueError("nothing to stage")
-        self.collection.save_new(name=name, owner_uuid=owner_uuid, ensure_unique_name=True)
+        self.collection.save_new(name=name, owner_uuid=owner_uuid, ensure_unique_name=True,
+                                 properties=dict(properties or {}))
         pdh = self.collection.portable_data_hash()
         logger.debug("Staged %d inputs as %s (%d bytes by reference, %d uploaded)", len(self.entries), pdh,
                      self.referenced_bytes, self.uploaded_bytes)

@@ -38,6 +38,7 @@ from .cwl_secrets import SecretExposed, refuse_visible_secrets, split_secret_ent
 from .container_request import unfit
 from .images.keep import repo_tag as normalize_image
 from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
+from .intermediates import INTERMEDIATE_OUTPUT_REQ, staging_properties, step_output_ttl
 from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
 from .step_runner import StepSubmitted
@@ -242,7 +243,9 @@ class ArvadosStepJob(JobBase):
         if status != "success":
             logger.error("CWL step %s: container request %s ended %s (exit code %s)", self.name, cr["uuid"],
                          status, rcode)
-        output = cr.get("output_uuid") or container.get("output")
+        # Arvados copies the output for the request only when the container succeeded; crunch-run's
+        # own output collection is trashed at once, so a failed step has no output to read.
+        output = cr.get("output_uuid") or (container.get("output") if status == "success" else None)
         if output:
             arvados_client.retrying(lambda: _download(ctx.api, output, host_out), f"read the output of {self.name}")
         if self.inplace_update and status == "success":
@@ -288,7 +291,8 @@ class ArvadosStepJob(JobBase):
             cuda_devices=int(res.get("cudaDeviceCount") or 0), **self._cuda(),
             stdin=stdin, stdout=self.stdout, stderr=self.stderr, network=bool(self.networkaccess),
             timelimit=self.timelimit or None, preemptible=self._preemptible(), reuse=self._reuse(),
-            outdir=self.builder.outdir, tmpdir=self.builder.tmpdir, secret_mounts=secret_mounts)
+            outdir=self.builder.outdir, tmpdir=self.builder.tmpdir, secret_mounts=secret_mounts,
+            output_ttl=self._output_ttl(ctx))
         step = str(getattr(runtimeContext, "name", None) or self.name)
         tool = str(getattr(self, "tool_id", "") or "")
         body = step_request_body(inv, ctx.settings, step=step, tool=tool)
@@ -329,7 +333,8 @@ class ArvadosStepJob(JobBase):
         try:
             for e in entries:
                 staging.add(e)
-            return staging.save(ctx.settings.project_uuid, f"Inputs of {self.name}"[:255])
+            props = staging_properties(ctx.settings.workflow_run) if ctx.settings.workflow_run else None
+            return staging.save(ctx.settings.project_uuid, f"Inputs of {self.name}"[:255], props)
         finally:
             staging.close()
 
@@ -391,6 +396,13 @@ class ArvadosStepJob(JobBase):
         if isinstance(value, str):
             value = self.builder.do_eval(value)
         return bool(value)
+
+    def _output_ttl(self, ctx: StepContext) -> int:
+        req, _ = self.get_requirement(INTERMEDIATE_OUTPUT_REQ)
+        try:
+            return step_output_ttl(req, ctx.settings.output_ttl)
+        except ValueError as e:
+            raise WorkflowException(f"{self.name}: {e}") from None
 
     def _preemptible(self) -> bool | None:
         req, _ = self.get_requirement("http://arvados.org/cwl#UsePreemptible")

@@ -58,6 +58,7 @@ class StepInvocation:
     # Files holding cwltool:Secrets values, by container path (see cwl_secrets): sent only as the
     # request's secret_mounts, which Arvados never returns and compares for reuse by md5 only.
     secret_mounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    output_ttl: int = 0  # the request's output_ttl (arv:IntermediateOutput, else the run's)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class StepSettings:
     parent_request: str | None = None
     extra_properties: Mapping[str, str] = field(default_factory=dict)
     preemptible_instances: bool = False  # the cluster has preemptible instance types
+    output_ttl: int = 0  # --arvadosIntermediateOutputTTL: seconds before Arvados trashes a step's output
 
 
 def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str, tool: str) -> dict[str, Any]:
@@ -120,6 +122,8 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
         "output_name": request_name(f"Output of {inv.name}"),
         "properties": properties,
     }
+    if inv.output_ttl > 0:  # Arvados does not compare it for reuse
+        body["output_ttl"] = int(inv.output_ttl)
     if inv.secret_mounts:
         body["secret_mounts"] = {path: dict(m) for path, m in inv.secret_mounts.items()}
     if settings.max_attempts is not None:

@@ -541,14 +541,16 @@ def _add_keep(sess: KeepSession, draft: Any, target: str, source: str) -> None:
         draft.copy(item, target, overwrite=True)
 
 
-def save_outputs_collection(api: Any, project_uuid: str, name: str,
-                            files: Mapping[str, str]) -> tuple[str, str]:
+def save_outputs_collection(api: Any, project_uuid: str, name: str, files: Mapping[str, str], *,
+                            contents: Mapping[str, bytes] | None = None,
+                            properties: Mapping[str, Any] | None = None) -> tuple[str, str]:
     """Save workflow outputs as one new collection in ``project_uuid``; returns (uuid, pdh).
 
     ``files`` maps a path inside the new collection to its source: a local path (``file://`` URL or
     plain path; a directory is added recursively) or a ``keep:`` URL (file or directory). Keep
     sources are added by reference to their existing blocks, so no bytes are read or written for
-    them. The name is made unique by the API server if the project already has one like it.
+    them. ``contents`` maps more paths to literal bytes; ``properties`` become the collection's.
+    The name is made unique by the API server if the project already has one like it.
     """
     import arvados.collection
     import arvados.errors
@@ -564,8 +566,12 @@ def save_outputs_collection(api: Any, project_uuid: str, name: str,
             if not os.path.exists(local):
                 raise FileNotFoundError(f"{source}: no such local file or directory for output {path!r}")
             _add_local(draft, path, local)
+    for target, data in (contents or {}).items():
+        with draft.open(collection_target_path(target), "wb") as out:
+            out.write(data)
     try:
-        draft.save_new(name=name, owner_uuid=project_uuid, ensure_unique_name=True)
+        draft.save_new(name=name, owner_uuid=project_uuid, ensure_unique_name=True,
+                       properties=dict(properties or {}))
     except arvados.errors.ApiError as e:
         raise KeepAPIError(f"cannot save outputs collection {name!r} in project {project_uuid} "
                            f"(HTTP {_status(e)}: {_reason(e)}); check that the project exists and you can write to it") from None

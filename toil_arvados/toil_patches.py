@@ -97,6 +97,9 @@ def cwl_runner_patches() -> None:
       (:func:`toil_arvados.cwl_images.check_workflow_images`), failing in one line if not.
     * CWL schemas are pickled by reference (:func:`cwl_schemas_by_reference`), from the root
       job on.
+    * An arvados run's outputs become its output collection and its intermediate collections are
+      trashed once it succeeds (:mod:`toil_arvados.run_end`): ``makeRootJob`` also settles the
+      collection's name and properties, ``toilStageFiles`` saves it.
     * Toil refuses InplaceUpdateRequirement unless ``--bypass-file-store``; native steps on a
       Keep job store write a tool's in-place change back to the input's own file
       (``ArvadosStepJob._apply_inplace_updates``), so it is accepted there. Toil checks in the
@@ -114,6 +117,7 @@ def cwl_runner_patches() -> None:
             return
         check_toil_version()
         _route_prepull()
+        _route_output_staging()
         if native_steps_on_keep(sys.argv[1:], os.environ):
             os.environ[INPLACE_ENV] = "1"
             _accept_inplace_updates()
@@ -147,6 +151,29 @@ def _route_prepull() -> None:
         original(cwl_tool_uri, runtime_context, batchsystem)
 
     cwltoil.try_prepull = try_prepull
+
+
+def _route_output_staging() -> None:
+    import logging
+
+    from toil.cwl import cwltoil
+
+    from . import run_end
+
+    make_root, stage = cwltoil.makeRootJob, cwltoil.toilStageFiles
+
+    def makeRootJob(tool: Any, jobobj: Any, runtime_context: Any, initialized_job_order: Any, options: Any,
+                    toil: Any) -> Any:
+        run_end.remember_output_spec(toil, tool, initialized_job_order, runtime_context, options)
+        return make_root(tool=tool, jobobj=jobobj, runtime_context=runtime_context,
+                         initialized_job_order=initialized_job_order, options=options, toil=toil)
+
+    def toilStageFiles(toil: Any, cwljob: Any, outdir: str, destBucket: str | None = None,
+                       log_level: int = logging.DEBUG) -> None:
+        run_end.stage_outputs(stage, toil, cwljob, outdir, destBucket, log_level)
+
+    cwltoil.makeRootJob = makeRootJob
+    cwltoil.toilStageFiles = toilStageFiles
 
 
 def _accept_inplace_updates() -> None:

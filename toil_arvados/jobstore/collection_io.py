@@ -128,7 +128,14 @@ def read_all(api: Any, manifest_text: str, name: str) -> bytes:
 
 
 def download(api: Any, manifest_text: str, name: str, local_path: str, executable: bool = False) -> None:
-    """Copy a file out of Keep to ``local_path`` atomically (temp file in the same dir, rename)."""
+    """Copy a file out of Keep to ``local_path`` atomically (temp file in the same dir, rename).
+
+    A destination that exists and is not a regular file (``/dev/null``, a FIFO) is written into
+    instead: renaming over it would replace the device itself."""
+    if os.path.exists(local_path) and not os.path.isfile(local_path) and not os.path.isdir(local_path):
+        with open(local_path, "wb") as out, open_reader(api, manifest_text, name) as src:
+            shutil.copyfileobj(src, out, BUFFER)
+        return
     directory = os.path.dirname(os.path.abspath(local_path))
     fd, tmp = tempfile.mkstemp(prefix=".toil-keep-", dir=directory)
     try:

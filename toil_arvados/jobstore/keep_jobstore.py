@@ -40,6 +40,8 @@ read_logs                  1 list + 1 update per new log; an idle leader polls t
                            every LOG_POLL_INTERVAL s, unless a log was written in this process or
                            job_exists asked the server (a worker finished) since the last poll
 import keep:<pdh>/path     1 get (source) + 1 create; no Keep bytes copied
+destroy (``toil clean``)   1 delete (trashes the project and with it every record) + a few lists
+                           and 1 delete per collection the run left (:mod:`toil_arvados.intermediates`)
 =========================  ===================================================================
 """
 from __future__ import annotations
@@ -415,7 +417,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._register()
 
     def destroy(self) -> None:
-        """Delete every record, then the project: idempotent, and safe on a half-made store."""
+        """Trash the run's intermediate collections, then the job store's project: one call,
+        since Arvados trashes a project's contents with it (hidden at once, deleted with it).
+        Idempotent, and safe on a half-made store."""
         try:
             project = self._project or self._find_project()
         except Exception as e:
@@ -425,10 +429,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         if project is None:
             return
         self._project = project
-        uuids = [rec["uuid"] for rec in self._list([], ["uuid"])]
-        if uuids:
-            with ThreadPoolExecutor(PARALLEL) as pool:
-                list(pool.map(self._delete, uuids))
+        self._trash_run_intermediates()
         try:
             self._api.groups().delete(uuid=project).execute()
         except Exception as e:
@@ -436,12 +437,33 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                 raise
         self._project = None
         with self._lock:
-            for cache in (self._shared_uuids, self._jobs, self._running):
+            for cache in (self._shared_uuids, self._jobs, self._running, self._local_jobs, self._manifests,
+                          self._manifest_ids, self._pending_bodies, self._job_manifests):
                 cache.clear()
             for ids in (self._fresh, self._deleted, self._assigned):
                 ids.clear()
         self._unregister()
         logger.debug("Destroyed job store %s", self._full_locator)
+
+    def _trash_run_intermediates(self) -> None:
+        """``toil clean`` removes what the run left in Keep too (staging, step outputs and logs),
+        except what Arvados needs to reuse its finished steps (see :mod:`toil_arvados.intermediates`),
+        unless the run said ``--noArvadosTrashIntermediate``. A store without a config (half made)
+        has no run to clean up after."""
+        try:
+            config = self.config
+        except Exception:
+            return
+        workflow_id = getattr(config, "workflowID", None)
+        if not workflow_id or not getattr(config, "arvados_trash_intermediate", True):
+            return
+        from ..intermediates import trash_intermediates
+
+        try:
+            trash_intermediates(self._api, str(workflow_id))
+        except Exception as e:  # the job store itself must still go
+            logger.warning("Could not trash the intermediate collections of workflow %s: %s", workflow_id,
+                           arvados_client.scrub(str(e)))
 
     def _project_from_env(self) -> str | None:
         locator, _, project = os.environ.get(PROJECT_ENV, "").rpartition("=")

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from . import indexes, registry, schema, validation
-from .auth import Authorizer, Caller
+from .auth import Authorizer, Caller, trashed_now
 from .filters import FilterError, apply_list
 from .store import Store
 from .uuids import RESOURCE_KINDS, new_uuid, table_of
@@ -149,9 +149,9 @@ class Resource:
         return record
 
     def visible(self, req: Request, record: dict) -> bool:
-        if req.params.get("include_trash") in (True, "true") or record.get("is_trashed") is not True:
+        if req.params.get("include_trash") in (True, "true"):
             return self.authz.can_read(req.user, record)
-        return False
+        return not trashed_now(record) and self.authz.can_read_live(req.user, record)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """Extra (method, path, handler) routes under /arvados/v1/<table>/: the resource's
@@ -242,7 +242,8 @@ class Resource:
         if (record is None or table_of(req.params["uuid"]) != self.table
                 or not self.authz.can_read(req.user, record)):
             raise not_found()
-        if record.get("is_trashed") and not req.flag("include_trash") and self.table != "collections":
+        if not req.flag("include_trash") and ((trashed_now(record) and self.table != "collections")
+                                              or self.authz.in_trashed_project(record)):
             raise not_found()
         return self._shape(req, record)
 

@@ -33,6 +33,25 @@ class Caller:
         return bool(self.user.get("is_admin"))
 
 
+def trashed_now(record: dict | None) -> bool:
+    """Trashed, or due: Arvados' ``readable_by`` treats a collection or project whose ``trash_at``
+    has passed as trashed at once (its sweeper sets ``is_trashed`` later), e.g. a step output
+    whose request had an ``output_ttl``."""
+    if not record:
+        return False
+    if record.get("is_trashed"):
+        return True
+    at = record.get("trash_at")
+    if not at:
+        return False
+    from .filters import FilterError, normalize_timestamp
+
+    try:
+        return normalize_timestamp(str(at)) <= normalize_timestamp(timestamp())
+    except FilterError:
+        return False
+
+
 class Authorizer:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -127,6 +146,29 @@ class Authorizer:
 
     def can_read(self, caller: Caller, record: dict) -> bool:
         return self.level(caller, record) >= 1
+
+    def in_trashed_project(self, record: dict) -> bool:
+        """Whether a project above ``record`` is in the trash (trashed, or its ``trash_at`` passed).
+
+        Arvados keeps the contents of a trashed project as they are but treats them as trashed
+        (``readable_by``: owner in ``trashed_groups``, which holds every project below a trashed
+        one): hidden from list and get unless ``include_trash``, unreadable for mounts and reuse,
+        and deleted with the project.
+        """
+        owner, seen = record.get("owner_uuid"), set()
+        while isinstance(owner, str) and table_of(owner) == "groups" and owner not in seen:
+            seen.add(owner)
+            group = self.store.get(owner)
+            if group is None:
+                return False
+            if trashed_now(group):
+                return True
+            owner = group.get("owner_uuid")
+        return False
+
+    def can_read_live(self, caller: Caller, record: dict) -> bool:
+        """Readable and not inside a trashed project: what Arvados' ``readable_by`` finds."""
+        return self.can_read(caller, record) and not self.in_trashed_project(record)
 
     def can_write(self, caller: Caller, record: dict) -> bool:
         return self.level(caller, record) >= 2

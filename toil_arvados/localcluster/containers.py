@@ -15,12 +15,14 @@ the Arvados API server does:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from . import manifest as mf
 from . import reuse, validation
 from .collections import manifest_attrs, store_manifest
 from .api import ApiError, Request, Resource, not_found, unprocessable
+from .auth import trashed_now
 from .store import Store, timestamp
 from .uuids import is_pdh, new_uuid, table_of
 
@@ -83,7 +85,7 @@ class ContainerRequests(Resource):
 
     def _reader(self, req: Request) -> Readable:
         """What the requester may read: mounts and images are resolved among those only."""
-        return lambda record: self.authz.can_read(req.user, record)
+        return lambda record: self.authz.can_read_live(req.user, record)
 
     def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
         # Implied values are filled before the whitelist check (Rails' before_validation), so
@@ -371,7 +373,7 @@ def validate_collection_mount(path: str, mount: dict, store: Store, readable: Re
         if record is None or (readable is not None and not readable(record)):
             raise unprocessable(f"mounts[{path!r}]: cannot mount collection {uuid}: not found")
     if pdh is not None and pdh != EMPTY_PDH and not any(
-            c.get("portable_data_hash") == pdh and not c.get("is_trashed") and (readable is None or readable(c))
+            c.get("portable_data_hash") == pdh and not trashed_now(c) and (readable is None or readable(c))
             for c in _by_pdh(store, pdh)):
         raise unprocessable(f"mounts[{path!r}]: cannot mount collection {pdh}: not found")
 
@@ -404,7 +406,7 @@ def resolve_image(image: str, store: Store, readable: Readable | None = None) ->
     means to you.
     """
     def ok(record: dict | None) -> bool:
-        return record is not None and not record.get("is_trashed") and (readable is None or readable(record))
+        return record is not None and not trashed_now(record) and (readable is None or readable(record))
 
     if is_pdh(image):
         if image == EMPTY_PDH or any(c.get("portable_data_hash") == image and ok(c)
@@ -449,7 +451,7 @@ class Lifecycle:
         from .auth import Caller
 
         caller = Caller(user=user, token={})
-        return lambda record: self.authz.can_read(caller, record)
+        return lambda record: self.authz.can_read_live(caller, record)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -538,7 +540,7 @@ class Lifecycle:
         requester: otherwise reuse would hand another user's results to them."""
         if not pdh:
             return False
-        return any(c.get("portable_data_hash") == pdh and not c.get("is_trashed")
+        return any(c.get("portable_data_hash") == pdh and not trashed_now(c)
                    and (reader is None or reader(c))
                    for c in _by_pdh(self.store, pdh))
 
@@ -709,7 +711,7 @@ class Lifecycle:
             props.update({"type": kind, "container_request": cr["uuid"]})
             changes["output_uuid"] = self._copy_collection(
                 c["output"], cr, name=cr.get("output_name") or f"Container output for request {cr['uuid']}",
-                properties=props)
+                properties=props, ttl=int(cr.get("output_ttl") or 0))
         self.store.update(cr["uuid"], changes)
 
     def _add_to_request_log(self, cr: dict, c: dict, *, at_root: bool) -> str | None:
@@ -747,7 +749,9 @@ class Lifecycle:
                     for c in self.store.lookup("collections", "owner_name", (owner, name)))
         return (validation.unique_name(name, uuid) if taken else name), uuid
 
-    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict) -> str | None:
+    def _copy_collection(self, pdh: str, cr: dict, *, name: str, properties: dict, ttl: int = 0) -> str | None:
+        """A copy of the collection *pdh* for the request's owner; with ``output_ttl`` (*ttl*)
+        it is trashed and deleted that many seconds from now, as update_collections does."""
         source = self._collection_by_pdh(pdh)
         if source is None:
             return None
@@ -758,8 +762,9 @@ class Lifecycle:
         base = {k: v for k, v in source.items() if k not in ("uuid", "owner_uuid", "created_at", "modified_at",
                                                                "modified_by_user_uuid", "etag", "kind")}
         base.update(attrs)
+        expires = timestamp(time.time() + ttl) if ttl > 0 else None
         base.update({"owner_uuid": cr["owner_uuid"], "name": final_name, "properties": properties,
-                     "trash_at": None, "delete_at": None, "is_trashed": False})
+                     "trash_at": expires, "delete_at": expires, "is_trashed": False})
         rec = self.store.create("collections", base, by=self.store.system_user_uuid, uuid=uuid)
         self.store.update(rec["uuid"], {"current_version_uuid": rec["uuid"]}, log=False, touch=False)
         return rec["uuid"]

@@ -449,8 +449,11 @@ class Dispatcher:
             if not layer.exclude:
                 output_tree.graft(tree, self._layer_tree(layer, keep))
         manifest = mf.render(output_tree.filtered(tree, keep))
-        return store_manifest(self.store, manifest, name=f"output for {c['uuid']}",
-                              owner_uuid=self.store.system_user_uuid)["portable_data_hash"]
+        # crunch-run creates it already trashed: users (and reuse) see only the requests' copies.
+        rec = store_manifest(self.store, manifest, name=f"output for {c['uuid']}",
+                             owner_uuid=self.store.system_user_uuid)
+        self.store.update(rec["uuid"], {"is_trashed": True, "trash_at": timestamp()})
+        return rec["portable_data_hash"]
 
     def _layer_tree(self, layer: output_tree.Layer, keep: Callable[[str], bool]) -> mf.ManifestTree:
         """One layer's files, at their place in the output (empty if its source is gone)."""
