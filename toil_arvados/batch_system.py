@@ -38,7 +38,7 @@ from toil.common import Config
 from toil.job import JobDescription, Requirer
 from toil.resource import Resource
 
-from . import arvados_client
+from . import arvados_client, step_placement
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
@@ -117,7 +117,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             project_uuid=project, priority=self.settings.priority,
             reuse=bool(getattr(config, "arvados_step_reuse", True)),
             max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID),
-            preemptible_instances=preemptible_instances)
+            preemptible_instances=preemptible_instances, **step_placement.step_settings(config, cluster))
         # Start-up checks passed: from here on, every process of this run rides out API outages.
         arvados_client.mark_started()
         self._parent_request: str | None = None
@@ -175,6 +175,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         parser.add_argument("--arvadosMaxAttempts", dest="arvados_max_attempts", default=None, type=int,
                             help="container_count_max for each request: how often Arvados itself retries a "
                                  "container lost to infrastructure (default: the cluster's setting)")
+        step_placement.add_options(parser)
 
     @classmethod
     def setOptions(cls, setOption: OptionSetter) -> None:
@@ -182,6 +183,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                      "arvados_reuse", "arvados_poll_interval", "arvados_max_attempts", "arvados_native_steps",
                      "arvados_default_image", "arvados_step_reuse"):
             setOption(name)
+        step_placement.set_options(setOption)
 
     # -- resources -----------------------------------------------------------------------------
 
