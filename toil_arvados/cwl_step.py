@@ -498,9 +498,13 @@ def _submit(api: Any, body: dict, image: str) -> dict:
 
 def _mark_resubmitted(api: Any, cr: dict, new_uuid: str) -> None:
     """Name the request that replaced a failed one in the failed one's properties."""
-    properties = {**(cr.get("properties") or {}), PROPERTY_RESUBMITTED: new_uuid}
+    requests = api.container_requests()
     try:
-        arvados_client.call(lambda: api.container_requests().update(uuid=cr["uuid"], body={"properties": properties}),
+        # Read afresh: the tracker's copy of the request need not carry all its properties.
+        current = arvados_client.call(lambda: requests.get(uuid=cr["uuid"], select=["uuid", "properties"]),
+                                      f"look up {cr['uuid']}")
+        properties = {**(current.get("properties") or {}), PROPERTY_RESUBMITTED: new_uuid}
+        arvados_client.call(lambda: requests.update(uuid=cr["uuid"], body={"properties": properties}),
                             f"mark {cr['uuid']} as resubmitted")
     except Exception as e:  # a record only: the retry itself is submitted
         logger.warning("%s", describe(e, f"could not mark {cr['uuid']} as resubmitted"))

@@ -1,0 +1,125 @@
+"""Placement and retries of native CWL steps on the local cluster: each Arvados hint and option
+reaches the container request the cluster received (read back through the SDK); bad values stop
+the run in one line before anything is submitted; a step out of memory is retried with more RAM.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toil_cli import TOIL_CWL_RUNNER, containers_by_uuid, is_one_line_error, last_line, project_requests, run
+
+CWL = Path(__file__).resolve().parent / "cwl"
+MIB = 1 << 20
+
+
+def _run(project: str, env, where: Path, store: str, *args: str, timeout: float = 300):
+    return run([TOIL_CWL_RUNNER, "--batchSystem", "arvados", "--arvadosProject", project,
+                "--arvadosDefaultImage", "debian:stable-slim", "--jobStore", f"arvados:{project}/{store}",
+                "--outdir", str(where / store), *args], env, where, timeout=timeout)
+
+
+def _steps(api, project: str) -> dict[str, list[dict]]:
+    """The project's step requests by the tool they ran, oldest first."""
+    out: dict[str, list[dict]] = {}
+    for cr in sorted(project_requests(api, project), key=lambda cr: cr["created_at"]):
+        if "toil_step" in cr["properties"]:
+            step = cr["properties"]["toil_step"]  # e.g. placement.cwl.hinted._:<uuid of the embedded tool>
+            out.setdefault(step.split("._:")[0].rsplit(".", 1)[-1], []).append(cr)
+    return out
+
+
+def test_hints_and_options_reach_the_request_body(api, clean_project, env, tmp_path: Path) -> None:
+    done = _run(clean_project, env, tmp_path, "placement", "--retryCount", "0",
+                "--arvadosPartition", "cpu,big", "--arvadosIntermediateStorageClasses", "archive",
+                "--defaultWalltime", "600", str(CWL / "placement.cwl"))
+    assert done.returncode == 0, done.describe()
+    assert "Unknown hint" not in done.stderr
+    steps = _steps(api, clean_project)
+    assert set(steps) == {"hinted", "plain"}, {cr[0]["properties"]["toil_step"] for cr in steps.values()}
+    (hinted,), (plain,) = steps["hinted"], steps["plain"]
+    # the tool's own hints
+    assert hinted["scheduling_parameters"]["partitions"] == ["fast-nodes"]
+    assert hinted["scheduling_parameters"]["max_run_time"] == 100  # ToolTimeLimit wins over --defaultWalltime
+    assert hinted["output_storage_classes"] == ["default"]
+    assert hinted["runtime_constraints"]["keep_cache_ram"] == 300 * MIB
+    assert hinted["runtime_constraints"]["API"] is True
+    assert hinted["use_existing"] is False
+    assert hinted["properties"]["sample"] == "sample-1" and hinted["properties"]["pipeline"] == "placement-test"
+    # the options, for a tool that says nothing
+    assert plain["scheduling_parameters"]["partitions"] == ["cpu", "big"]
+    assert plain["scheduling_parameters"]["max_run_time"] == 600
+    assert plain["output_storage_classes"] == ["archive"]
+    assert plain["runtime_constraints"]["API"] is False and plain["use_existing"] is True
+    output = api.collections().get(uuid=plain["output_uuid"]).execute()
+    assert output["storage_classes_desired"] == ["archive"]  # Arvados saves the output so
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arvadosIntermediateStorageClasses", "cold"], "--arvadosIntermediateStorageClasses: the cluster has no storage class 'cold'"),
+    (["--arvadosPartition", "a b"], "--arvadosPartition: 'a b' is not a valid name"),
+])
+def test_bad_options_are_one_line_errors_before_anything_runs(api, clean_project, env, tmp_path: Path,
+                                                              args: list[str], message: str) -> None:
+    done = _run(clean_project, env, tmp_path, "badopt", *args, str(CWL / "placement.cwl"), timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.describe()
+    line = last_line(done.stderr)
+    assert is_one_line_error(line) and message in line, done.describe()
+    assert [cr for cr in project_requests(api, clean_project) if "toil_step" in cr["properties"]] == []
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("intermediateStorageClass: default", "intermediateStorageClass: cold",
+     "arv:OutputStorageClass intermediateStorageClass: the cluster has no storage class 'cold'"),
+    ("partition: [fast-nodes]", "partition: ['fast,nodes']", "'fast,nodes' is not a valid name"),
+    ("keep_cache: 300", "keep_cache: -1", "keep_cache must be a positive number of MiB"),
+    ("keep_cache: 300", "keep_cache: lots", "keep_cache"),
+])
+def test_bad_hint_values_are_one_line_errors_before_anything_is_submitted(api, clean_project, env, tmp_path: Path,
+                                                                          old: str, new: str, message: str) -> None:
+    wf = tmp_path / "bad.cwl"
+    wf.write_text((CWL / "placement.cwl").read_text().replace(old, new))
+    done = _run(clean_project, env, tmp_path, "badhint", str(wf), timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.describe()
+    assert message in done.stderr, done.describe()
+    assert project_requests(api, clean_project) == []  # not even the run's record
+
+
+def _memory_run(api, project: str, env, where: Path, tool: str, *args: str) -> tuple[list[dict], str]:
+    done = _run(project, env, where, "oom", *args, str(CWL / tool), timeout=400)
+    assert done.returncode == 0, done.describe()
+    out = json.loads(done.stdout)
+    (requests,) = _steps(api, project).values()
+    assert len(requests) > 1, done.describe()
+    return requests, Path(out["length"]["path"]).read_text()
+
+
+def test_a_step_out_of_memory_is_retried_with_the_hints_multiplier(api, clean_project, env, tmp_path: Path) -> None:
+    requests, length = _memory_run(api, clean_project, env, tmp_path, "out_of_memory.cwl", "--retryCount", "0")
+    assert length == "60000000\n"
+    assert [cr["runtime_constraints"]["ram"] for cr in requests] == [64 * MIB, 256 * MIB]
+    first, retry = requests
+    containers = containers_by_uuid(api, requests)
+    assert containers[first["container_uuid"]]["exit_code"] == 137
+    assert first["properties"]["arv:failed_container_resubmitted"] == retry["uuid"]
+    assert retry["properties"]["toil_memory_retry"] == 1
+
+
+def test_double_mem_doubles_a_steps_ram_once_per_allowed_retry(api, clean_project, env, tmp_path: Path) -> None:
+    requests, length = _memory_run(api, clean_project, env, tmp_path, "out_of_memory_plain.cwl",
+                                   "--doubleMem", "true", "--retryCount", "3")
+    assert length == "60000000\n"
+    rams = [cr["runtime_constraints"]["ram"] for cr in requests]
+    assert rams[:2] == [64 * MIB, 128 * MIB] and all(b == 2 * a for a, b in zip(rams, rams[1:])), rams
+    containers = containers_by_uuid(api, requests)
+    assert [containers[cr["container_uuid"]]["exit_code"] for cr in requests] == [137] * (len(rams) - 1) + [0]
+
+
+def test_without_a_hint_or_double_mem_a_step_out_of_memory_fails(api, clean_project, env, tmp_path: Path) -> None:
+    done = _run(clean_project, env, tmp_path, "oom", "--retryCount", "0", str(CWL / "out_of_memory_plain.cwl"),
+                timeout=300)
+    assert done.returncode != 0, done.describe()
+    (requests,) = _steps(api, clean_project).values()
+    assert len(requests) == 1 and requests[0]["runtime_constraints"]["ram"] == 64 * MIB
