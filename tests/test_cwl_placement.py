@@ -123,3 +123,34 @@ def test_without_a_hint_or_double_mem_a_step_out_of_memory_fails(api, clean_proj
     assert done.returncode != 0, done.describe()
     (requests,) = _steps(api, clean_project).values()
     assert len(requests) == 1 and requests[0]["runtime_constraints"]["ram"] == 64 * MIB
+
+
+def _max_in_flight(api, requests: list[dict]) -> int:
+    """The most requests that were in flight at once, from the server's timestamps: a request is
+    in flight from its creation until its container finished."""
+    containers = containers_by_uuid(api, requests)
+    events = []
+    for cr in requests:
+        finished = containers[cr["container_uuid"]]["finished_at"]
+        events += [(cr["created_at"], 1), (finished, -1)]
+    most = now = 0
+    for _, change in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at the same time
+        now += change
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("mode, width", [("native steps", 6), ("worker containers", 4)])
+def test_max_jobs_bounds_container_requests_in_flight(api, clean_project, env, tmp_path: Path,
+                                                      mode: str, width: int) -> None:
+    import secrets
+
+    inputs = tmp_path / "words.json"
+    inputs.write_text(json.dumps({"words": [f"w{i}-{secrets.token_hex(3)}" for i in range(width)]}))
+    extra = ["--noArvadosNativeSteps"] if mode == "worker containers" else []
+    done = _run(clean_project, env, tmp_path, "maxjobs", "--retryCount", "0", "--maxJobs", "2", *extra,
+                str(CWL / "scatter_sleep.cwl"), str(inputs), timeout=600)
+    assert done.returncode == 0, done.describe()
+    requests = [cr for cr in project_requests(api, clean_project) if cr["state"] == "Final"]
+    assert len(requests) >= width
+    assert _max_in_flight(api, requests) == 2
