@@ -154,3 +154,36 @@ def test_max_jobs_bounds_container_requests_in_flight(api, clean_project, env, t
     requests = [cr for cr in project_requests(api, clean_project) if cr["state"] == "Final"]
     assert len(requests) >= width
     assert _max_in_flight(api, requests) == 2
+
+
+@pytest.fixture(scope="module")
+def spot_cluster(tmp_path_factory: pytest.TempPathFactory, built_images):
+    """A cluster whose InstanceTypes include preemptible ones (Arvados refuses preemptible
+    requests elsewhere), with the worker and Debian images; yields (SDK client, environment)."""
+    import arvados
+
+    from conftest import TEST_IMAGE, store_images
+    from toil_arvados.localcluster import control
+    from toil_cli import toil_env
+
+    state = tmp_path_factory.mktemp("spot-cluster")
+    cfg = control.up(state, cores=2, ram=2 << 30, preemptible_instances=True)
+    try:
+        store_images(cfg, [built_images["worker"], built_images[TEST_IMAGE]])
+        env = toil_env(control.client_env(cfg))
+        yield arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2), env
+    finally:
+        control.down(state)
+
+
+def test_default_preemptible_applies_to_steps_that_do_not_choose(spot_cluster, tmp_path: Path) -> None:
+    api, env = spot_cluster
+    project = api.groups().create(body={"group": {"name": "spot", "group_class": "project"}},
+                                  ensure_unique_name=True).execute()["uuid"]
+    done = _run(project, env, tmp_path, "spot", "--retryCount", "0", "--defaultPreemptible", "--noArvadosStepReuse",
+                str(CWL / "preemptible.cwl"))
+    assert done.returncode == 0, done.describe()
+    steps = _steps(api, project)
+    (pinned,), (spot,) = steps["pinned"], steps["spot"]
+    assert spot["scheduling_parameters"]["preemptible"] is True
+    assert pinned["scheduling_parameters"]["preemptible"] is False  # arv:UsePreemptible wins
