@@ -185,6 +185,7 @@ def test_out_of_memory_as_arvados_runner_judges_it(exit_code: int, log: str, exp
 class _Config:
     arvados_partition = "cpu, big"
     arvados_intermediate_storage_classes = "fast"
+    arvados_storage_classes = "default"
     defaultPreemptible = True
     defaultWalltime = 120
     doubleMem = True
@@ -202,6 +203,10 @@ def test_options_become_step_settings_and_bad_ones_are_one_line_errors() -> None
     bad = _Config()
     bad.arvados_intermediate_storage_classes = "slow"
     with pytest.raises(ArvadosSetupError, match="--arvadosIntermediateStorageClasses: the cluster has no storage class 'slow'"):
+        step_settings(bad, cluster)
+    bad = _Config()
+    bad.arvados_storage_classes = "default,cold"
+    with pytest.raises(ArvadosSetupError, match="--arvadosStorageClasses: the cluster has no storage class 'cold'"):
         step_settings(bad, cluster)
     bad = _Config()
     bad.arvados_partition = "a b"

@@ -187,3 +187,17 @@ def test_default_preemptible_applies_to_steps_that_do_not_choose(spot_cluster, t
     (pinned,), (spot,) = steps["pinned"], steps["spot"]
     assert spot["scheduling_parameters"]["preemptible"] is True
     assert pinned["scheduling_parameters"]["preemptible"] is False  # arv:UsePreemptible wins
+
+
+@pytest.mark.parametrize("workflow, args", [
+    ("placement.cwl", ["--arvadosStorageClasses", "archive"]),  # the option
+    ("final_storage.cwl", ["--arvadosStorageClasses", "default"]),  # the workflow's finalStorageClass wins
+])
+def test_final_output_collection_gets_the_final_storage_classes(api, clean_project, env, tmp_path: Path,
+                                                                workflow: str, args: list[str]) -> None:
+    done = _run(clean_project, env, tmp_path, "final", "--retryCount", "0", *args,
+                "--destBucket", f"keep:{clean_project}/final%20output", str(CWL / workflow))
+    assert done.returncode == 0, done.describe()
+    (final,) = api.collections().list(filters=[["owner_uuid", "=", clean_project],
+                                               ["name", "=", "final output"]]).execute()["items"]
+    assert final["storage_classes_desired"] == ["archive"]

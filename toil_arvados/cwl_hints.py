@@ -217,7 +217,12 @@ def check_arvados_hints(tool: Any) -> None:
     """:func:`check_process` for the leader: a bad value stops the run with one line."""
     from . import arvados_client
 
+    from .keep_url import set_final_storage_classes
+
     try:
         check_process(tool, lambda: cluster_storage_classes(arvados_client.connect()))
     except HintError as e:
         raise arvados_client.ArvadosSetupError(str(e)) from None
+    final = ((tool.get_requirement(STORAGE)[0] or {}).get("finalStorageClass")
+             if hasattr(tool, "get_requirement") else None)
+    set_final_storage_classes("hint", names(final, "finalStorageClass") if final else ())

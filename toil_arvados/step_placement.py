@@ -13,7 +13,7 @@ from typing import Any
 from .arvados_client import ArvadosSetupError
 from .cwl_hints import HintError, check_known, split_option
 
-OPTIONS = ("arvados_partition", "arvados_intermediate_storage_classes")
+OPTIONS = ("arvados_partition", "arvados_intermediate_storage_classes", "arvados_storage_classes")
 
 
 def add_options(parser: ArgumentParser | _ArgumentGroup) -> None:
@@ -27,6 +27,11 @@ def add_options(parser: ArgumentParser | _ArgumentGroup) -> None:
                         help="Keep storage classes of CWL steps' output collections (output_storage_classes); "
                              "a tool's arv:OutputStorageClass intermediateStorageClass wins (default: the "
                              "cluster's default classes)")
+    parser.add_argument("--arvadosStorageClasses", dest="arvados_storage_classes", default=None,
+                        env_var="TOIL_ARVADOS_STORAGE_CLASSES", metavar="CLASS[,CLASS...]",
+                        help="Keep storage classes of the workflow's final output collection (--destBucket "
+                             "keep:...); the workflow's arv:OutputStorageClass finalStorageClass wins "
+                             "(default: the cluster's default classes)")
 
 
 def set_options(set_option: Any) -> None:
@@ -36,15 +41,22 @@ def set_options(set_option: Any) -> None:
 
 def step_settings(config: Any, cluster: dict) -> dict[str, Any]:
     """The StepSettings fields these options and the cluster decide (raises a one-line
-    :class:`ArvadosSetupError` for a value that cannot work)."""
+    :class:`ArvadosSetupError` for a value that cannot work). Also records
+    ``--arvadosStorageClasses`` for the final output this (the leader's) process saves."""
+    from .keep_url import set_final_storage_classes
+
+    declared = cluster.get("StorageClasses")
+    known = sorted(declared) if declared else None
     try:
         partitions = split_option(getattr(config, "arvados_partition", None), "--arvadosPartition")
         classes = split_option(getattr(config, "arvados_intermediate_storage_classes", None),
                                "--arvadosIntermediateStorageClasses")
-        declared = cluster.get("StorageClasses")
-        check_known(classes, sorted(declared) if declared else None, "--arvadosIntermediateStorageClasses")
+        check_known(classes, known, "--arvadosIntermediateStorageClasses")
+        final = split_option(getattr(config, "arvados_storage_classes", None), "--arvadosStorageClasses")
+        check_known(final, known, "--arvadosStorageClasses")
     except HintError as e:
         raise ArvadosSetupError(str(e)) from None
+    set_final_storage_classes("option", final)
     return {
         "partitions": partitions,
         "intermediate_storage_classes": classes,
