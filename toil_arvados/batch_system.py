@@ -484,7 +484,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def getSchedulingStatusMessage(self) -> str | None:
         waiting = self.tracker.queued()
-        return f"{waiting} container requests are queued on Arvados" if waiting else None
+        held = self.slots.waiting()
+        parts = ([f"{waiting} container requests are queued on Arvados"] if waiting else []) + \
+            ([f"{held} jobs wait for one of the {self.slots.limit} requests --maxJobs allows in flight"] if held else [])
+        return "; ".join(parts) or None
 
     # -- stopping ------------------------------------------------------------------------------
 
