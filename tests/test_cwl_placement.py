@@ -87,7 +87,7 @@ def test_bad_hint_values_are_one_line_errors_before_anything_is_submitted(api, c
     assert project_requests(api, clean_project) == []  # not even the run's record
 
 
-def _memory_run(api, project: str, env, where: Path, tool: str, *args: str) -> tuple[list[dict], str]:
+def _memory_run(api, project: str, env, where: Path, tool: str | Path, *args: str) -> tuple[list[dict], str]:
     done = _run(project, env, where, "oom", *args, str(CWL / tool), timeout=400)
     assert done.returncode == 0, done.describe()
     out = json.loads(done.stdout)
@@ -110,11 +110,22 @@ def test_a_step_out_of_memory_is_retried_with_the_hints_multiplier(api, clean_pr
 def test_double_mem_doubles_a_steps_ram_once_per_allowed_retry(api, clean_project, env, tmp_path: Path) -> None:
     requests, length = _memory_run(api, clean_project, env, tmp_path, "out_of_memory_plain.cwl",
                                    "--doubleMem", "true", "--retryCount", "3")
-    assert length == "60000000\n"
-    rams = [cr["runtime_constraints"]["ram"] for cr in requests]
-    assert rams[:2] == [64 * MIB, 128 * MIB] and all(b == 2 * a for a, b in zip(rams, rams[1:])), rams
+    assert length == "100000000\n"
+    # about 200 MB: 64 and 128 MiB are too little, 256 MiB is enough
+    assert [cr["runtime_constraints"]["ram"] for cr in requests] == [64 * MIB, 128 * MIB, 256 * MIB]
     containers = containers_by_uuid(api, requests)
-    assert [containers[cr["container_uuid"]]["exit_code"] for cr in requests] == [137] * (len(rams) - 1) + [0]
+    assert [containers[cr["container_uuid"]]["exit_code"] for cr in requests] == [137, 137, 0]
+    assert [cr["properties"].get("toil_memory_retry") for cr in requests] == [None, 1, 2]
+
+
+def test_memory_retries_stop_at_the_allowed_number(api, clean_project, env, tmp_path: Path) -> None:
+    tool = tmp_path / "too_big.cwl"  # 1.5 x 64 MiB cannot hold 100 MB either: one retry, then the step fails
+    tool.write_text((CWL / "out_of_memory.cwl").read_text().replace("60000000", "100000000")
+                    .replace("memoryRetryMultiplier: 4", "memoryRetryMultiplier: 1.5"))
+    done = _run(clean_project, env, tmp_path, "oom", "--retryCount", "0", str(tool), timeout=300)
+    assert done.returncode != 0, done.describe()
+    (requests,) = _steps(api, clean_project).values()
+    assert [cr["runtime_constraints"]["ram"] for cr in requests] == [64 * MIB, 96 * MIB]
 
 
 def test_without_a_hint_or_double_mem_a_step_out_of_memory_fails(api, clean_project, env, tmp_path: Path) -> None:

@@ -276,8 +276,12 @@ class ArvadosStepJob(JobBase):
         Raises StepSubmitted; True if the new request was Final at once (reused), False if the
         step is not retried."""
         policy = cwl_hints.memory_retry(self._hint, ctx.settings.double_mem, ctx.settings.retry_count, self.name)
-        attempt = int((cr.get("properties") or {}).get(PROPERTY_MEMORY_ATTEMPT) or 0)
-        if policy is None or attempt >= policy.retries or not cr.get("log_uuid") and exit_code != cwl_hints.OOM_EXIT_CODE:
+        if policy is None or not cr.get("log_uuid") and exit_code != cwl_hints.OOM_EXIT_CODE:
+            return False
+        # Which retry this was is in the request's properties, which the tracker does not fetch.
+        properties = _properties(ctx.api, cr)
+        attempt = int(properties.get(PROPERTY_MEMORY_ATTEMPT) or 0)
+        if attempt >= policy.retries:
             return False
         log = lambda: arvados_client.log_text(ctx.api, cr["log_uuid"], ("stderr.txt", "stdout.txt", "crunch-run.txt"), 1000)
         if not cwl_hints.out_of_memory(exit_code, log, policy.error_regex):
@@ -289,9 +293,9 @@ class ArvadosStepJob(JobBase):
         try:
             new_cr, _ = finished = self._submit(ctx, runtimeContext, entries, job_store_id, attempt + 1, factor)
         except StepSubmitted as submitted:
-            _mark_resubmitted(ctx.api, cr, submitted.cr["uuid"])
+            _mark_resubmitted(ctx.api, cr["uuid"], properties, submitted.cr["uuid"])
             raise
-        _mark_resubmitted(ctx.api, cr, new_cr["uuid"])
+        _mark_resubmitted(ctx.api, cr["uuid"], properties, new_cr["uuid"])
         ctx.finished[job_store_id] = finished
         return True
 
@@ -496,18 +500,23 @@ def _submit(api: Any, body: dict, image: str) -> dict:
         raise ArvadosSetupError(describe(e, f"cannot submit CWL step {body['name']}")) from None
 
 
-def _mark_resubmitted(api: Any, cr: dict, new_uuid: str) -> None:
+def _properties(api: Any, cr: dict) -> dict:
+    """A request's properties (read afresh where ``cr`` is the tracker's partial copy)."""
+    if "properties" in cr:
+        return dict(cr["properties"] or {})
+    current = arvados_client.call(lambda: api.container_requests().get(uuid=cr["uuid"], select=["uuid", "properties"]),
+                                  f"look up {cr['uuid']}")
+    return dict(current.get("properties") or {})
+
+
+def _mark_resubmitted(api: Any, uuid: str, properties: dict, new_uuid: str) -> None:
     """Name the request that replaced a failed one in the failed one's properties."""
-    requests = api.container_requests()
+    body = {"properties": {**properties, PROPERTY_RESUBMITTED: new_uuid}}
     try:
-        # Read afresh: the tracker's copy of the request need not carry all its properties.
-        current = arvados_client.call(lambda: requests.get(uuid=cr["uuid"], select=["uuid", "properties"]),
-                                      f"look up {cr['uuid']}")
-        properties = {**(current.get("properties") or {}), PROPERTY_RESUBMITTED: new_uuid}
-        arvados_client.call(lambda: requests.update(uuid=cr["uuid"], body={"properties": properties}),
-                            f"mark {cr['uuid']} as resubmitted")
+        arvados_client.call(lambda: api.container_requests().update(uuid=uuid, body=body),
+                            f"mark {uuid} as resubmitted")
     except Exception as e:  # a record only: the retry itself is submitted
-        logger.warning("%s", describe(e, f"could not mark {cr['uuid']} as resubmitted"))
+        logger.warning("%s", describe(e, f"could not mark {uuid} as resubmitted"))
 
 
 def _container(api: Any, uuid: str | None) -> dict | None:
