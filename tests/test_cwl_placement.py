@@ -212,3 +212,38 @@ def test_final_output_collection_gets_the_final_storage_classes(api, clean_proje
     (final,) = api.collections().list(filters=[["owner_uuid", "=", clean_project],
                                                ["name", "=", "final output"]]).execute()["items"]
     assert final["storage_classes_desired"] == ["archive"]
+
+
+HUNGRY = '''
+"""One job that needs more memory than it asks for: 300 MB in a 256 MiB container."""
+from toil.common import Toil
+from toil.job import Job
+
+
+def hungry(job):
+    data = bytearray(300 << 20)
+    data[-1] = 1
+    return len(data)
+
+
+if __name__ == "__main__":
+    options = Job.Runner.getDefaultArgumentParser().parse_args()
+    with Toil(options) as toil:
+        print("hungry-result", toil.start(Job.wrapJobFn(hungry, memory="256M", cores=1, disk="10M")))
+'''
+
+
+def test_double_mem_retries_a_toil_worker_job_killed_for_memory(api, clean_project, env, tmp_path: Path) -> None:
+    import sys
+
+    script = tmp_path / "hungry.py"
+    script.write_text(HUNGRY)
+    # --defaultMemory as low as the job's: Toil raises a failed job's memory to at least the default
+    done = run([sys.executable, str(script), f"arvados:{clean_project}/hungry", "--batchSystem", "arvados",
+                "--arvadosProject", clean_project, "--doubleMem", "true", "--retryCount", "1",
+                "--defaultMemory", "256M"], env, tmp_path, timeout=600)
+    assert done.returncode == 0, done.describe()
+    assert f"hungry-result {300 << 20}" in done.stdout
+    rams = [cr["runtime_constraints"]["ram"] for cr in sorted(project_requests(api, clean_project),
+                                                              key=lambda cr: cr["created_at"])]
+    assert rams == [256_000_000, 512_000_000]  # Toil: 256M is 256,000,000 bytes; doubled once

@@ -41,6 +41,7 @@ from toil.resource import Resource
 from . import arvados_client, step_placement
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
+from .cwl_hints import OOM_EXIT_CODE
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
 from .request_slots import RequestSlots
 from .request_tracker import RequestTracker, wall_time
@@ -309,7 +310,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if check:
             self.check_resource_request(job_desc)  # the container will need what the tool asks for
         batch_id = self.getNextJobID()
-        self._native_steps().issue(batch_id, str(job_desc.jobStoreID), str(job_desc))
+        self._native_steps().issue(batch_id, str(job_desc.jobStoreID), str(job_desc), request=check)
         logger.debug("Issued CWL step %s to run as its own container request (batch id %d)", job_desc, batch_id)
         return batch_id
 
@@ -581,10 +582,12 @@ def _update_info(batch_id: int, c: dict | None, cr_uuid: str) -> UpdatedBatchJob
     if c["state"] == "Complete":
         code = c.get("exit_code")
         code = EXIT_STATUS_UNAVAILABLE_VALUE if code is None else int(code)
-        status = c.get("runtime_status") or {}
         if code == 0:
             reason = BatchJobExitReason.FINISHED
-        elif code == 137 and "memory" in str(status).lower():
+        elif code == OOM_EXIT_CODE:
+            # Killed by SIGKILL in a Complete container: on Arvados that is the kernel's OOM kill
+            # (crunch-run reports nothing else; Arvados' CWL runner judges it so). Toil's
+            # --doubleMem then retries the job with twice the memory.
             reason = BatchJobExitReason.MEMLIMIT
         else:
             reason = BatchJobExitReason.FAILED

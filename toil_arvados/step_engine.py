@@ -66,11 +66,16 @@ class NativeSteps:
 
     # -- the batch system's side ---------------------------------------------------------------
 
-    def issue(self, batch_id: int, job_store_id: str, name: str) -> None:
+    def issue(self, batch_id: int, job_store_id: str, name: str, request: bool = True) -> None:
+        """Run a job here: a tool's step (``request``: it submits a container request, so it
+        waits for a --maxJobs slot), or CWL's bookkeeping, which submits nothing."""
         step = _Step(batch_id, job_store_id, name)
         with self._lock:
             self._steps[batch_id] = step
-        self.slots.acquire(batch_id, lambda _deferred: self._submit(step))
+        if request:
+            self.slots.acquire(batch_id, lambda _deferred: self._submit(step))
+        else:
+            self._submit(step)
 
     def issued(self) -> list[int]:
         with self._lock:
