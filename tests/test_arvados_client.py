@@ -206,6 +206,34 @@ def test_a_short_budget_is_not_stretched_by_the_patient_client(monkeypatch) -> N
     assert clock[0] <= 10.0  # gave up within its own budget, not the client's ten minutes
 
 
+def test_resource_objects_are_built_once_per_thread() -> None:
+    """googleapiclient builds a whole resource object per ``api.collections()``: the gateway
+    keeps one per resource per thread (they are not thread-safe), not one per call."""
+    built: list[tuple[str, int]] = []
+
+    class Sdk:
+        _rootDesc = {"resources": {"collections": {}, "groups": {}}}
+
+        def collections(self, *args: object) -> _Down:
+            built.append(("collections", threading.get_ident()))
+            return _Down(failures=0)
+
+        def groups(self) -> _Down:
+            built.append(("groups", threading.get_ident()))
+            return _Down(failures=0)
+
+    client = gw.PatientClient(Sdk())
+    for _ in range(3):
+        assert client.collections().get(uuid="x").execute() == {"uuid": "x"}
+    client.groups().get(uuid="x").execute()
+    other = threading.Thread(target=lambda: client.collections().get(uuid="x").execute())
+    other.start()
+    other.join()
+    client.collections("with-args")  # anything unusual is built as asked
+    assert [name for name, _ in built] == ["collections", "groups", "collections", "collections"]
+    assert built[0][1] == built[1][1] != built[2][1]
+
+
 # -- Keep block transfers ride out an outage through the gateway -----------------------------------
 
 KEEP_OUTAGE = 5 * 60.0  # what the plugin must ride out (issue 10); the clock is fake, nothing waits

@@ -157,3 +157,23 @@ def test_blockstore_basics(tmp_path):
         store.put(b"x", expected_md5="0" * 32)
     with pytest.raises(ValueError):
         store.path("../../etc/passwd")
+
+
+def test_the_upload_buffer_grows_with_the_bytes_and_blocks_stay_the_same(tmp_path: Path):
+    """A small buffer (sized to the files as listed) that then has to grow, e.g. because a file
+    grew after it was listed, packs exactly the blocks a full-size buffer packs."""
+    from toil_arvados.localcluster import collection_files as cf
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(100_000))
+    (src / "b").write_bytes(os.urandom(300_000))
+    store = BlockStore(tmp_path / "keep")
+    packed = []
+    for hint in (1, cf.BLOCK_SIZE):
+        packer = cf._BlockPacker(store, size_hint=hint)
+        for name in ("a", "b"):
+            packer.add_file(name, src / name)
+        packer.flush()
+        packed.append(packer.files)
+    assert packed[0] == packed[1] and len({seg.locator for segs in packed[0].values() for seg in segs}) == 1

@@ -123,8 +123,10 @@ GIB = 1 << 30
 CLUSTER = {
     "Containers": {"ReserveExtraRAM": 256 << 20, "DefaultKeepCacheRAM": 0, "LocalKeepBlobBuffersPerVCPU": 0},
     "InstanceTypes": {
-        "small": {"VCPUs": 2, "RAM": 4 * GIB, "Scratch": 20 * GIB, "Preemptible": False, "GPU": {}},
-        "gpu": {"VCPUs": 8, "RAM": 32 * GIB, "Scratch": 100 * GIB, "Preemptible": False,
+        # As GET /arvados/v1/config exports them: no Scratch (computed as IncludedScratch + AddedScratch).
+        "small": {"VCPUs": 2, "RAM": 4 * GIB, "IncludedScratch": 20 * GIB, "AddedScratch": 0, "Preemptible": False,
+                  "GPU": {}},
+        "gpu": {"VCPUs": 8, "RAM": 32 * GIB, "IncludedScratch": 60 * GIB, "AddedScratch": 40 * GIB, "Preemptible": False,
                 "GPU": {"Stack": "cuda", "DeviceCount": 1, "DriverVersion": "12.0", "HardwareTarget": "8.6",
                         "VRAM": 0}},
     },
@@ -163,9 +165,14 @@ def test_a_request_no_instance_type_can_run_is_unfit():
     assert unfit({"vcpus": 99, "ram": GIB}, {}, {}, None, {}) is None  # no instance types: not judged
 
 
-def test_scratch_unknown_when_the_instance_type_reports_none():
-    local = {"InstanceTypes": {"local": {"VCPUs": 2, "RAM": 4 * GIB, "Scratch": 0}}}
-    assert unfit({"vcpus": 1, "ram": GIB}, {"/t": {"kind": "tmp", "capacity": 500 * GIB}}, {}, None, local) is None
+def test_instance_scratch_is_included_plus_added_as_arvados_computes_it():
+    # Arvados never exports Scratch (json:"-"); a type whose scratch adds up to 0 fits nothing
+    # needing disk, as in dispatch-cloud (it used to be taken as "enough").
+    zero = {"InstanceTypes": {"t": {"VCPUs": 2, "RAM": 4 * GIB, "Scratch": 500 * GIB}}}
+    why = unfit({"vcpus": 1, "ram": GIB}, {"/t": {"kind": "tmp", "capacity": GIB}}, {}, None, zero)
+    assert why is not None and why.resource == "disk" and why.available == 0
+    added = {"InstanceTypes": {"t": {"VCPUs": 2, "RAM": 4 * GIB, "IncludedScratch": 4 * GIB, "AddedScratch": 20 * GIB}}}
+    assert unfit({"vcpus": 1, "ram": GIB}, {"/t": {"kind": "tmp", "capacity": 10 * GIB}}, {}, None, added) is None
 
 
 def test_unsupported_accelerators_are_named() -> None:

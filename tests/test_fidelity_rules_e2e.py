@@ -125,7 +125,20 @@ def test_config_exports_what_clients_need_to_size_requests(api) -> None:
     config = api.configs().get().execute()
     assert config["Containers"]["ReserveExtraRAM"] == 550 << 20
     (name, it), = config["InstanceTypes"].items()
-    assert it["Preemptible"] is False and it["Scratch"] > 0 and it["VCPUs"] == 2 and it["RAM"] == 4 << 30
+    assert it["Preemptible"] is False and it["VCPUs"] == 2 and it["RAM"] == 4 << 30
+    # As Arvados exports it: Scratch and Name are computed by readers, never exported.
+    assert "Scratch" not in it and "Name" not in it and it["IncludedScratch"] > 0 and it["AddedScratch"] == 0
+
+
+def test_malformed_exists_filters_are_422_with_arvados_message_not_500(api) -> None:
+    # Arvados binds the operand into jsonb_exists_inline_op(properties, ?): a list spreads into
+    # several arguments (no such function), a hash into unquotable pairs (record_filters.rb).
+    message = _refused(api.collections().list(filters=[["properties", "exists", ["a", "b"]]]))
+    assert "function jsonb_exists_inline_op(jsonb, unknown, unknown) does not exist" in message
+    assert "can't quote Array" in _refused(api.container_requests().list(filters=[["properties", "exists", {"a": 1}]]))
+    assert "(jsonb, integer)" in _refused(api.groups().list(filters=[["properties", "exists", 3]]))
+    # A one-string list is bound as that string: Arvados answers it.
+    assert api.collections().list(filters=[["properties", "exists", ["type"]]]).execute()["items"] is not None
 
 
 def test_container_too_big_with_overhead_is_unsatisfiable(api, project: str, image: str) -> None:

@@ -264,3 +264,58 @@ def test_helpers():
     assert not jsonb_contains({"a": ["x", "y"]}, {"a": "x"})  # nested arrays need arrays
     assert jsonb_contains(["x", "y"], "x")  # top-level array contains a scalar
     assert not jsonb_contains({"a": 1}, {"a": True})
+
+
+# Arvados binds a top-level exists operand into jsonb_exists_inline_op(column, ?) (one text
+# argument), and ActiveRecord quotes a string as one literal, nil/[]/{} as NULL and spreads an
+# array into several literals: services/api/lib/record_filters.rb, Rails' quote_bound_value.
+@pytest.mark.parametrize("operand, uuids", [
+    ("type", {C1, C2}),
+    (["type"], {C1, C2}),  # one literal, like the string
+    (None, set()), ([], set()), ({}, set()), ([None], set()),  # "? NULL": no record, no error
+])
+def test_top_level_exists_operands_arvados_accepts(operand, uuids):
+    items, _ = apply_list(RECORDS, table="collections", filters=[["properties", "exists", operand]])
+    assert {i["uuid"] for i in items} == uuids
+
+
+@pytest.mark.parametrize("operand, message", [
+    (["type", "n"], "function jsonb_exists_inline_op(jsonb, unknown, unknown) does not exist"),
+    (3, "function jsonb_exists_inline_op(jsonb, integer) does not exist"),
+    ([3], "function jsonb_exists_inline_op(jsonb, integer) does not exist"),
+    (2**40, "function jsonb_exists_inline_op(jsonb, bigint) does not exist"),
+    (1.5, "function jsonb_exists_inline_op(jsonb, numeric) does not exist"),
+    (True, "function jsonb_exists_inline_op(jsonb, boolean) does not exist"),
+    ([["type"]], "can't quote Array"),
+    ([{"type": 1}], "can't quote Hash"),
+    ({"type": 1}, "can't quote Array"),  # a hash spreads into its [key, value] pairs
+])
+def test_top_level_exists_operands_arvados_refuses(operand, message):
+    with pytest.raises(FilterError) as info:
+        apply_list([], table="collections", filters=[["properties", "exists", operand]])
+    assert message in str(info.value)
+
+
+_ATTRS = ["name", "file_count", "properties", "properties.type", "properties.<type>", "is_trashed",
+          "created_at", "storage_classes_desired", "uuid", "any", ["name", "uuid"], ["name", 3],
+          "(file_count > replication_desired)", 5, None, "", "properties.", "."]
+_OPERATORS = ["=", "!=", "<>", "<", "<=", ">", ">=", "like", "ilike", "in", "not in", "is_a", "exists",
+              "contains", "@@", "IN", "Exists", "", None, 3, ["="]]
+_OPERANDS = ["x", "", "%a%", 3, -1, 2**70, 1.5, True, False, None, [], ["a"], ["a", "b"], [1], [None],
+             [["a"]], [{"a": 1}], {}, {"a": 1}, "2026-01-01", "true", "[1]", "{bad", "arvados#collection"]
+
+
+def test_every_filter_either_applies_or_is_a_filter_error():
+    """A malformed filter is a 422 (FilterError), never a crash (a 500) while records are
+    scanned: every attribute/operator/operand shape below, over records that have each column."""
+    crashes = []
+    for attr in _ATTRS:
+        for operator in _OPERATORS:
+            for operand in _OPERANDS:
+                try:
+                    apply_list(RECORDS, table="collections", filters=[[attr, operator, operand]])
+                except FilterError:
+                    pass
+                except Exception as e:  # noqa: BLE001 - exactly what this test looks for
+                    crashes.append(([attr, operator, operand], repr(e)))
+    assert not crashes, crashes[:10]

@@ -568,6 +568,171 @@ def test_running_here_serves_own_writes_without_calls(store, cluster):
     assert store.load_job(job.jobStoreID).unitName == "ran elsewhere"
 
 
+def test_jobs_a_leader_side_job_creates_are_served_to_the_first_load(store, cluster):
+    """Children a job running in the leader creates reach the leader's load (before it issues
+    them) without a call; the load after that asks the server again. A job created outside any
+    run (e.g. by another process's store) is always read from the server."""
+    parent, children = _job("parent"), [_job("a"), _job("b")]
+    store.assign_job_id(parent)
+    store.create_job(parent)
+    with store.running_here(parent.jobStoreID):
+        with store.batch():  # Toil saves a job's new children in one batch
+            for child in children:
+                store.assign_job_id(child)
+                store.create_job(child)
+    with _CallCounter(cluster) as calls:
+        loaded = [store.load_job(c.jobStoreID) for c in children]
+    assert calls.total == 0 and [j.jobName for j in loaded] == ["a", "b"]
+    worker = _other_process_view(store)
+    elsewhere = worker.load_job(children[0].jobStoreID)
+    elsewhere.unitName = "ran elsewhere"
+    worker.update_job(elsewhere)
+    assert store.load_job(children[0].jobStoreID).unitName == "ran elsewhere"
+
+
+def _tombstoned_or_gone(store: KeepJobStore, file_ids: list[str]) -> bool:
+    other = _other_process_view(store)
+    return not any(other.file_exists(f) for f in file_ids)
+
+
+def test_deleting_a_job_created_and_run_here_needs_no_list(store, cluster, tmp_path):
+    job = _job()
+    store.assign_job_id(job)
+    with store.write_file_stream(job.jobStoreID, cleanup=True) as (f, body):  # Toil's body: before the record
+        f.write(b"body")
+    store.create_job(job)
+    src = tmp_path / "out.txt"
+    src.write_text("out")
+    with store.running_here(job.jobStoreID):
+        files = [body, store.get_empty_file_store_id(job.jobStoreID, cleanup=True),
+                 store.write_file(str(src), job.jobStoreID, cleanup=True, hints=["step"])]
+        kept = store.write_file(str(src), job.jobStoreID, cleanup=False)
+    with _CallCounter(cluster) as calls:
+        store.delete_job(job.jobStoreID)
+    assert "collections.list" not in calls.by_endpoint
+    # The job's record (its body inside) and the empty file go; the hinted file becomes a tombstone.
+    assert calls.by_endpoint == {"collections.delete": 2, "collections.update": 1}
+    assert _tombstoned_or_gone(store, files) and not _other_process_view(store).job_exists(job.jobStoreID)
+    assert store.file_exists(kept)
+
+
+def test_deleting_a_job_that_ran_elsewhere_finds_its_files_on_the_server(store, cluster):
+    job = _job()
+    store.assign_job_id(job)
+    store.create_job(job)
+    worker = _other_process_view(store)  # the job ran in a worker, which wrote a cleanup file
+    made_there = worker.get_empty_file_store_id(job.jobStoreID, cleanup=True)
+    with _CallCounter(cluster) as calls:
+        store.delete_job(job.jobStoreID)
+    assert calls.by_endpoint.get("collections.list") == 1
+    assert _tombstoned_or_gone(store, [made_there])
+
+
+def test_promises_are_written_without_an_existence_check(store, cluster):
+    """One update per promise; a promise file already gone (its reader finished) is skipped."""
+    from toil_arvados import toil_patches
+
+    toil_patches.promises_fulfilled_blindly()
+    live, gone = store.get_empty_file_store_id(), store.get_empty_file_store_id()
+    store.delete_file(gone)
+    job = Job()
+    job._rvs = {(): [live, gone], (1,): [live]}
+    with _CallCounter(cluster) as calls:
+        job._fulfillPromises(("a", "b"), store)
+    assert calls.by_endpoint == {"collections.update": 3}
+    import pickle
+
+    with store.read_file_stream(live) as f:
+        assert pickle.load(f) == "b"  # the last promise written to it: path (1,)
+
+
+def test_bodies_and_promises_kept_here_are_read_without_calls(store, cluster):
+    """A job's body (written once, before its record) and a promise fulfilled by a job running
+    here are read back with no API call; a promise fulfilled outside a run is read from the
+    server, and a deleted file is gone at once."""
+    from toil_arvados import toil_patches
+
+    toil_patches.promises_fulfilled_blindly()
+    job = _job()
+    store.assign_job_id(job)
+    with store.write_file_stream(job.jobStoreID, cleanup=True) as (f, body):
+        f.write(b"the body")
+    store.create_job(job)
+    here, elsewhere = store.get_empty_file_store_id(), store.get_empty_file_store_id()
+    promising = Job()
+    promising._rvs = {(): [here]}
+    with store.running_here(job.jobStoreID):
+        promising._fulfillPromises("kept", store)
+    promising._rvs = {(): [elsewhere]}
+    promising._fulfillPromises("not kept", store)
+    import pickle
+
+    with _CallCounter(cluster) as calls:
+        with store.read_file_stream(body) as f:
+            assert f.read() == b"the body"
+        with store.read_file_stream(here) as f:
+            assert pickle.load(f) == "kept"
+    assert calls.total == 0
+    with _CallCounter(cluster) as calls:
+        with store.read_file_stream(elsewhere) as f:
+            assert pickle.load(f) == "not kept"
+    assert calls.total == 1
+    store.delete_file(here)
+    with pytest.raises(NoSuchFileException):
+        with store.read_file_stream(here):
+            pass
+    store.delete_job(job.jobStoreID)
+    with pytest.raises(NoSuchFileException):
+        store.read_file(body, "/dev/null")
+
+
+def test_a_body_written_before_its_job_is_saved_in_the_jobs_record(store, cluster):
+    """Toil writes a job's body, then creates the job: one create holds both, every file
+    operation works on the body from any process, and the body goes with the job."""
+    job = _job()
+    store.assign_job_id(job)
+    with _CallCounter(cluster) as calls:
+        with store.write_file_stream(job.jobStoreID, cleanup=True) as (f, body):
+            f.write(b"the body")
+        store.create_job(job)
+    assert calls.by_endpoint == {"collections.create": 1}
+    other = _other_process_view(store)
+    with other.read_file_stream(body) as f:
+        assert f.read() == b"the body"
+    assert other.file_exists(body) and other.get_file_size(body) == len(b"the body")
+    assert other.get_public_url(body).startswith("keep:")
+    loaded = other.load_job(job.jobStoreID)
+    loaded.unitName = "updated elsewhere"
+    other.update_job(loaded)  # the update keeps the body
+    job2 = _job("second")
+    store.assign_job_id(job2)
+    with store.write_file_stream(job2.jobStoreID, cleanup=True) as (f, body2):
+        f.write(b"second body")
+    store.create_job(job2)
+    for _ in range(2):  # updated twice here: the record keeps one body and one job file
+        store.update_job(store.load_job(job2.jobStoreID))
+    assert sorted(_names_in(store, job2.jobStoreID)) == sorted(["job", naming.body_member(body2.split("/")[0][2:])])
+    with _other_process_view(store).read_file_stream(body) as f:
+        assert f.read() == b"the body"
+    with other.update_file_stream(body) as f:  # the file API stays whole (Toil itself never does this)
+        f.write(b"rewritten")
+    with _other_process_view(store).read_file_stream(body) as f:
+        assert f.read() == b"rewritten"
+    assert _other_process_view(store).load_job(job.jobStoreID).unitName == "updated elsewhere"
+    other.delete_file(body)
+    assert not _other_process_view(store).file_exists(body)
+    assert _other_process_view(store).job_exists(job.jobStoreID)
+    store.delete_job(job2.jobStoreID)
+    assert not _other_process_view(store).file_exists(body2)
+
+
+def _names_in(store: KeepJobStore, job_id: str) -> list[str]:
+    from toil_arvados.jobstore import manifest_text
+
+    rec = _other_process_view(store)._job_record(job_id, ["manifest_text"])
+    return manifest_text.members(rec["manifest_text"])
+
+
 def test_a_job_deleted_here_is_gone_at_once(store):
     job = _job()
     store.assign_job_id(job)

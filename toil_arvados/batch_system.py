@@ -38,11 +38,12 @@ from toil.common import Config
 from toil.job import JobDescription, Requirer
 from toil.resource import Resource
 
-from . import arvados_client, step_placement
+from . import arvados_client, cwl_submit, step_placement, toil_patches
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
 from .cwl_hints import OOM_EXIT_CODE
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
+from .local_jobs import LazyLocalBatch
 from .request_slots import RequestSlots
 from .request_tracker import RequestTracker, wall_time
 from .container_request import (
@@ -85,9 +86,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def __init__(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
         super().__init__(config, maxCores, maxMemory, maxDisk)
+        self._lazy_local_jobs(config, maxCores, maxMemory, maxDisk)
         # Toil's set_log_level() silences every non-Toil logger already created (ours included,
         # as the plugin is imported first), which would hide failed jobs' stderr: inherit again.
         logging.getLogger("toil_arvados").setLevel(logging.NOTSET)
+        cwl_submit.refuse_unhandled(sys.argv[1:])
         arvados_client.mark_starting()
         self.api = arvados_client.connect()
         user = arvados_client.check_connection(self.api)
@@ -133,7 +136,19 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             self._load_reattachable()
         self.tracker = RequestTracker(self.api, self.poll_interval)
         self.slots = RequestSlots(getattr(config, "max_jobs", None))  # Toil's --maxJobs
+        toil_patches.progress_bar_shows_batch_system_summary()
         logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
+
+    def _lazy_local_jobs(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
+        """Toil made its local-job batch system already (BatchSystemLocalSupport): stop it, and
+        make it again only if a local job comes that does not run in the leader (local_jobs)."""
+        from toil.batchSystems.singleMachine import SingleMachineBatchSystem
+        from toil.lib.threading import cpu_count
+
+        self.localBatch.shutdown()
+        max_local = config.max_local_jobs if config.max_local_jobs is not None else cpu_count()
+        self.localBatch = LazyLocalBatch(lambda: SingleMachineBatchSystem(  # type: ignore[assignment]
+            config, maxCores, maxMemory, maxDisk, max_jobs=max_local))
 
     # -- options -------------------------------------------------------------------------------
 
@@ -179,6 +194,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                             help="container_count_max for each request: how often Arvados itself retries a "
                                  "container lost to infrastructure (default: the cluster's setting)")
         step_placement.add_options(parser)
+        cwl_submit.add_options(parser)
 
     @classmethod
     def setOptions(cls, setOption: OptionSetter) -> None:
@@ -482,6 +498,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                     return local
                 if time.monotonic() >= deadline:
                     return None
+
+    def progress_summary(self) -> str:
+        """The run's requests by Arvados state, for Toil's progress bar
+        (:func:`toil_patches.progress_bar_shows_batch_system_summary`)."""
+        return self.tracker.counts().summary()
 
     def getSchedulingStatusMessage(self) -> str | None:
         waiting = self.tracker.queued()

@@ -260,11 +260,24 @@ def _gpu_fits(gpu: Mapping[str, Any], it_gpu: Mapping[str, Any]) -> bool:
     return have in targets
 
 
+def instance_scratch(instance_type: Mapping[str, Any]) -> int:
+    """An exported instance type's scratch: Arvados exports IncludedScratch and AddedScratch, and
+    computes Scratch (never exported) as their sum, as Go's ``InstanceTypeMap`` does on reading."""
+    return int(instance_type.get("IncludedScratch") or 0) + int(instance_type.get("AddedScratch") or 0)
+
+
+def _vcpus(instance_type: Mapping[str, Any]) -> int:
+    return int(instance_type.get("VCPUs") or 0)
+
+
+def _ram(instance_type: Mapping[str, Any]) -> int:
+    return int(instance_type.get("RAM") or 0)
+
+
 def unfit(rc: Mapping[str, Any], mounts: Mapping[str, Mapping[str, Any]], scheduling: Mapping[str, Any],
           image_pdh: str | None, cluster: Mapping[str, Any]) -> Unfit | None:
     """None if some instance type of ``cluster`` (the exported config) can run the request, as
-    dispatch-cloud decides; else what is short. A cluster without InstanceTypes is not judged, and
-    an instance type that reports no scratch size is taken to have enough (the local cluster's)."""
+    dispatch-cloud decides; else what is short. A cluster without InstanceTypes is not judged."""
     types = list((cluster.get("InstanceTypes") or {}).values())
     if not types:
         return None
@@ -284,18 +297,17 @@ def unfit(rc: Mapping[str, Any], mounts: Mapping[str, Mapping[str, Any]], schedu
             return Unfit(resource, available, f"no instance type of the cluster offers {what}")
     types = [t for t in types if all(ok(t) for _, ok, _, _ in kinds)]
     sizes = [
-        ("cores", lambda t: int(t.get("VCPUs") or 0) >= int(rc.get("vcpus") or 0), "VCPUs", "cores",
-         f"{rc.get('vcpus')} cores"),
-        ("memory", lambda t: int(t.get("RAM") or 0) >= ram, "RAM", "bytes of RAM",
+        ("cores", lambda t: _vcpus(t) >= int(rc.get("vcpus") or 0), _vcpus, "cores", f"{rc.get('vcpus')} cores"),
+        ("memory", lambda t: _ram(t) >= ram, _ram, "bytes of RAM",
          f"{ram} bytes of RAM (ram + keep cache + ReserveExtraRAM, less 5% of the instance's)"),
-        ("disk", lambda t: not int(t.get("Scratch") or 0) or int(t["Scratch"]) >= scratch, "Scratch",
+        ("disk", lambda t: instance_scratch(t) >= scratch, instance_scratch,
          "bytes of scratch", f"{scratch} bytes of scratch (tmp mounts + image + keep cache)"),
     ]
     if any(all(ok(t) for _, ok, _, _, _ in sizes) for t in types):
         return None
-    for resource, ok, field_name, unit, what in sizes:
+    for resource, ok, size, unit, what in sizes:
         if not any(ok(t) for t in types):
-            available = max(int(t.get(field_name) or 0) for t in types)
+            available = max(size(t) for t in types)
             return Unfit(resource, available,
                          f"it needs {what}, but the largest suitable instance type offers {available} {unit}")
     return Unfit("cores", None, "no single instance type of the cluster offers all of: "

@@ -33,6 +33,20 @@ REQUEST_FIELDS = ["uuid", "state", "container_uuid", "log_uuid", "output_uuid"]
 FinalCallback = Callable[[dict, "dict | None"], None]
 
 
+@dataclass(frozen=True)
+class RequestCounts:
+    """How many of the run's requests are in each Arvados state, for Toil's progress bar:
+    ``queued`` (container Queued or Locked), ``running`` (container Running) and ``finished``
+    (request Final, whatever the outcome; reused ones too). Requests Toil killed are in none."""
+
+    queued: int = 0
+    running: int = 0
+    finished: int = 0
+
+    def summary(self) -> str:
+        return f"Arvados: {self.queued} queued, {self.running} running, {self.finished} finished"
+
+
 @dataclass
 class Tracked:
     """A request in flight and what to do when it is Final."""
@@ -44,6 +58,11 @@ class Tracked:
     final: bool = False
     cr: dict = field(default_factory=dict)
 
+    @property
+    def bucket(self) -> str:
+        """Which :class:`RequestCounts` field the request counts in."""
+        return "finished" if self.final else "running" if self.started_at is not None else "queued"
+
 
 class RequestTracker:
     """Follows container requests until they are Final; see the module docstring."""
@@ -54,6 +73,9 @@ class RequestTracker:
         self._lock = threading.Lock()
         self._tracked: dict[str, Tracked] = {}
         self._finishing: set[str] = set()
+        # Kept up to date at each state change (under _lock), so the progress bar's frequent
+        # questions cost nothing however many requests are in flight.
+        self._counts = {"queued": 0, "running": 0, "finished": 0}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._events: Any = None
@@ -69,7 +91,11 @@ class RequestTracker:
         item = Tracked(cr["uuid"], cr.get("container_uuid"), on_final,
                        started_at=time.time() if running else None)
         with self._lock:
+            old = self._tracked.get(item.cr_uuid)
+            if old is not None and not old.final:
+                self._counts[old.bucket] -= 1
             self._tracked[item.cr_uuid] = item
+            self._counts[item.bucket] += 1
         if cr.get("state") == "Final":  # e.g. it reused a finished container at once
             self._mark_final(item.cr_uuid)
 
@@ -77,7 +103,10 @@ class RequestTracker:
         """Stop following ``cr_uuid`` (its callback will not run); whether it was followed."""
         with self._lock:
             self._finishing.discard(cr_uuid)
-            return self._tracked.pop(cr_uuid, None) is not None
+            t = self._tracked.pop(cr_uuid, None)
+            if t is not None and not t.final:
+                self._counts[t.bucket] -= 1
+            return t is not None
 
     def started(self) -> dict[str, float]:
         """Requests whose container has started: uuid -> when we noticed."""
@@ -91,7 +120,12 @@ class RequestTracker:
 
     def queued(self) -> int:
         with self._lock:
-            return sum(1 for t in self._tracked.values() if t.started_at is None and not t.final)
+            return self._counts["queued"]
+
+    def counts(self) -> RequestCounts:
+        """The run's requests by Arvados state (see :class:`RequestCounts`); cheap."""
+        with self._lock:
+            return RequestCounts(**self._counts)
 
     def stop(self) -> list[str]:
         """Stop following anything; the requests that were still in flight."""
@@ -100,6 +134,7 @@ class RequestTracker:
         with self._lock:
             left = [t.cr_uuid for t in self._tracked.values() if not t.final]
             self._tracked.clear()
+            self._counts.update(queued=0, running=0)
             events, self._events = self._events, None
         if events is not None:
             try:
@@ -138,17 +173,26 @@ class RequestTracker:
         elif state == "Running":
             with self._lock:
                 for t in self._tracked.values():
-                    if t.container_uuid == uuid and t.started_at is None:
-                        t.started_at = time.time()
+                    if t.container_uuid == uuid:
+                        self._started(t, time.time())
 
     def _mark_final(self, cr_uuid: str) -> None:
         with self._lock:
             t = self._tracked.get(cr_uuid)
             if t is None or t.final:
                 return
+            self._counts[t.bucket] -= 1
             t.final = True
+            self._counts["finished"] += 1
             self._finishing.add(cr_uuid)
         self._wake.set()
+
+    def _started(self, t: Tracked, when: float) -> None:
+        """Note that ``t``'s container runs (caller holds ``_lock``)."""
+        if t.started_at is None and not t.final:
+            self._counts["queued"] -= 1
+            t.started_at = when
+            self._counts["running"] += 1
 
     # -- reconciliation ------------------------------------------------------------------------
 
@@ -184,8 +228,8 @@ class RequestTracker:
                 if t is None:
                     continue
                 t.container_uuid = cr.get("container_uuid")
-                if states.get(t.container_uuid or "") in ("Running", "Complete") and t.started_at is None:
-                    t.started_at = now
+                if states.get(t.container_uuid or "") in ("Running", "Complete"):
+                    self._started(t, now)
         for cr in crs:
             if cr["state"] == "Final":
                 self._mark_final(cr["uuid"])

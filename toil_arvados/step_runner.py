@@ -123,6 +123,7 @@ class StepRunner:
         """``adopt`` is applied to each job as it is loaded (e.g. to make a CWL job's tool a
         native step)."""
         toil_patches.promise_files_per_thread()
+        toil_patches.promises_fulfilled_blindly()
         toil_patches.read_promises_through(job_store)
         toil_patches.cwl_schemas_by_reference()
         self.job_store = job_store

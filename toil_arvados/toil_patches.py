@@ -7,9 +7,12 @@ applying one to another Toil version fails loudly instead of silently misbehavin
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 TESTED_TOIL = ("9.6.",)
 
@@ -210,6 +213,60 @@ def read_promises_through(job_store: Any) -> None:
         Promise._jobstore = job_store
 
 
+def promises_fulfilled_blindly() -> None:
+    """Fulfil a job's promises with one write each on job stores that can tell "gone" from the
+    write itself (``UPDATE_REPORTS_MISSING``, with a ``write_promise(file_id, data)``). Idempotent.
+
+    Toil asks ``file_exists`` before writing each promise file (a promise's reader may already
+    have deleted it when a service job re-runs), then writes it: two calls per promise, one per
+    CWL step. A Keep job store's update answers 404 (or a trashed record) for a gone file, so
+    the write alone decides, and a gone file is skipped exactly as Toil skips it. Other job
+    stores keep Toil's own code."""
+    from toil.job import Job
+
+    with _lock:
+        if "blind_promises" in _applied:
+            return
+        check_toil_version()
+        original = Job._fulfillPromises
+
+        def _fulfillPromises(self: Any, returnValues: Any, jobStore: Any) -> None:
+            if not getattr(jobStore, "UPDATE_REPORTS_MISSING", False):
+                return original(self, returnValues, jobStore)
+            for path, file_ids in self._rvs.items():
+                value = _promised_value(returnValues, path)
+                for file_id in file_ids:
+                    _write_promise(jobStore, file_id, value)
+
+        Job._fulfillPromises = _fulfillPromises  # type: ignore[method-assign]
+        _applied.add("blind_promises")
+
+
+def _promised_value(returnValues: Any, path: tuple) -> Any:
+    """The part of a job's return value a promise with ``path`` stands for (as Toil picks it)."""
+    from toil.job import Promise
+
+    if not path:
+        return returnValues
+    if isinstance(returnValues, Promise):
+        return Promise(returnValues.job, path)
+    value = returnValues
+    for index in path:
+        value = value[index]
+    return value
+
+
+def _write_promise(job_store: Any, file_id: str, value: Any) -> None:
+    import pickle
+
+    from toil.jobStores.abstractJobStore import NoSuchFileException
+
+    try:
+        job_store.write_promise(file_id, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    except NoSuchFileException:
+        logger.debug("Promise file %s is gone (its reader finished); not written", file_id)
+
+
 def cwl_schemas_by_reference() -> None:
     """Pickle the CWL schema every cwltool process object carries (``doc_schema``: the whole CWL
     language, some 150 of the 210 KB of each CWL job's body) as a reference to cwltool's own
@@ -289,3 +346,152 @@ def job_from_body(desc: Any, body: bytes) -> Any:
     job._description = desc
     job._registry = {job.jobStoreID: job}
     return job
+
+
+# -- the progress bar and ``toil status`` ------------------------------------------------------------
+
+#: The batch system method the progress bar asks for its summary (see below).
+PROGRESS_SUMMARY = "progress_summary"
+_PROGRESS_SLOT = "_toil_arvados_progress_overall"
+
+
+class SummarizedCounter:
+    """Toil's progress counter, its description followed by the batch system's summary.
+
+    Toil's leader sets ``total`` on its counter and calls ``update`` (every round of its main
+    loop, and as jobs end); each ``update`` here first refreshes the description, so the counts
+    are at most one round old whenever enlighten redraws. Everything else goes to the counter.
+    """
+
+    def __init__(self, counter: Any, summary: Any) -> None:
+        object.__setattr__(self, "_counter", counter)
+        object.__setattr__(self, "_summary", summary)
+        object.__setattr__(self, "_base", str(counter.desc or ""))
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            text = self._summary()
+        except Exception:  # a display must never stop the workflow
+            text = ""
+        self._counter.desc = f"{self._base} ({text})" if text else self._base
+        return self._counter.update(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._counter, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._counter, name, value)
+
+
+def progress_bar_shows_batch_system_summary() -> None:
+    """Let Toil's progress bar show the batch system's own counts (for Arvados: requests queued,
+    running and finished). Idempotent; changes nothing for batch systems without a summary.
+
+    Toil 9.6 draws one enlighten counter (jobs done of jobs issued, and failures) on a terminal
+    unless ``--disableProgress``, and logs how many jobs run or wait only every ``--statusWait``
+    (an hour; its own TODO wants them in the bar). It offers no hook: ``Leader.run`` assigns the
+    counter to ``self.progress_overall``. So that attribute becomes a property whose setter wraps
+    an enabled counter in :class:`SummarizedCounter` when the leader's batch system has
+    :data:`PROGRESS_SUMMARY`; a disabled one (not a terminal) is kept as it is, costing nothing.
+    """
+    with _lock:
+        if "progress_bar" in _applied:
+            return
+        check_toil_version()
+        from toil.leader import Leader
+
+        if "progress_overall" in vars(Leader):
+            raise ToilVersionError("Toil's Leader already has a class attribute progress_overall")
+
+        def get(leader: Any) -> Any:
+            return leader.__dict__.get(_PROGRESS_SLOT)
+
+        def set_(leader: Any, counter: Any) -> None:
+            summary = getattr(getattr(leader, "batchSystem", None), PROGRESS_SUMMARY, None)
+            if counter is not None and summary is not None and getattr(counter, "enabled", False):
+                counter = SummarizedCounter(counter, summary)
+            leader.__dict__[_PROGRESS_SLOT] = counter
+
+        Leader.progress_overall = property(get, set_)  # type: ignore[attr-defined]
+        _applied.add("progress_bar")
+
+
+def status_lists_requests() -> None:
+    """Make ``toil status`` list, after its own report, the container requests of a run whose
+    job store is a Keep job store (:func:`toil_arvados.run_status.report`). Idempotent.
+
+    Toil 9.6's ``toil status`` (``toil.utils.toilStatus.main``) has no extension point and keeps
+    its job store on the ``ToilStatus`` object it makes inside ``main``. The wrapped ``main``
+    lets Toil's run unchanged, with a ``ToilStatus`` subclass that only notes the job store it
+    opened, then prints the listing (also before ``--failIfNotComplete``'s exit).
+    """
+    with _lock:
+        if "toil_status" in _applied:
+            return
+        check_toil_version()
+        from toil.utils import toilStatus
+
+        original_main, original_class = toilStatus.main, toilStatus.ToilStatus
+        if not isinstance(original_class, type):
+            raise ToilVersionError("Toil's toilStatus.ToilStatus is not the class this patch extends")
+
+        def main() -> None:
+            stores: list[Any] = []
+
+            class NotingToilStatus(original_class):  # type: ignore[valid-type,misc]
+                def __init__(self, *args: Any, **kwargs: Any) -> None:
+                    super().__init__(*args, **kwargs)
+                    stores.append(self.jobStore)
+
+            toilStatus.ToilStatus = NotingToilStatus
+            try:
+                original_main()
+            except SystemExit:
+                _print_requests(stores)
+                raise
+            else:
+                _print_requests(stores)
+            finally:
+                toilStatus.ToilStatus = original_class
+
+        toilStatus.main = main
+        _applied.add("toil_status")
+
+
+def _print_requests(stores: list[Any]) -> None:
+    from .run_status import report
+
+    for store in stores:
+        lines = report(store)
+        if lines:
+            print("\n" + "\n".join(lines))
+
+def submit_hook() -> None:
+    """Let ``toil-cwl-runner --arvadosSubmit`` submit the run instead of leading it here.
+
+    Wraps ``toil.cwl.cwltoil.main`` as soon as the module is imported (see startup_hook.py), so
+    the console script picks up the wrapper. Without ``--arvadosSubmit`` the wrapper calls
+    Toil's own ``main`` unchanged; with it, :func:`toil_arvados.cwl_submit.submit_main` parses
+    the same options with Toil's own ``get_options`` and submits a runner request. Idempotent.
+    """
+    import sys
+
+    with _lock:
+        if "submit" in _applied:
+            return
+        check_toil_version()
+        from toil.cwl import cwltoil
+
+        original = cwltoil.main
+
+        def main(args: list[str] | None = None, stdout: Any = sys.stdout) -> int:
+            from .cwl_submit import submit_main, wanted
+
+            argv = list(sys.argv[1:] if args is None else args)
+            if not wanted(argv):
+                return original(args, stdout)
+            return submit_main(argv, cwltoil.get_options, stdout)
+
+        main.__doc__ = original.__doc__
+        cwltoil.main = main
+        _applied.add("submit")

@@ -13,18 +13,21 @@ is never reused (job and streamed-file IDs are random, hinted slots are taken fo
 
 =========================  ===================================================================
 assign_job_id              none (the ID ``j-<random>`` is chosen locally)
-create_job                 1 create (the job's record); in ``batch()``, up to PARALLEL at once
+create_job                 1 create (the job's record, with the bodies written for it); in
+                           ``batch()``, up to PARALLEL at once
 update_job                 1 update (+1 list for a job not seen here)
 load_job                   1 get, or 1 list for a job not seen here; none inside
-                           ``running_here(job)``, for the first load after it, and right after
-                           job_exists (see there)
+                           ``running_here(job)``, for the first load after it or after the
+                           job's create here, and right after job_exists (see there)
 job_exists                 1 get, or 1 list; none for a job deleted here or inside
                            ``running_here(job)``; the record serves this thread's next load_job
                            of the job within PREFETCH_WINDOW s (Toil's leader: exists, reload)
-delete_job                 1 list (the job + its cleanup files) + 1 delete each (in parallel)
+delete_job                 1 list (the job + its cleanup files) + 1 delete each (in parallel); no
+                           list for a job created and run in this process
 jobs()                     1 list per 1000 jobs (manifests come with the list)
 write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken)
-write_file_stream          1 create when the stream closes (hinted: create + update)
+write_file_stream          1 create when the stream closes (hinted: create + update); none for a
+                           job's body written before the job's record (saved with the record)
 get_empty_file_store_id    1 create
 read_file(_stream)         1 get (streamed/hinted IDs not seen here: 1 list)
 update_file(_stream)       1 update (streamed/hinted IDs not seen here: +1 list)
@@ -71,6 +74,7 @@ from toil.jobStores.abstractJobStore import (
 from toil_arvados import arvados_client
 from toil_arvados.arvados_client import NUM_RETRIES, ArvadosSetupError
 from toil_arvados.jobstore import collection_io, naming
+from toil_arvados.jobstore import manifest_text as manifests
 from toil_arvados.jobstore import locator as locators
 from toil_arvados.jobstore.naming import KIND
 
@@ -97,6 +101,8 @@ LOG_POLL_INTERVAL = 5.0
 PREFETCH_WINDOW = 1.0
 # Job descriptions kept per instance (least recently used dropped first; a miss only costs a get).
 JOB_CACHE_SIZE = 4096
+# Manifests of immutable files written here (job bodies, promises kept here): a few hundred bytes each.
+MANIFEST_CACHE_SIZE = 100_000
 
 
 class UnknownProjectError(NoSuchJobStoreException, ArvadosSetupError):
@@ -172,7 +178,21 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
       a worker in another process updated is always re-read.
     - jobs deleted by this process: gone at once for this process; the server deletes may lag
       (``delete_job`` returns after the durable part, see there).
+    - a job created by a job running here (``running_here``, i.e. in a thread of the leader):
+      served to the first load after the create (Toil's leader loads a new job before it issues
+      it anywhere, so nobody else can have changed it yet).
+    - the cleanup files of a job this process created and ran (``running_here``): every file
+      with that job's cleanup mark was written here (by its creator or by its run), so
+      ``delete_job`` deletes them without listing the project.
+    - manifests of files no other process writes: a job's body (written once, for a job
+      created here) and a promise fulfilled by a job running here (only that job writes it; a
+      re-run would be here too). Reads of them cost no call until this process deletes or
+      updates them.
     """
+
+    #: An update of a file that is gone fails with NoSuchFileException (a 404 or a trashed
+    #: record), so Toil's promise writes need no ``file_exists`` first (toil_patches).
+    UPDATE_REPORTS_MISSING = True
 
     def __init__(self, locator: str) -> None:
         super().__init__(locator)
@@ -186,6 +206,13 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._fresh: set[str] = set()  # jobs whose cached copy is authoritative for one more load
         self._deleted: set[str] = set()  # jobs this process deleted
         self._assigned: set[str] = set()  # job IDs assigned here whose record is not created yet
+        # Jobs created here -> UUIDs of the cleanup files written here for them; True once
+        # they ran here too (see delete_job).
+        self._local_jobs: dict[str, tuple[bool, list[dict]]] = {}
+        self._manifests: OrderedDict[str, tuple[str, str]] = OrderedDict()  # file ID -> (UUID, manifest)
+        self._manifest_ids: dict[str, str] = {}  # UUID -> file ID, for the entries above
+        self._pending_bodies: dict[str, list[str]] = {}  # job ID -> body manifests for its first save
+        self._job_manifests: OrderedDict[str, str] = OrderedDict()  # job ID -> its record's last manifest
         self._local = threading.local()  # per-thread: the open batch()
         self._log_lock = threading.Lock()
         self._log_seen = 0
@@ -454,7 +481,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         finally:
             self._local.batched = outer
         if outer is None and batched:
-            self._parallel(self._create_job, batched)
+            in_run = self._in_run()  # the creates run in pool threads: pass this thread's state
+            self._parallel(lambda desc: self._save_job(desc, create=True, in_run=in_run), batched)
 
     def create_job(self, job_description: JobDescription) -> JobDescription:
         batched = getattr(self._local, "batched", None)
@@ -465,7 +493,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         return job_description
 
     def _create_job(self, job_description: JobDescription) -> None:
-        self._save_job(job_description, create=True)
+        self._save_job(job_description, create=True, in_run=self._in_run())
+
+    def _in_run(self) -> bool:
+        """Whether the calling thread is running a job here (inside :meth:`running_here`)."""
+        return bool(getattr(self._local, "running", 0))
 
     @contextmanager
     def running_here(self, job_id: str) -> Iterator[None]:
@@ -478,12 +510,16 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         the server again, since the leader may by then have issued the job elsewhere.
         """
         job_id = str(job_id)
+        self._local.running = getattr(self._local, "running", 0) + 1
         with self._lock:
             self._running[job_id] = self._running.get(job_id, 0) + 1
             self._fresh.discard(job_id)
+            if job_id in self._local_jobs:
+                self._local_jobs[job_id] = (True, self._local_jobs[job_id][1])
         try:
             yield
         finally:
+            self._local.running -= 1
             with self._lock:
                 depth = self._running.pop(job_id) - 1
                 if depth:
@@ -514,7 +550,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     def update_job(self, job_description: JobDescription) -> None:
         self._save_job(job_description, create=False)
 
-    def _save_job(self, job_description: JobDescription, create: bool) -> None:
+    def _save_job(self, job_description: JobDescription, create: bool, in_run: bool = False) -> None:
         """One call: create the record (first save of an ID assigned here) or replace its manifest."""
         job_id = str(job_description.jobStoreID)
         if not naming.is_job_id(job_id):
@@ -530,14 +566,33 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         writer.write_bytes(data)
         props = {KIND: naming.KIND_JOB, naming.CLEANUP_JOB: job_id,
                  naming.JOB_NAME: naming.job_label(job_description.jobName)}
+        manifest = self._job_manifest(job_id, writer.manifest_text(), uuid)
         if uuid is None:
-            rec = self._create(naming.job_record_name(job_id), props, writer.manifest_text())
+            rec = self._create(naming.job_record_name(job_id), props, manifest)
             self._learn("job", job_id, rec["uuid"])
             with self._lock:
                 self._assigned.discard(job_id)
-        elif self._update(uuid, manifest_text=writer.manifest_text(), properties=props) is None:
+                self._local_jobs.setdefault(job_id, (False, []))
+                if in_run:
+                    self._fresh.add(job_id)
+        elif self._update(uuid, manifest_text=manifest, properties=props) is None:
             raise NoSuchJobException(job_id)
-        self._remember_job(job_id, data)
+        self._remember_job(job_id, data, manifest)
+
+    def _job_manifest(self, job_id: str, job_file: str, uuid: str | None) -> str:
+        """The record's new manifest: the job file, plus its bodies (written before its first
+        save, or already in the record: known here once seen, else one get)."""
+        if uuid is None:
+            with self._lock:
+                bodies = self._pending_bodies.pop(job_id, [])
+            return manifests.merge(job_file, *bodies) if bodies else job_file
+        with self._lock:
+            previous = self._job_manifests.get(job_id)
+        if previous is None:
+            rec = self._get(uuid, ["manifest_text"])
+            previous = rec["manifest_text"] if rec is not None else ""
+        rest = manifests.without(previous, naming.JOB_FILE) if previous else ""
+        return manifests.merge(job_file, rest) if rest else job_file
 
     def _job_uuid(self, job_id: str) -> str | None:
         """The collection of a job: known here once seen (IDs are never reused), else one list."""
@@ -601,16 +656,48 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def _job_bytes(self, job_id: str, rec: dict) -> bytes:
         data = collection_io.read_all(self._api, rec["manifest_text"], naming.JOB_FILE)
-        self._remember_job(job_id, data)
+        self._remember_job(job_id, data, rec["manifest_text"])
         return data
 
-    def _remember_job(self, job_id: str, data: bytes) -> None:
+    def _remember_job(self, job_id: str, data: bytes, manifest: str) -> None:
         with self._lock:
             self._jobs[job_id] = data
             self._jobs.move_to_end(job_id)
             while len(self._jobs) > JOB_CACHE_SIZE:
                 old, _ = self._jobs.popitem(last=False)
                 self._fresh.discard(old)
+            self._job_manifests[job_id] = manifest
+            self._job_manifests.move_to_end(job_id)
+            while len(self._job_manifests) > MANIFEST_CACHE_SIZE:
+                self._job_manifests.popitem(last=False)
+
+    def _note_cleanup_file(self, props: dict, uuid: str) -> None:
+        """Remember a cleanup file written here for a job created here (see delete_job)."""
+        job_id = props.get(naming.CLEANUP_JOB)
+        if job_id is None:
+            return
+        with self._lock:
+            rec = {"uuid": uuid, "properties": props}
+            if job_id in self._local_jobs:
+                self._local_jobs[job_id][1].append(rec)
+            elif job_id in self._assigned:  # its body, written before the job's record
+                self._local_jobs[job_id] = (False, [rec])
+
+    def _cleanup_records(self, job_id: str) -> tuple[dict | None, list[dict]]:
+        """The job's record and its cleanup files: from memory for a job created and run only
+        here (nobody else can have written files for it), else one list."""
+        with self._lock:
+            ran_here, files = self._local_jobs.pop(job_id, (False, []))
+        uuid = self._known("job", job_id)
+        if ran_here and uuid is not None:
+            return {"uuid": uuid}, files
+        job_rec, found = None, []
+        for rec in self._list([[f"properties.{naming.CLEANUP_JOB}", "=", job_id]], ["name", "properties"]):
+            if rec["properties"].get(KIND) == naming.KIND_JOB:
+                job_rec = rec
+            else:
+                found.append(rec)
+        return job_rec, found
 
     def _unpickle_job(self, data: bytes) -> JobDescription:
         job = pickle.loads(data)
@@ -621,13 +708,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         job_id = str(job_id)
         if not naming.is_job_id(job_id):
             return
-        job_rec = None
-        files = []
-        for rec in list(self._list([[f"properties.{naming.CLEANUP_JOB}", "=", job_id]], ["name", "properties"])):
-            if rec["properties"].get(KIND) == naming.KIND_JOB:
-                job_rec = rec
-            else:
-                files.append(rec)
+        job_rec, files = self._cleanup_records(job_id)
         self._parallel(self._delete_file_record, files)
         if job_rec is not None:
             self._delete(job_rec["uuid"])
@@ -635,6 +716,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._deleted.add(job_id)
             self._jobs.pop(job_id, None)
             self._fresh.discard(job_id)
+            self._job_manifests.pop(job_id, None)
+            self._pending_bodies.pop(job_id, None)
 
     @staticmethod
     def _parallel(fn: Callable[[Any], Any], items: list) -> None:
@@ -676,6 +759,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         if hints_str:
             return self._claim_hinted_slot(hints_str, basename, props, manifest_text)
         rec = self._create(naming.file_name(basename), props, manifest_text)
+        self._note_cleanup_file(props, rec["uuid"])
         return naming.unhinted_file_id(rec["uuid"], basename)
 
     def _claim_hinted_slot(self, hints_str: str, basename: str, props: dict, manifest_text: str) -> str:
@@ -689,8 +773,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         """
         def attempt(slot_path: str) -> bool:
             try:
-                rec = self._create(naming.hint_name(slot_path), {**props, naming.PATH: slot_path}, manifest_text,
-                                   name_is_ours=False)
+                slot_props = {**props, naming.PATH: slot_path}
+                rec = self._create(naming.hint_name(slot_path), slot_props, manifest_text, name_is_ours=False)
+                self._note_cleanup_file(slot_props, rec["uuid"])
                 self._remember_slot(slot_path, rec["uuid"])
                 return True
             except Exception as e:
@@ -743,6 +828,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
         A hinted ID whose slot this process has seen is fetched by UUID (its name, hence its UUID,
         is taken forever); otherwise one list by name finds it."""
+        if naming.parse_body_file_id(str(file_id)) is not None:
+            return self._body_record(str(file_id))
         uuid, key, name = self._locate(str(file_id))
         if uuid is not None:
             rec = self._get(uuid, select)
@@ -761,8 +848,42 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             return None
         return rec
 
+    def _body_record(self, file_id: str) -> dict | None:
+        """A job body's file as a record of its own: the job's record, sized to the body."""
+        _key, job_id, _name = naming.parse_body_file_id(file_id)  # type: ignore[misc]
+        with self._lock:
+            if job_id in self._deleted:
+                return None
+        rec = self._job_record(job_id, ["manifest_text", "portable_data_hash"])
+        if rec is None:
+            return None
+        size = manifests.size_of(rec["manifest_text"], self._file_basename(file_id))
+        if size is None:
+            return None
+        return {**rec, "file_size_total": size, "properties": {KIND: naming.KIND_FILE}}
+
+    def _rewrite_body(self, file_id: str, manifest: str | None) -> str:
+        """Replace (``manifest``) or drop (None) a body in its job's record: one get, one update.
+        Toil does neither (a body goes with its job); this keeps the file API whole."""
+        self._drop_manifests(file_id)
+        rec = self._body_record(file_id)
+        if rec is None:
+            raise NoSuchFileException(file_id)
+        job_id = naming.parse_body_file_id(file_id)[1]  # type: ignore[index]
+        rest = manifests.without(rec["manifest_text"], self._file_basename(file_id))
+        new = manifests.merge(rest, manifest) if manifest else rest
+        if self._update(rec["uuid"], manifest_text=new) is None:
+            raise NoSuchFileException(file_id)
+        with self._lock:
+            self._job_manifests.pop(job_id, None)
+        return rec["uuid"]
+
     @staticmethod
     def _file_basename(file_id: str) -> str:
+        """The file's name inside its collection."""
+        body = naming.parse_body_file_id(str(file_id))
+        if body is not None:
+            return naming.body_member(body[0])
         named = naming.parse_named_file_id(str(file_id))
         if named is not None:
             return named[1]
@@ -783,6 +904,10 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                           errors: str | None = None) -> Iterator[tuple[IO[Any], str]]:
         name = naming.basename_of(basename)
         props = self._file_properties(job_id, cleanup)
+        if self._is_body(job_id, cleanup, hints):
+            with self._body_stream(str(job_id), name, encoding, errors) as written:
+                yield written
+            return
         if self.hints_to_string(hints):
             # The slot must be claimed before its ID can be handed out: create, then fill.
             empty = self._writer(name)
@@ -802,8 +927,70 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         if self.hints_to_string(hints):
             self._replace_content(file_id, writer.manifest_text())
             return
-        rec = self._create(naming.named_file_name(key), props, writer.manifest_text())
+        manifest_text = writer.manifest_text()
+        rec = self._create(naming.named_file_name(key), props, manifest_text)
         self._learn("named", key, rec["uuid"])
+        self._note_cleanup_file(props, rec["uuid"])
+        if cleanup and job_id is not None and str(job_id) in self._assigned:  # a body: never rewritten
+            self._keep_manifest(file_id, rec["uuid"], manifest_text)
+
+    def _is_body(self, job_id: str | None, cleanup: bool, hints: list[str] | None) -> bool:
+        """A stream Toil writes for a job whose record does not exist yet, to go away with it:
+        the job's body (``Job.saveBody``). It is kept in the job's own record."""
+        if not cleanup or job_id is None or self.hints_to_string(hints):
+            return False
+        with self._lock:
+            return str(job_id) in self._assigned and self._known("job", str(job_id)) is None
+
+    @contextmanager
+    def _body_stream(self, job_id: str, name: str, encoding: str | None,
+                     errors: str | None) -> Iterator[tuple[IO[Any], str]]:
+        key = naming.new_file_key()
+        file_id = naming.body_file_id(key, job_id, name)
+        writer = self._writer(naming.body_member(key))
+        try:
+            with writer.open(encoding, errors) as handle:
+                yield handle, file_id
+        except BaseException:
+            writer.discard()
+            raise
+        manifest = writer.manifest_text()
+        with self._lock:
+            self._pending_bodies.setdefault(job_id, []).append(manifest)
+        self._keep_manifest(file_id, "", manifest)
+
+    def _keep_manifest(self, file_id: str, uuid: str, manifest_text: str) -> None:
+        with self._lock:
+            self._manifests[str(file_id)] = (uuid, manifest_text)
+            self._manifests.move_to_end(str(file_id))
+            if uuid:
+                self._manifest_ids[uuid] = str(file_id)
+            while len(self._manifests) > MANIFEST_CACHE_SIZE:
+                _, (old_uuid, _) = self._manifests.popitem(last=False)
+                self._manifest_ids.pop(old_uuid, None)
+
+    def _kept_manifest(self, file_id: str) -> str | None:
+        with self._lock:
+            kept = self._manifests.get(str(file_id))
+        return kept[1] if kept is not None else None
+
+    def _drop_manifests(self, file_id: str | None = None, uuid: str | None = None) -> None:
+        with self._lock:
+            if file_id is None and uuid is not None:
+                file_id = self._manifest_ids.get(uuid)
+            kept = self._manifests.pop(str(file_id), None) if file_id is not None else None
+            if kept is not None:
+                self._manifest_ids.pop(kept[0], None)
+
+    def write_promise(self, file_id: str, data: bytes) -> None:
+        """Fulfil a promise (Toil's ``_fulfillPromises`` through toil_patches): one update. Its
+        manifest is kept when the fulfilling job runs here, since only that job writes it."""
+        writer = self._writer(self._file_basename(file_id))
+        writer.write_bytes(data)
+        manifest_text = writer.manifest_text()
+        uuid = self._replace_content(file_id, manifest_text)
+        if self._in_run():
+            self._keep_manifest(file_id, uuid, manifest_text)
 
     def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
                                 basename: str | None = None, hints: list[str] | None = None) -> str:
@@ -812,13 +999,16 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         writer.write_bytes(b"")
         return self._new_file(name, self._file_properties(job_id, cleanup), hints, writer.manifest_text())
 
-    def _replace_content(self, file_id: str, manifest_text: str) -> None:
+    def _replace_content(self, file_id: str, manifest_text: str) -> str:
         """The atomic update: one manifest replaced on one record.
 
         The update is blind (one call) when the record's UUID is known; its answer then says
         whether the record was still a live file. Arvados lets trashed collections be updated, so
         a file deleted elsewhere shows as ``is_trashed``; a hinted file deleted elsewhere is a
         tombstone, whose manifest is emptied again."""
+        if naming.parse_body_file_id(str(file_id)) is not None:
+            return self._rewrite_body(str(file_id), manifest_text)
+        self._drop_manifests(file_id)
         uuid, _, _ = self._locate(str(file_id))
         if uuid is None:
             rec = self._file_record(file_id, [])
@@ -833,6 +1023,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             if kind == naming.KIND_TOMBSTONE:
                 self._update(uuid, manifest_text="")
             raise NoSuchFileException(file_id)
+        return uuid
 
     def update_file(self, file_id: str, local_path: str) -> None:
         writer = self._writer(self._file_basename(file_id))
@@ -852,10 +1043,22 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             raise
         self._replace_content(file_id, writer.manifest_text())
 
-    def read_file(self, file_id: str, local_path: str, symlink: bool = False) -> None:
+    def _readable_record(self, file_id: str) -> dict:
+        """What a read needs (the manifest): kept here for immutable files, else from the server."""
+        body = naming.parse_body_file_id(str(file_id))
+        with self._lock:
+            if body is not None and body[1] in self._deleted:  # a body goes with its job
+                raise NoSuchFileException(file_id)
+        kept = self._kept_manifest(file_id)
+        if kept is not None:
+            return {"manifest_text": kept}
         rec = self._file_record(file_id)
         if rec is None:
             raise NoSuchFileException(file_id)
+        return rec
+
+    def read_file(self, file_id: str, local_path: str, symlink: bool = False) -> None:
+        rec = self._readable_record(file_id)
         name = self._file_basename(file_id)
         executable = bool(getattr(file_id, "executable", False))
         if symlink and not executable and self._symlink_from_mount(rec, name, local_path):
@@ -877,14 +1080,13 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     @contextmanager
     def read_file_stream(self, file_id: FileID | str, encoding: str | None = None,
                          errors: str | None = None) -> Iterator[IO[Any]]:
-        rec = self._file_record(str(file_id))
-        if rec is None:
-            raise NoSuchFileException(file_id)
+        rec = self._readable_record(str(file_id))
         with collection_io.open_reader(self._api, rec["manifest_text"], self._file_basename(str(file_id)),
                                        encoding, errors) as handle:
             yield handle
 
     def _delete_file_record(self, rec: dict) -> None:
+        self._drop_manifests(uuid=rec["uuid"])
         if naming.PATH in rec["properties"]:
             # Hinted: keep the name taken forever (the tombstone), drop the content.
             self._update(rec["uuid"], manifest_text="",
@@ -893,6 +1095,12 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._delete(rec["uuid"])
 
     def delete_file(self, file_id: str) -> None:
+        if naming.parse_body_file_id(str(file_id)) is not None:
+            try:
+                self._rewrite_body(str(file_id), None)
+            except NoSuchFileException:
+                pass
+            return
         uuid, key, _ = self._locate(str(file_id))
         if uuid is not None:
             rec = {"uuid": uuid, "properties": {naming.PATH: key[1]} if key and key[0] == "slot" else {}}

@@ -11,6 +11,8 @@ job           ``job:<job ID>``                ``j-<16 random hex digits>``, chos
 file          ``file:<basename>:<random>``    ``<collection UUID>/<quoted basename>``
 streamed file ``file:<key>``                  ``n-<key>/<quoted basename>`` (``<key>``: 16 random
                                               hex digits, chosen before the collection exists)
+job body      file ``body-<key>`` of the job's   ``b-<key>/<job ID>/<quoted basename>``: a body
+              record ``job:<job ID>``           written before its job's record, saved with it
 hinted file   ``hint:<slot path>``            the slot path ``<hints>/files/[N/]<basename>``
 tombstone     ``hint:<hints>/deleted/...``    (never handed out)
 shared file   ``shared:<name>``               the shared name
@@ -63,6 +65,8 @@ _UNHINTED_ID_RE = re.compile(r"^([a-z0-9]{5}-4zz18-[a-z0-9]{15})/([^/]+)$")
 _JOB_ID_RE = re.compile(r"^j-[0-9a-f]{16}$")
 # Two segments: never a hinted ID, which always has a ``/files/`` segment in between.
 _NAMED_ID_RE = re.compile(r"^n-([0-9a-f]{16})/([^/]+)$")
+# Three segments, the middle one a job ID: never a hinted ID (its middle segment is ``files``).
+_BODY_ID_RE = re.compile(r"^b-([0-9a-f]{16})/(j-[0-9a-f]{16})/([^/]+)$")
 
 
 def _fit(name: str) -> str:
@@ -138,6 +142,21 @@ def parse_named_file_id(file_id: str) -> tuple[str, str] | None:
     """``(key, basename)`` of an ``n-<key>/<basename>`` ID, else None."""
     m = _NAMED_ID_RE.match(file_id)
     return (m.group(1), unquote(m.group(2))) if m else None
+
+
+def body_file_id(key: str, job_id: str, basename: str) -> str:
+    """The ID of a job body kept as the file :func:`body_member` (``key``) of the job's record."""
+    return f"b-{key}/{job_id}/{quote(basename, safe='')}"
+
+
+def body_member(key: str) -> str:
+    return f"body-{key}"
+
+
+def parse_body_file_id(file_id: str) -> tuple[str, str, str] | None:
+    """``(key, job ID, basename)`` of a ``b-<key>/<job ID>/<basename>`` ID, else None."""
+    m = _BODY_ID_RE.match(file_id)
+    return (m.group(1), m.group(2), unquote(m.group(3))) if m else None
 
 
 def parse_file_id(file_id: str) -> tuple[str | None, str]:

@@ -20,6 +20,7 @@ from .blockstore import BLOCK_SIZE, BlockStore
 logger = logging.getLogger(__name__)
 
 _READ_CHUNK = 8 << 20
+_MIN_BUFFER = 64 << 10
 
 
 def materialize(manifest_text: str, blockstore: BlockStore, dest: Path) -> None:
@@ -46,9 +47,11 @@ def materialize(manifest_text: str, blockstore: BlockStore, dest: Path) -> None:
 class _BlockPacker:
     """Accumulates file bytes into blocks of at most BLOCK_SIZE."""
 
-    def __init__(self, blockstore: BlockStore) -> None:
+    def __init__(self, blockstore: BlockStore, size_hint: int = BLOCK_SIZE) -> None:
         self.store = blockstore
-        self.buf = bytearray(BLOCK_SIZE)
+        # The buffer grows to BLOCK_SIZE only as bytes come: a 64 MiB zero-filled buffer per
+        # upload was most of the cluster's CPU when containers write a few bytes of output.
+        self.buf = bytearray(max(_MIN_BUFFER, min(BLOCK_SIZE, size_hint)))
         self.view = memoryview(self.buf)
         self.fill = 0
         # Segments waiting for the current block's locator: (path, offset, length).
@@ -61,7 +64,10 @@ class _BlockPacker:
             while True:
                 if self.fill == BLOCK_SIZE:
                     self.flush()
-                n = f.readinto(self.view[self.fill:self.fill + min(_READ_CHUNK, BLOCK_SIZE - self.fill)])
+                elif self.fill == len(self.buf):
+                    self._grow()
+                room = min(_READ_CHUNK, len(self.buf) - self.fill)
+                n = f.readinto(self.view[self.fill:self.fill + room])
                 if not n:
                     break
                 if self.pending and self.pending[-1][0] == path and \
@@ -71,6 +77,14 @@ class _BlockPacker:
                 else:
                     self.pending.append((path, self.fill, n))
                 self.fill += n
+
+    def _grow(self) -> None:
+        """Double the buffer (up to BLOCK_SIZE), keeping what it holds: block boundaries stay
+        every BLOCK_SIZE bytes whatever the buffer's size."""
+        bigger = bytearray(min(BLOCK_SIZE, 2 * len(self.buf)))
+        bigger[:self.fill] = self.view[:self.fill]
+        self.view.release()
+        self.buf, self.view = bigger, memoryview(bigger)
 
     def flush(self) -> None:
         if not self.fill:
@@ -113,6 +127,13 @@ def _walk(src: Path, rel: str, active: set[tuple[int, int]],
     active.discard(key)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def upload_directory(src: Path, blockstore: BlockStore,
                      include: Callable[[str], bool] | None = None) -> str:
     """Store a directory tree in Keep; returns normalized, unsigned manifest text.
@@ -129,7 +150,7 @@ def upload_directory(src: Path, blockstore: BlockStore,
         files = [(rel, path) for rel, path in files if include(rel)]
         dirs = {d for d in dirs if include(d) if d} | {
             "/".join(rel.split("/")[:n]) for rel, _ in files for n in range(1, rel.count("/") + 1)}
-    packer = _BlockPacker(blockstore)
+    packer = _BlockPacker(blockstore, size_hint=sum(_size(path) for _, path in files))
     for rel, path in files:
         packer.add_file(rel, path)
     packer.flush()

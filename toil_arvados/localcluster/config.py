@@ -53,11 +53,32 @@ def _secret(n: int = 50) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
-def _disk_size(path: Path) -> int:
-    """Size of the filesystem holding *path* (or its nearest existing parent)."""
+def _existing(path: Path) -> Path:
+    """*path*, or its nearest existing parent."""
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).total
+    return path
+
+
+def disk_scratch(state_dir: Path) -> int:
+    """Bytes of scratch the one local instance type has: the size of the filesystem holding
+    the containers' scratch images (``<state dir>/containers``, see scratch.py), as Arvados'
+    single-host install sizes its instance from its temp filesystem. Its size, not its free
+    space: the same request must fit the same way on a fuller disk (scratch images are sparse;
+    a container that really fills the disk fails as it would on a full compute node)."""
+    return shutil.disk_usage(_existing(Path(state_dir) / "containers")).total
+
+
+#: The InstanceType fields Arvados computes and never exports (``json:"-"`` in
+#: sdk/go/arvados/config.go): readers get Name from the map key and Scratch as
+#: IncludedScratch + AddedScratch.
+NOT_EXPORTED_INSTANCE_FIELDS = ("Name", "Scratch")
+
+
+def exported_instance_types(types: dict[str, dict]) -> dict[str, dict]:
+    """``InstanceTypes`` as ``GET /arvados/v1/config`` shows them (pure)."""
+    return {name: {k: v for k, v in t.items() if k not in NOT_EXPORTED_INSTANCE_FIELDS}
+            for name, t in types.items()}
 
 
 #: config.default.yml's Containers.ReserveExtraRAM (550MiB): RAM dispatch-cloud adds to every
@@ -87,8 +108,8 @@ class ClusterConfig:
     container_count_max: int = 3
     #: Containers.ReserveExtraRAM, bytes (see dispatcher fitting).
     reserve_extra_ram: int = DEFAULT_RESERVE_EXTRA_RAM
-    #: Scratch (disk) of the instance, bytes; containers needing more are unsatisfiable.
-    #: 0: the size of the filesystem holding the state directory (an instance's disk).
+    #: IncludedScratch of the instance, bytes; containers needing more are unsatisfiable.
+    #: 0: the size of the disk under the state dir (:func:`disk_scratch`), measured when asked.
     scratch: int = 0
     #: Also offer a preemptible variant of the instance type (Arvados refuses preemptible
     #: requests when InstanceTypes has none).
@@ -100,15 +121,14 @@ class ClusterConfig:
     #: default one. Keep stores every block alike: the classes are recorded, not acted on.
     storage_classes: list[str] = field(default_factory=lambda: ["default"])
 
-    def __post_init__(self) -> None:
-        if not self.scratch:
-            self.scratch = _disk_size(Path(self.state_dir))
-
     def instance_types(self) -> dict[str, dict]:
-        """The cluster config's InstanceTypes: this machine, as much of it as the cluster was
-        given, and (``preemptible_instances``) the same again marked Preemptible."""
-        base = {"ProviderType": "local", "VCPUs": self.cores, "RAM": self.ram, "Scratch": self.scratch,
-                "IncludedScratch": self.scratch, "AddedScratch": 0, "Price": 0, "Preemptible": False,
+        """The cluster config's InstanceTypes as Arvados holds them (with the computed Name and
+        Scratch = IncludedScratch + AddedScratch; :func:`exported_instance_types` for clients):
+        this machine, as much of it as the cluster was given, its scratch what the dispatcher can
+        really offer, and (``preemptible_instances``) the same again marked Preemptible."""
+        scratch = self.scratch or disk_scratch(self.state_path)
+        base = {"ProviderType": "local", "VCPUs": self.cores, "RAM": self.ram, "Scratch": scratch,
+                "IncludedScratch": scratch, "AddedScratch": 0, "Price": 0, "Preemptible": False,
                 "GPU": {"Stack": "", "DriverVersion": "", "HardwareTarget": "", "DeviceCount": 0, "VRAM": 0}}
         types = {"local": {"Name": "local", **base}}
         if self.preemptible_instances:

@@ -38,11 +38,27 @@ from .uuids import table_of
 logger = logging.getLogger(__name__)
 
 
+#: Arvados' ``Containers.CloudVMs.SupervisorFraction`` default: the share of the containers the
+#: cluster can run at once that workflow runners (``scheduling_parameters.supervisor``) may take.
+SUPERVISOR_FRACTION = 0.5
+
+
+def max_supervisors(cores: int, fraction: float = SUPERVISOR_FRACTION) -> int:
+    """How many supervisor containers may run at once (dispatch-cloud's runQueue, with this
+    machine's one-core container slots as its ``maxContainers``): at least one (pure)."""
+    return max(1, int(cores * fraction)) if fraction > 0 and cores > 0 else 0
+
+
+def _is_supervisor(c: dict) -> bool:
+    return bool((c.get("scheduling_parameters") or {}).get("supervisor"))
+
+
 @dataclass
 class _Running:
     container_uuid: str
     vcpus: int
     ram: int
+    supervisor: bool = False
     task: asyncio.Task | None = None
     proc: Any = None
     cancelled: bool = False
@@ -141,7 +157,11 @@ class Dispatcher:
                         key=lambda c: (-c["priority"], c["created_at"]))
         known, self._fits = self._fits, {}
         free_cpu, free_ram = self._free()  # kept up to date below: only this loop adds runs
+        supervisors, limit = sum(r.supervisor for r in self.running.values()), max_supervisors(self.config.cores)
         for c in queued:
+            supervisor = _is_supervisor(c)
+            if supervisor and limit and supervisors >= limit:
+                continue  # dispatch-cloud's "supervisor limit reached": runners must leave room for work
             rc = c.get("runtime_constraints") or {}
             vcpus, ram = int(rc.get("vcpus") or 1), int(rc.get("ram") or 0)
             sized = c.get("etag") and known.get(c["uuid"]) == c["etag"]
@@ -154,7 +174,8 @@ class Dispatcher:
             if vcpus > free_cpu or ram > free_ram:
                 continue  # waits for a running container to finish; smaller ones may still fit
             free_cpu, free_ram = free_cpu - vcpus, free_ram - ram
-            run = _Running(c["uuid"], vcpus, ram)
+            supervisors += supervisor
+            run = _Running(c["uuid"], vcpus, ram, supervisor)
             self.running[c["uuid"]] = run
             run.task = asyncio.get_running_loop().create_task(self._run(run))
 
@@ -238,12 +259,12 @@ class Dispatcher:
             self._finish_cancelled(uuid, logdir, f"dispatcher error: {type(e).__name__}: {e}")
         finally:
             self.running.pop(uuid, None)
+            self._wake.set()  # its cores are free: the next container starts while this one is cleaned up
             if token is not None and self.store.get(token["uuid"]):
                 self.store.update(token["uuid"], {"expires_at": timestamp()}, log=False)
             if scratch is not None:
                 await asyncio.to_thread(scratch.release)
             shutil.rmtree(workdir, ignore_errors=True)
-            self._wake.set()
 
     async def _wait(self, run: _Running, max_run_time: float) -> int:
         """The command's exit code. Past ``max_run_time`` seconds (0: no limit) the container is

@@ -229,6 +229,43 @@ def _jsonb_exists(value: Any, key: Any) -> bool:
     return isinstance(value, str) and value == key
 
 
+def _pg_literal_type(value: Any) -> str:
+    """PostgreSQL's type for a value ActiveRecord quoted into SQL (a quoted string or NULL is
+    ``unknown`` until a function signature types it)."""
+    if value is None or isinstance(value, str):
+        return "unknown"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer" if -2**31 <= value < 2**31 else "bigint" if -2**63 <= value < 2**63 else "numeric"
+    return "numeric"
+
+
+def _exists_key(operand: Any) -> str | None:
+    """The key of a top-level ``[column, "exists", operand]`` filter, None for SQL NULL (no match).
+
+    Arvados binds the operand into ``jsonb_exists_inline_op(column, ?)``, which takes one text
+    argument. ActiveRecord quotes a string as one literal and nil (and an empty array or hash)
+    as NULL; it spreads an array into comma-separated literals (a hash into its key/value
+    pairs, which cannot be quoted). So a string or a one-string array works; any other shape is
+    an error, reported as Arvados reports it: a 422 with the database's or the quoting's message.
+    """
+    if isinstance(operand, (dict, list)):
+        if not operand:
+            return None
+        if isinstance(operand, dict) or any(isinstance(v, (dict, list)) for v in operand):
+            inner = operand if isinstance(operand, list) else [list(pair) for pair in operand.items()]
+            unquotable = next(v for v in inner if isinstance(v, (dict, list)))
+            raise FilterError(f"can't quote {'Hash' if isinstance(unquotable, dict) else 'Array'}")
+        values = operand
+    else:
+        values = [operand]
+    if len(values) == 1 and (values[0] is None or isinstance(values[0], str)):
+        return values[0]
+    types = ", ".join(["jsonb", *(_pg_literal_type(v) for v in values)])
+    raise FilterError(f"PG::UndefinedFunction: ERROR:  function jsonb_exists_inline_op({types}) does not exist")
+
+
 def _jsonb_sort_key(value: Any) -> tuple:
     """PostgreSQL's jsonb ordering: Object > Array > Boolean > Number > String > Null."""
     if value is None:
@@ -400,7 +437,10 @@ class _Compiler:
             if ctype != "jsonb":
                 raise FilterError(
                     f"Invalid attribute '{col}' for operator '{operator}' in filter")
-            return lambda row: (v := get(row)) is not None and _jsonb_exists(v, operand)
+            key = _exists_key(operand)
+            if key is None:
+                return lambda row: False  # jsonb ? NULL is NULL: no record matches
+            return lambda row: (v := get(row)) is not None and _jsonb_exists(v, key)
         expr = re.match(r"^ *\( *(\w+) *(<=?|>=?|=) *(\w+) *\) *$", col)
         if expr:
             return self._expression(attr, expr, operator, operand, schema, join)

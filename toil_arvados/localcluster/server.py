@@ -22,7 +22,7 @@ from .auth import Authorizer
 from .blockstore import BlockStore
 from .bootstrap import bootstrap, bootstrap_sharing
 from .collections import Collections
-from .config import ClusterConfig
+from .config import ClusterConfig, exported_instance_types
 from .containers import ContainerRequests, Containers, Lifecycle
 from .discovery import discovery_document
 from .dispatcher import Dispatcher
@@ -54,7 +54,7 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
                        "RuntimeEngine": "namespace", "SupportedDockerImageFormats": {"v2": {}},
                        "LocalKeepBlobBuffersPerVCPU": 0},
         "StorageClasses": cfg.storage_class_config(),
-        "InstanceTypes": cfg.instance_types(),
+        "InstanceTypes": exported_instance_types(cfg.instance_types()),
         "Services": {"Controller": {"ExternalURL": api_url},
                      "Websocket": {"ExternalURL": f"wss://{cfg.api_host}/websocket"},
                      "Keepstore": {"InternalURLs": {f"http://{cfg.host}:{cfg.keep_port}/": {}}},
