@@ -27,7 +27,7 @@ setup(
     packages=find_packages(include=["toil_arvados", "toil_arvados.*"]),
     py_modules=["toil_batch_system_arvados", "toil_url_access_keep"],
     include_package_data=True,
-    package_data={"toil_arvados": ["py.typed", "demo/*.cwl", "demo/*.yml", "demo/*.txt"]},
+    package_data={"toil_arvados": ["py.typed", "demo/*.cwl", "demo/*.yml", "demo/*.txt", "schemas/*.yml"]},
     install_requires=[
         "toil[cwl]==9.6.0",
         "arvados-python-client==3.2.1",

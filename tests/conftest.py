@@ -55,7 +55,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, built_images: dict[str, An
     """A cluster in a temp dir on free loopback ports, with the worker and test images in its
     Keep (as an administrator would have stored them), stopped at the end of the session."""
     state = tmp_path_factory.mktemp("cluster")
-    cfg = control.up(state, cores=2, ram=4 << 30)
+    # Two storage classes, as a site with an archive tier declares them (StorageClasses).
+    cfg = control.up(state, cores=2, ram=4 << 30, storage_classes=["default", "archive"])
     try:
         store_images(cfg, built_images.values())
         yield cfg

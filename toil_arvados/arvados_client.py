@@ -282,6 +282,25 @@ def log_tail(api: Any, log_collection_ref: str, lines: int, budget: float = 60.0
     return retrying(read, f"read log {log_collection_ref}", budget)
 
 
+def log_text(api: Any, log_collection_ref: str, names: tuple[str, ...], lines: int,
+             budget: float = 60.0) -> str:
+    """The last ``lines`` lines of each of the log files ``names`` a request's log collection has,
+    timestamps stripped, as one text (e.g. to look for a memory error in what a tool printed)."""
+    import arvados.collection
+
+    def read() -> str:
+        logs = arvados.collection.CollectionReader(log_collection_ref, api_client=unwrapped(api),
+                                                   keep_client=unwrapped(api).keep)
+        out: list[str] = []
+        for name in names:
+            if name in logs:
+                with logs.open(name) as f:
+                    out += [untimestamped(line) for line in f.read().splitlines()[-lines:]]
+        return "\n".join(out)
+
+    return retrying(read, f"read log {log_collection_ref}", budget)
+
+
 # -- events --------------------------------------------------------------------------------------
 
 # Arvados' websocket server (ws, session_v0.go) honours only these filters; the rest is ignored

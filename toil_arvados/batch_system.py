@@ -38,11 +38,13 @@ from toil.common import Config
 from toil.job import JobDescription, Requirer
 from toil.resource import Resource
 
-from . import arvados_client, cwl_submit, intermediates, output_collection, toil_patches
+from . import arvados_client, cwl_submit, intermediates, output_collection, step_placement, toil_patches
 from .images.worker import check_worker_image, default_image_name
 from .arvados_client import ArvadosSetupError, describe, scrub
+from .cwl_hints import OOM_EXIT_CODE
 from .cwl_step_request import PROPERTY_WORKFLOW_RUN, StepSettings
 from .local_jobs import LazyLocalBatch
+from .request_slots import RequestSlots
 from .request_tracker import RequestTracker, wall_time
 from .container_request import (
     PROPERTY_JOB_STORE_ID,
@@ -121,19 +123,21 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             reuse=bool(getattr(config, "arvados_step_reuse", True)),
             max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID),
             preemptible_instances=preemptible_instances,
-            output_ttl=int(getattr(config, "arvados_intermediate_output_ttl", 0) or 0))
+            output_ttl=int(getattr(config, "arvados_intermediate_output_ttl", 0) or 0),
+            **step_placement.step_settings(config, cluster))
         # Start-up checks passed: from here on, every process of this run rides out API outages.
         arvados_client.mark_started()
         self._parent_request: str | None = None
         self._steps: Any = None  # step_engine.NativeSteps, made when the first step comes
         self._lock = threading.RLock()
-        self._jobs: dict[int, str] = {}  # batch id of a worker job -> its request
+        self._jobs: dict[int, str | None] = {}  # batch id of a worker job -> its request (None: waiting for --maxJobs)
         self._updates: queue.Queue[UpdatedBatchJobInfo] = queue.Queue()
         self._leader_work = threading.Event()  # see set_message_bus
         self._reattach: dict[str, dict] = {}  # job store id -> running request (after --restart)
         if getattr(config, "restart", False):
             self._load_reattachable()
         self.tracker = RequestTracker(self.api, self.poll_interval)
+        self.slots = RequestSlots(getattr(config, "max_jobs", None))  # Toil's --maxJobs
         toil_patches.progress_bar_shows_batch_system_summary()
         logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
 
@@ -191,6 +195,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         parser.add_argument("--arvadosMaxAttempts", dest="arvados_max_attempts", default=None, type=int,
                             help="container_count_max for each request: how often Arvados itself retries a "
                                  "container lost to infrastructure (default: the cluster's setting)")
+        step_placement.add_options(parser)
         cwl_submit.add_options(parser)
         output_collection.add_options(parser)
         intermediates.add_options(parser)
@@ -202,6 +207,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                      "arvados_default_image", "arvados_step_reuse", "arvados_output_name",
                      "arvados_output_properties", "arvados_intermediate_output_ttl", "arvados_trash_intermediate"):
             setOption(name)
+        step_placement.set_options(setOption)
 
     # -- resources -----------------------------------------------------------------------------
 
@@ -252,31 +258,63 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         env[arvados_client.STARTED_ENV] = "1"  # the worker, too, rides out outages
         existing = self._reattach.pop(str(job_desc.jobStoreID), None)
         if existing is not None:
-            cr = existing
             if (existing.get("command") or [None])[-1] != command:
                 # Same job, but e.g. another --workDir or leader host changed the worker's --context:
                 # the running worker does the same work on the same job store entry.
                 logger.debug("Re-attaching %s although its worker command changed", job_desc)
-            logger.info("Re-attached job %s to running container request %s", job_desc, cr["uuid"])
-        else:
-            body = container_request_body(
-                worker_command=command, display_name=job_desc.displayName, job_name=job_desc.jobName,
-                job_store_id=str(job_desc.jobStoreID), workflow_id=str(self.config.workflowID),
-                batch_job_id=batch_id,
-                resources=JobResources(cores=job_desc.cores, memory=job_desc.memory, disk=job_desc.disk,
-                                       accelerators=tuple(job_desc.accelerators),
-                                       preemptible=bool(job_desc.preemptible)),
-                settings=self.settings, environment=env)
-            try:
-                cr = arvados_client.create_request(self.api, body, f"submit {job_desc}")
-            except Exception as e:
-                raise ArvadosSetupError(describe(e, f"cannot submit {job_desc} as a container request")) from None
+            logger.info("Re-attached job %s to running container request %s", job_desc, existing["uuid"])
+            self.slots.take(batch_id)
+            self._track_worker(batch_id, existing, reattached=True)
+            return batch_id
+        body = container_request_body(
+            worker_command=command, display_name=job_desc.displayName, job_name=job_desc.jobName,
+            job_store_id=str(job_desc.jobStoreID), workflow_id=str(self.config.workflowID),
+            batch_job_id=batch_id,
+            resources=JobResources(cores=job_desc.cores, memory=job_desc.memory, disk=job_desc.disk,
+                                   accelerators=tuple(job_desc.accelerators),
+                                   preemptible=bool(job_desc.preemptible)),
+            settings=self.settings, environment=env)
         with self._lock:
+            self._jobs[batch_id] = None  # issued; submitted when --maxJobs allows
+        what = str(job_desc)
+        if not self.slots.acquire(batch_id, lambda deferred: self._submit_worker(batch_id, body, what, deferred)):
+            logger.debug("%s waits for one of the %d requests in flight to end (--maxJobs)", what, self.slots.limit)
+        return batch_id
+
+    def _submit_worker(self, batch_id: int, body: dict, what: str, deferred: bool) -> None:
+        """Create a worker job's request now that it has a slot. Submitted at issue, a failure is
+        the leader's error (as before); submitted later, from another request's end, it is this
+        job's failure."""
+        with self._lock:
+            killed = batch_id not in self._jobs
+        if killed:
+            self.slots.release(batch_id)
+            return
+        try:
+            cr = arvados_client.create_request(self.api, body, f"submit {what}")
+        except Exception as e:
+            self.slots.release(batch_id)
+            with self._lock:
+                self._jobs.pop(batch_id, None)
+            error = ArvadosSetupError(describe(e, f"cannot submit {what} as a container request"))
+            if not deferred:
+                raise error from None
+            logger.error("%s", error)
+            self._updates.put(UpdatedBatchJobInfo(jobID=batch_id, exitStatus=1, exitReason=BatchJobExitReason.FAILED,
+                                                  wallTime=None, backing_id=None))
+            return
+        self._track_worker(batch_id, cr)
+
+    def _track_worker(self, batch_id: int, cr: dict, reattached: bool = False) -> None:
+        with self._lock:
+            killed = batch_id not in self._jobs and not reattached
             self._jobs[batch_id] = cr["uuid"]
+        if killed:  # killed while its request was being created
+            self.killBatchJobs([batch_id])
+            return
         self.tracker.track(cr, lambda final, c: self._worker_final(batch_id, final, c),
                            running=cr.get("_container_state") == "Running")
-        logger.debug("Issued %s as %s (batch id %d)", job_desc, cr["uuid"], batch_id)
-        return batch_id
+        logger.debug("Issued batch job %d as %s", batch_id, cr["uuid"])
 
     def _check_job_store_reachable(self, command: str) -> None:
         """A Toil worker in a container cannot open a job store on the leader's disk."""
@@ -293,7 +331,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if check:
             self.check_resource_request(job_desc)  # the container will need what the tool asks for
         batch_id = self.getNextJobID()
-        self._native_steps().issue(batch_id, str(job_desc.jobStoreID), str(job_desc))
+        self._native_steps().issue(batch_id, str(job_desc.jobStoreID), str(job_desc), request=check)
         logger.debug("Issued CWL step %s to run as its own container request (batch id %d)", job_desc, batch_id)
         return batch_id
 
@@ -311,7 +349,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 context = StepContext(api=self.api, settings=settings, default_image=self.step_image,
                                       cluster=self.cluster)
                 self._steps = NativeSteps(self.config.jobStore, getattr(self.config, "workDir", None),
-                                          self.tracker, context, self._updates.put)
+                                          self.tracker, context, self._updates.put, self.slots)
             return self._steps
 
     def _workflow_request(self) -> str | None:
@@ -385,6 +423,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def _worker_final(self, batch_id: int, cr: dict, c: dict | None) -> None:
         """The tracker's callback for a worker job's request."""
+        self.slots.release(batch_id)
         info = _update_info(batch_id, c, cr["uuid"])
         if info.exitStatus != 0:
             self._log_failure(batch_id, cr, c, info)
@@ -426,7 +465,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         started = self.tracker.started()
         now = time.time()
         with self._lock:
-            running = {b: now - started[cr] for b, cr in self._jobs.items() if cr in started}
+            running = {b: now - started[cr] for b, cr in self._jobs.items() if cr is not None and cr in started}
         running.update(self.getRunningLocalJobIDs())
         if self._steps is not None:
             running.update(self._steps.running())
@@ -472,7 +511,10 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
 
     def getSchedulingStatusMessage(self) -> str | None:
         waiting = self.tracker.queued()
-        return f"{waiting} container requests are queued on Arvados" if waiting else None
+        held = self.slots.waiting()
+        parts = ([f"{waiting} container requests are queued on Arvados"] if waiting else []) + \
+            ([f"{held} jobs wait for one of the {self.slots.limit} requests --maxJobs allows in flight"] if held else [])
+        return "; ".join(parts) or None
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -481,8 +523,11 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         if self._steps is not None:
             self._steps.kill(jobIDs)
         with self._lock:
-            doomed = [self._jobs.pop(b) for b in jobIDs if b in self._jobs]
-        for cr_uuid in doomed:
+            doomed = [(b, self._jobs.pop(b)) for b in jobIDs if b in self._jobs]
+        for batch_id, cr_uuid in doomed:
+            self.slots.release(batch_id)
+            if cr_uuid is None:  # still waiting for a slot: never submitted
+                continue
             self.tracker.forget(cr_uuid)
             self._cancel(cr_uuid)
 
@@ -494,6 +539,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
 
     def shutdown(self) -> None:
+        self.slots.clear()  # jobs waiting for a slot are never submitted
         if self._steps is not None:
             self._steps.shutdown()  # no pass starts or submits after this
         # Shutting down: a short wait per request through an outage, not the full budget each.
@@ -562,10 +608,12 @@ def _update_info(batch_id: int, c: dict | None, cr_uuid: str) -> UpdatedBatchJob
     if c["state"] == "Complete":
         code = c.get("exit_code")
         code = EXIT_STATUS_UNAVAILABLE_VALUE if code is None else int(code)
-        status = c.get("runtime_status") or {}
         if code == 0:
             reason = BatchJobExitReason.FINISHED
-        elif code == 137 and "memory" in str(status).lower():
+        elif code == OOM_EXIT_CODE:
+            # Killed by SIGKILL in a Complete container: on Arvados that is the kernel's OOM kill
+            # (crunch-run reports nothing else; Arvados' CWL runner judges it so). Toil's
+            # --doubleMem then retries the job with twice the memory.
             reason = BatchJobExitReason.MEMLIMIT
         else:
             reason = BatchJobExitReason.FAILED

@@ -30,11 +30,16 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return DEFAULT_STATE_DIR
 
 
+def _storage_classes(value: str | None) -> list[str] | None:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
 def _cluster_up(args: argparse.Namespace) -> int:
     from .localcluster import control
 
     cfg = control.up(_state_dir(args), cores=args.cores, ram=parse_size(args.ram) if args.ram else None,
-                     port=args.port, docker_host=args.docker_host, if_running="refuse")
+                     port=args.port, docker_host=args.docker_host, if_running="refuse",
+                     storage_classes=_storage_classes(args.storage_classes))
     print(f"cluster {cfg.cluster_id} is up at https://{cfg.api_host} "
           f"({cfg.cores} cores, {cfg.ram >> 20} MiB RAM, state in {cfg.state_dir})")
     print(f"use it with: eval \"$(toil-arvados cluster env --state-dir {cfg.state_dir})\"")
@@ -153,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-host", help="Docker engine for containers with real images, e.g. "
                    "unix:///run/docker.sock (default: $DOCKER_HOST, else Docker's default socket; "
                    "without an engine every container runs in the namespace runtime)")
+    p.add_argument("--storage-classes", metavar="CLASS[,CLASS...]",
+                   help="Keep storage classes the cluster declares (StorageClasses), the first the default "
+                        "(default: default)")
     p.set_defaults(func=_cluster_up)
     with_state(csub.add_parser("down", help="stop the cluster (its state is kept)")).set_defaults(func=_cluster_down)
     with_state(csub.add_parser("status", help="is the cluster running?")).set_defaults(func=_cluster_status)

@@ -22,6 +22,10 @@ def _one_line(exc: BaseException) -> str | None:
     if isinstance(exc, ArvadosSetupError):
         return scrub(str(exc))
     invalid = _invalid_document(exc)
+    if invalid is None and exc.__cause__ is not None and type(exc).__name__ == "WorkflowException":
+        # cwltool's "Tool definition ... failed validation" for a step's embedded tool (e.g. a
+        # hint with a value of the wrong type): the validation error says what is wrong.
+        invalid = _invalid_document(exc.__cause__)
     if invalid is not None:
         return scrub(invalid)
     if isinstance(exc, InsufficientSystemResources):

@@ -81,6 +81,16 @@ def check_workflow_images(uri: str, api: Any | None = None) -> None:
     logger.info("All %d images the workflow names are in Keep", len(set(images)))
 
 
+def arvados_batch_system(argv: list[str], environ: Mapping[str, str]) -> bool:
+    """Whether this toil-cwl-runner command runs with ``--batchSystem arvados`` (pure)."""
+    import argparse
+
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--batchSystem", default=environ.get("TOIL_BATCH_SYSTEM"))
+    known, _ = p.parse_known_args(argv)
+    return bool(known.batchSystem == "arvados")
+
+
 def native_steps_on_keep(argv: list[str], environ: Mapping[str, str]) -> bool:
     """Whether this toil-cwl-runner command runs native steps with a Keep job store (pure).
 

@@ -32,14 +32,14 @@ from toil.cwl.cwltoil import ToilCommandLineTool, ToilPathMapper
 from cwltool.pathmapper import MapperEnt
 from cwl_utils.errors import WorkflowException
 
-from . import arvados_client
+from . import arvados_client, cwl_hints
 from .arvados_client import ArvadosSetupError, describe
 from .cwl_secrets import SecretExposed, refuse_visible_secrets, split_secret_entries
 from .container_request import unfit
 from .images.keep import repo_tag as normalize_image
 from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, stdin_mount
 from .intermediates import INTERMEDIATE_OUTPUT_REQ, staging_properties, step_output_ttl
-from .cwl_step_request import (OUTDIR, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
+from .cwl_step_request import (OUTDIR, PROPERTY_MEMORY_ATTEMPT, PROPERTY_RESUBMITTED, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
 from .step_runner import StepSubmitted
 
@@ -240,6 +240,9 @@ class ArvadosStepJob(JobBase):
         rcode = container.get("exit_code")
         status = process_status(rcode, list(self.successCodes), list(self.temporaryFailCodes),
                                 list(self.permanentFailCodes))
+        if status == "permanentFail" and self._retry_for_memory(ctx, runtimeContext, entries, current.job_store_id,
+                                                                cr, rcode):
+            return self._run_container(runtimeContext, host_out)  # Arvados had a finished one at once
         if status != "success":
             logger.error("CWL step %s: container request %s ended %s (exit code %s)", self.name, cr["uuid"],
                          status, rcode)
@@ -254,10 +257,11 @@ class ArvadosStepJob(JobBase):
             self._copy_stderr(ctx.api, cr, container, runtimeContext)
         return status, int(rcode if rcode is not None else 1)
 
-    def _submit(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry], job_store_id: str) -> FinishedRequest:
+    def _submit(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry], job_store_id: str,
+                memory_attempt: int = 0, ram_factor: float = 1.0) -> FinishedRequest:
         """Submit this step's request; raise :class:`StepSubmitted` unless it is Final at once
         (Arvados reused a finished container), in which case it is returned with its container."""
-        body, image = self._request_body(ctx, runtimeContext, entries)
+        body, image = self._request_body(ctx, runtimeContext, entries, memory_attempt, ram_factor)
         body["properties"][PROPERTY_STEP_JOB_STORE_ID] = job_store_id
         _check_fit(ctx.cluster, body, image)
         cr = _submit(ctx.api, body, image)
@@ -266,7 +270,45 @@ class ArvadosStepJob(JobBase):
             raise StepSubmitted(cr)
         return cr, _container(ctx.api, cr.get("container_uuid"))
 
-    def _request_body(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry]) -> tuple[dict, str]:
+    def _retry_for_memory(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry], job_store_id: str,
+                          cr: dict, exit_code: int | None) -> bool:
+        """If the failed container ran out of memory and the step may be retried for that
+        (arv:OutOfMemoryRetry, Toil's --doubleMem), submit it again with more RAM: a new request
+        from this (collect) pass, whose end the step engine then waits for as for the first.
+        The failed request is marked with the new one's uuid, as Arvados' runner marks it.
+        Raises StepSubmitted; True if the new request was Final at once (reused), False if the
+        step is not retried."""
+        policy = cwl_hints.memory_retry(self._hint, ctx.settings.double_mem, ctx.settings.retry_count, self.name)
+        if policy is None or not cr.get("log_uuid") and exit_code != cwl_hints.OOM_EXIT_CODE:
+            return False
+        # Which retry this was is in the request's properties, which the tracker does not fetch.
+        properties = _properties(ctx.api, cr)
+        attempt = int(properties.get(PROPERTY_MEMORY_ATTEMPT) or 0)
+        if attempt >= policy.retries:
+            return False
+        log = lambda: arvados_client.log_text(ctx.api, cr["log_uuid"], ("stderr.txt", "stdout.txt", "crunch-run.txt"), 1000)
+        if not cwl_hints.out_of_memory(exit_code, log, policy.error_regex):
+            return False
+        factor = policy.multiplier ** (attempt + 1)
+        logger.warning("CWL step %s: container request %s ran out of memory; retrying with %gx the RAM (memory retry "
+                       "%d of %d)", self.name, cr["uuid"], factor, attempt + 1, policy.retries)
+        ctx.finished.pop(job_store_id, None)
+        try:
+            new_cr, _ = finished = self._submit(ctx, runtimeContext, entries, job_store_id, attempt + 1, factor)
+        except StepSubmitted as submitted:
+            _mark_resubmitted(ctx.api, cr["uuid"], properties, submitted.cr["uuid"])
+            raise
+        _mark_resubmitted(ctx.api, cr["uuid"], properties, new_cr["uuid"])
+        ctx.finished[job_store_id] = finished
+        return True
+
+    def _hint(self, cls: str) -> dict | None:
+        """The tool's requirement or hint of class ``cls`` (an Arvados extension), or None."""
+        req, _ = self.get_requirement(cls)
+        return req
+
+    def _request_body(self, ctx: StepContext, runtimeContext: Any, entries: list[Entry], memory_attempt: int = 0,
+                      ram_factor: float = 1.0) -> tuple[dict, str]:
         docker_req, _ = self.get_requirement("DockerRequirement")
         image = image_name(docker_req if self.use_docker_requirement else None, ctx.default_image)
         secrets = getattr(runtimeContext, "secret_store", None)
@@ -292,7 +334,8 @@ class ArvadosStepJob(JobBase):
             stdin=stdin, stdout=self.stdout, stderr=self.stderr, network=bool(self.networkaccess),
             timelimit=self.timelimit or None, preemptible=self._preemptible(), reuse=self._reuse(),
             outdir=self.builder.outdir, tmpdir=self.builder.tmpdir, secret_mounts=secret_mounts,
-            output_ttl=self._output_ttl(ctx))
+            output_ttl=self._output_ttl(ctx), memory_attempt=memory_attempt, ram_factor=ram_factor,
+            **self._arvados_hints())
         step = str(getattr(runtimeContext, "name", None) or self.name)
         tool = str(getattr(self, "tool_id", "") or "")
         body = step_request_body(inv, ctx.settings, step=step, tool=tool)
@@ -388,10 +431,23 @@ class ArvadosStepJob(JobBase):
 
         return KeepSources(api, keep_url_of, local_path_of)
 
+    def _arvados_hints(self) -> dict[str, Any]:
+        """StepInvocation fields from the tool's Arvados extensions (see cwl_hints)."""
+        try:
+            keep_cache_mib, keep_cache_in_ram = cwl_hints.keep_cache(self._hint, self.name)
+            return {"partitions": cwl_hints.partitions(self._hint, self.name),
+                    "output_storage_classes": cwl_hints.intermediate_storage_classes(self._hint, self.name),
+                    "keep_cache_mib": keep_cache_mib, "keep_cache_in_ram": keep_cache_in_ram,
+                    "api": cwl_hints.api_access(self._hint),
+                    "properties": cwl_hints.properties(self._hint, self.builder.do_eval, self.name)}
+        except cwl_hints.HintError as e:
+            raise WorkflowException(str(e)) from None
+
     def _reuse(self) -> bool:
         req, _ = self.get_requirement("WorkReuse")
         if not req:
-            return True
+            arv = cwl_hints.reuse(self._hint)  # CWL v1.0 tools say it with arv:ReuseRequirement
+            return True if arv is None else arv
         value = req.get("enableReuse", True)
         if isinstance(value, str):
             value = self.builder.do_eval(value)
@@ -454,6 +510,25 @@ def _submit(api: Any, body: dict, image: str) -> dict:
             raise ArvadosSetupError(
                 arvados_client.missing_image_message(image, f"image of CWL step {body['name']}")) from None
         raise ArvadosSetupError(describe(e, f"cannot submit CWL step {body['name']}")) from None
+
+
+def _properties(api: Any, cr: dict) -> dict:
+    """A request's properties (read afresh where ``cr`` is the tracker's partial copy)."""
+    if "properties" in cr:
+        return dict(cr["properties"] or {})
+    current = arvados_client.call(lambda: api.container_requests().get(uuid=cr["uuid"], select=["uuid", "properties"]),
+                                  f"look up {cr['uuid']}")
+    return dict(current.get("properties") or {})
+
+
+def _mark_resubmitted(api: Any, uuid: str, properties: dict, new_uuid: str) -> None:
+    """Name the request that replaced a failed one in the failed one's properties."""
+    body = {"properties": {**properties, PROPERTY_RESUBMITTED: new_uuid}}
+    try:
+        arvados_client.call(lambda: api.container_requests().update(uuid=uuid, body=body),
+                            f"mark {uuid} as resubmitted")
+    except Exception as e:  # a record only: the retry itself is submitted
+        logger.warning("%s", describe(e, f"could not mark {uuid} as resubmitted"))
 
 
 def _container(api: Any, uuid: str | None) -> dict | None:

@@ -59,6 +59,15 @@ class StepInvocation:
     # request's secret_mounts, which Arvados never returns and compares for reuse by md5 only.
     secret_mounts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     output_ttl: int = 0  # the request's output_ttl (arv:IntermediateOutput, else the run's)
+    # Arvados extensions (cwl_hints): None where the tool says nothing.
+    partitions: tuple[str, ...] | None = None  # arv:PartitionRequirement
+    output_storage_classes: tuple[str, ...] | None = None  # arv:OutputStorageClass intermediateStorageClass
+    keep_cache_mib: int | None = None  # arv:RuntimeConstraints keep_cache
+    keep_cache_in_ram: bool | None = None  # arv:KeepCacheTypeRequirement (None: the cluster's default)
+    api: bool = False  # arv:APIRequirement
+    properties: Mapping[str, Any] = field(default_factory=dict)  # arv:ProcessProperties, evaluated
+    ram_factor: float = 1.0  # memory retries (arv:OutOfMemoryRetry, --doubleMem): RAM x this
+    memory_attempt: int = 0  # which memory retry this request is (0: the first submission)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,17 @@ class StepSettings:
     extra_properties: Mapping[str, str] = field(default_factory=dict)
     preemptible_instances: bool = False  # the cluster has preemptible instance types
     output_ttl: int = 0  # --arvadosIntermediateOutputTTL: seconds before Arvados trashes a step's output
+    partitions: tuple[str, ...] = ()  # --arvadosPartition
+    intermediate_storage_classes: tuple[str, ...] = ()  # --arvadosIntermediateStorageClasses
+    default_preemptible: bool = False  # Toil's --defaultPreemptible
+    default_walltime: int = 0  # Toil's --defaultWalltime, seconds (0: none)
+    keep_cache_in_ram: bool = False  # the cluster's Containers.DefaultKeepCacheRAM is not 0
+    double_mem: bool = False  # Toil's --doubleMem: a step out of memory is retried with twice the RAM
+    retry_count: int = 0  # Toil's --retryCount: how often (with --doubleMem)
+
+
+PROPERTY_MEMORY_ATTEMPT = "toil_memory_retry"  # on a request re-submitted with more RAM
+PROPERTY_RESUBMITTED = "arv:failed_container_resubmitted"  # Arvados' own name, on the failed request
 
 
 def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str, tool: str) -> dict[str, Any]:
@@ -88,19 +108,12 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
     for stream, name in (("stdout", inv.stdout), ("stderr", inv.stderr)):
         if name:
             mounts[stream] = {"kind": "file", "path": f"{inv.outdir.rstrip('/')}/{name}"}
-    rc: dict[str, Any] = {
-        "vcpus": max(1, math.ceil(inv.cores)),
-        "ram": max(_MIN_RAM, int(math.ceil(inv.ram_mib * MIB))),
-        # Arvados has one switch for a container's network: API access. NetworkAccess asks for it.
-        "API": bool(inv.network),
-    }
-    if inv.cuda_devices:
-        rc["gpu"] = gpu_constraints(int(inv.cuda_devices), "cuda", inv.cuda_version_min,
-                                    list(inv.cuda_compute_capability))
-    sched = scheduling_parameters(inv.preemptible, settings.preemptible_instances)
-    if inv.timelimit:
-        sched["max_run_time"] = int(inv.timelimit)
-    properties = {PROPERTY_STEP: step, PROPERTY_TOOL: portable_tool_id(tool), **settings.extra_properties}
+    rc = _runtime_constraints(inv, settings)
+    sched = _scheduling(inv, settings)
+    properties = {**{str(k): v for k, v in inv.properties.items()},
+                  PROPERTY_STEP: step, PROPERTY_TOOL: portable_tool_id(tool), **settings.extra_properties}
+    if inv.memory_attempt:
+        properties[PROPERTY_MEMORY_ATTEMPT] = inv.memory_attempt
     if settings.workflow_run:
         properties[PROPERTY_WORKFLOW_RUN] = settings.workflow_run
     if settings.parent_request:
@@ -124,11 +137,47 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
     }
     if inv.output_ttl > 0:  # Arvados does not compare it for reuse
         body["output_ttl"] = int(inv.output_ttl)
+    storage_classes = inv.output_storage_classes or settings.intermediate_storage_classes
+    if storage_classes:
+        body["output_storage_classes"] = list(storage_classes)
     if inv.secret_mounts:
         body["secret_mounts"] = {path: dict(m) for path, m in inv.secret_mounts.items()}
     if settings.max_attempts is not None:
         body["container_count_max"] = int(settings.max_attempts)
     return body
+
+
+def _runtime_constraints(inv: StepInvocation, settings: StepSettings) -> dict[str, Any]:
+    rc: dict[str, Any] = {
+        "vcpus": max(1, math.ceil(inv.cores)),
+        "ram": max(_MIN_RAM, int(math.ceil(inv.ram_mib * MIB * inv.ram_factor))),
+        # Arvados has one switch for a container's network: API access. NetworkAccess and
+        # arv:APIRequirement ask for it.
+        "API": bool(inv.network or inv.api),
+    }
+    if inv.keep_cache_mib:
+        # As Arvados' runner does: the cache the cluster uses by default (a RAM cache where
+        # DefaultKeepCacheRAM is set, else a disk cache) unless the tool chooses one.
+        in_ram = settings.keep_cache_in_ram if inv.keep_cache_in_ram is None else inv.keep_cache_in_ram
+        rc["keep_cache_ram" if in_ram else "keep_cache_disk"] = int(inv.keep_cache_mib) * MIB
+    if inv.cuda_devices:
+        rc["gpu"] = gpu_constraints(int(inv.cuda_devices), "cuda", inv.cuda_version_min,
+                                    list(inv.cuda_compute_capability))
+    return rc
+
+
+def _scheduling(inv: StepInvocation, settings: StepSettings) -> dict[str, Any]:
+    """A tool's own choices first, then Toil's defaults (--defaultPreemptible, --defaultWalltime)
+    and --arvadosPartition, as Toil applies its defaults to jobs that say nothing."""
+    preemptible = inv.preemptible if inv.preemptible is not None else (settings.default_preemptible or None)
+    sched = scheduling_parameters(preemptible, settings.preemptible_instances)
+    timelimit = inv.timelimit or settings.default_walltime
+    if timelimit:
+        sched["max_run_time"] = int(timelimit)
+    partitions = inv.partitions if inv.partitions is not None else settings.partitions
+    if partitions:
+        sched["partitions"] = list(partitions)
+    return sched
 
 
 def process_status(exit_code: int | None, success: list[int], temporary: list[int],

@@ -375,6 +375,22 @@ def _save_into_collection(sess: KeepSession, url: str, uuid: str, staged: Any) -
     return target
 
 
+# Storage classes of the collections this process creates for exported outputs (the workflow's
+# final output, --destBucket keep:...): the root workflow's arv:OutputStorageClass
+# finalStorageClass, else --arvadosStorageClasses; none: the cluster's default classes.
+_final_storage_classes: dict[str, tuple[str, ...]] = {}
+
+
+def set_final_storage_classes(source: str, classes: tuple[str, ...]) -> None:
+    """Record final-output storage classes from ``source`` ("hint" or "option"; a hint wins)."""
+    _final_storage_classes[source] = tuple(classes)
+
+
+def final_storage_classes() -> list[str] | None:
+    chosen = _final_storage_classes.get("hint") or _final_storage_classes.get("option")
+    return list(chosen) if chosen else None
+
+
 def _save_named(sess: KeepSession, url: str, project: str, name: str, staged: Any) -> Any:
     """Create collection ``name`` in ``project`` from ``staged``, or merge into it if it exists."""
     import arvados.errors
@@ -384,7 +400,8 @@ def _save_named(sess: KeepSession, url: str, project: str, name: str, staged: An
         if existing is not None:
             return _save_into_collection(sess, url, existing["uuid"], staged)
         try:
-            staged.save_new(name=name, owner_uuid=project, ensure_unique_name=False)
+            staged.save_new(name=name, owner_uuid=project, ensure_unique_name=False,
+                            storage_classes=final_storage_classes())
             return staged
         except arvados.errors.ApiError as e:
             status, reason = _status(e), _reason(e)

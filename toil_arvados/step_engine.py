@@ -29,6 +29,7 @@ from toil.batchSystems.abstractBatchSystem import BatchJobExitReason, UpdatedBat
 
 from . import arvados_client
 from .arvados_client import describe
+from .request_slots import RequestSlots
 from .request_tracker import RequestTracker, wall_time
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,12 @@ class NativeSteps:
     """The CWL steps of one run (see the module docstring)."""
 
     def __init__(self, job_store_locator: str, work_dir: str | None, tracker: RequestTracker, context: Any,
-                 report: Callable[[UpdatedBatchJobInfo], None]) -> None:
+                 report: Callable[[UpdatedBatchJobInfo], None], slots: RequestSlots | None = None) -> None:
         self.locator = job_store_locator
         self.tracker = tracker
         self.context = context  # cwl_step.StepContext
         self.report = report
+        self.slots = slots or RequestSlots(None)  # --maxJobs: a step holds a slot from its first pass to its end
         self.work_dir = tempfile.mkdtemp(prefix="toil-arvados-steps-", dir=work_dir)
         self._runner: Any = None
         self._lock = threading.Lock()
@@ -64,11 +66,16 @@ class NativeSteps:
 
     # -- the batch system's side ---------------------------------------------------------------
 
-    def issue(self, batch_id: int, job_store_id: str, name: str) -> None:
+    def issue(self, batch_id: int, job_store_id: str, name: str, request: bool = True) -> None:
+        """Run a job here: a tool's step (``request``: it submits a container request, so it
+        waits for a --maxJobs slot), or CWL's bookkeeping, which submits nothing."""
         step = _Step(batch_id, job_store_id, name)
         with self._lock:
             self._steps[batch_id] = step
-        self._submit(step)
+        if request:
+            self.slots.acquire(batch_id, lambda _deferred: self._submit(step))
+        else:
+            self._submit(step)
 
     def issued(self) -> list[int]:
         with self._lock:
@@ -89,6 +96,7 @@ class NativeSteps:
             for step in doomed:
                 step.killed = True
         for step in doomed:
+            self.slots.release(step.batch_id)
             self.context.finished.pop(step.job_store_id, None)
             if self._runner is not None:
                 self._runner.forget(step.job_store_id)
@@ -151,6 +159,7 @@ class NativeSteps:
             self._pending.discard(future)
 
     def _done(self, step: _Step, exit_code: int) -> None:
+        self.slots.release(step.batch_id)
         finished = self.context.finished.pop(step.job_store_id, None)
         container = finished[1] if finished else None
         with self._lock:

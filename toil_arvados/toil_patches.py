@@ -105,11 +105,15 @@ def cwl_runner_patches() -> None:
       (``ArvadosStepJob._apply_inplace_updates``), so it is accepted there. Toil checks in the
       leader and again in the leader-side jobs that expand workflows: those that run in their
       own process learn it from :data:`INPLACE_ENV`.
+    * With ``--batchSystem arvados``, cwltool learns the Arvados CWL extensions
+      (:mod:`toil_arvados.cwl_extensions`) right after Toil's CWL main sets up its schemas
+      (``cwltool.main.setup_schema``, which would otherwise reset them): ``arv:`` hints and
+      requirements load without "Unknown hint" and a bad value is a validation error.
     """
     import os
     import sys
 
-    from .cwl_images import native_steps_on_keep
+    from .cwl_images import arvados_batch_system, native_steps_on_keep
 
     cwl_schemas_by_reference()
     with _lock:
@@ -118,6 +122,9 @@ def cwl_runner_patches() -> None:
         check_toil_version()
         _route_prepull()
         _route_output_staging()
+        if arvados_batch_system(sys.argv[1:], os.environ):
+            _register_extensions_after_schema_setup()
+            _check_hints_when_scanned()
         if native_steps_on_keep(sys.argv[1:], os.environ):
             os.environ[INPLACE_ENV] = "1"
             _accept_inplace_updates()
@@ -174,6 +181,39 @@ def _route_output_staging() -> None:
 
     cwltoil.makeRootJob = makeRootJob
     cwltoil.toilStageFiles = toilStageFiles
+
+
+def _register_extensions_after_schema_setup() -> None:
+    import cwltool.main
+
+    from . import cwl_extensions
+
+    original = cwltool.main.setup_schema
+    if getattr(original, "_toil_arvados", False):
+        return
+
+    def setup_schema(args: Any, custom_schema_callback: Any) -> None:
+        original(args, custom_schema_callback)
+        cwl_extensions.register()
+
+    setup_schema._toil_arvados = True  # type: ignore[attr-defined]
+    cwltool.main.setup_schema = setup_schema
+
+
+def _check_hints_when_scanned() -> None:
+    """Toil's CWL main scans the loaded workflow for unsupported requirements before it starts
+    anything: the Arvados hints of every tool are checked there too (one line if one cannot work)."""
+    from toil.cwl import cwltoil
+
+    from .cwl_hints import check_arvados_hints
+
+    original_scan = cwltoil.scan_for_unsupported_requirements
+
+    def scan_for_unsupported_requirements(tool: Any, bypass_file_store: bool = False) -> None:
+        check_arvados_hints(tool)
+        original_scan(tool, bypass_file_store=bypass_file_store)
+
+    cwltoil.scan_for_unsupported_requirements = scan_for_unsupported_requirements
 
 
 def _accept_inplace_updates() -> None:
@@ -262,8 +302,9 @@ def cwl_schemas_by_reference() -> None:
     Every step job's body is written to the job store, read back and unpickled (twice, by the
     step engine); with the schema by reference each is a quarter of the size, and all of them
     share one schema object in memory instead of a copy each. Only cwltool's standard schemas
-    are referenced (``get_schema(version)`` rebuilds exactly them in any process); a schema
-    changed by extensions (``custom_schemas``) is pickled by value as before.
+    and those with toil-arvados' own Arvados extensions are referenced (each process rebuilds
+    exactly them); a schema changed by other extensions (``custom_schemas``, e.g. cwltool's
+    ``--enable-ext``) is pickled by value as before.
     """
     import copyreg
 
@@ -282,9 +323,16 @@ def _reduce_names(names: Any) -> Any:
 
     import cwltool.process
 
+    from . import cwl_extensions
+
     for version, cached in list(cwltool.process.SCHEMA_CACHE.items()):
-        if cached[1] is names and version not in cwltool.process.custom_schemas:
+        if cached[1] is not names:
+            continue
+        custom = cwltool.process.custom_schemas.get(version)
+        if custom is None:
             return (cwl_schema_names, (version,))
+        if custom == (cwl_extensions.SCHEMA_NAME, cwl_extensions.schema_text()):
+            return (cwl_extensions.schema_names, (version,))  # ours alone: rebuilt anywhere
     return names.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
 
 

@@ -117,6 +117,9 @@ class ClusterConfig:
     #: Docker engine for containers with real images (``unix:///path``); None: ``DOCKER_HOST``
     #: of the cluster process, else Docker's default socket (see runtime/selection.py).
     docker_host: str | None = None
+    #: Keep storage classes the cluster declares (config StorageClasses); the first is the
+    #: default one. Keep stores every block alike: the classes are recorded, not acted on.
+    storage_classes: list[str] = field(default_factory=lambda: ["default"])
 
     def instance_types(self) -> dict[str, dict]:
         """The cluster config's InstanceTypes as Arvados holds them (with the computed Name and
@@ -131,6 +134,10 @@ class ClusterConfig:
         if self.preemptible_instances:
             types["local-preemptible"] = {**base, "Name": "local-preemptible", "Preemptible": True}
         return types
+
+    def storage_class_config(self) -> dict[str, dict]:
+        """The cluster config's StorageClasses."""
+        return {name: {"Default": i == 0, "Priority": 0} for i, name in enumerate(self.storage_classes)}
 
     @property
     def state_path(self) -> Path:

@@ -134,6 +134,7 @@ class ContainerRequests(Resource):
         errors = [f"{label} can't be blank" for key, label in (
             ("command", "Command"), ("container_image", "Container image"), ("output_path", "Output path"),
             ("cwd", "Cwd")) if not attrs.get(key)]
+        errors += validation.array_of_strings_errors("Output storage classes", attrs.get("output_storage_classes"))
         if checked:
             errors += validation.runtime_constraint_errors(attrs.get("runtime_constraints"), committed=committing)
             errors += validation.scheduling_parameter_errors(
@@ -764,7 +765,9 @@ class Lifecycle:
         base.update(attrs)
         expires = timestamp(time.time() + ttl) if ttl > 0 else None
         base.update({"owner_uuid": cr["owner_uuid"], "name": final_name, "properties": properties,
-                     "trash_at": expires, "delete_at": expires, "is_trashed": False})
+                     "trash_at": expires, "delete_at": expires, "is_trashed": False,
+                     # as Arvados saves a request's output and log collections
+                     "storage_classes_desired": list(cr.get("output_storage_classes") or ["default"])})
         rec = self.store.create("collections", base, by=self.store.system_user_uuid, uuid=uuid)
         self.store.update(rec["uuid"], {"current_version_uuid": rec["uuid"]}, log=False, touch=False)
         return rec["uuid"]

@@ -70,7 +70,7 @@ def is_running(state_dir: Path) -> bool:
 
 def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, port: int | None = None,
        timeout: float = 120.0, docker_host: str | None = None, if_running: str = "reuse",
-       preemptible_instances: bool | None = None) -> ClusterConfig:
+       preemptible_instances: bool | None = None, storage_classes: list[str] | None = None) -> ClusterConfig:
     """Start the cluster in the background and wait until it answers.
 
     A cluster already serving ``state_dir`` is returned as it is (``if_running="reuse"``: the
@@ -91,7 +91,7 @@ def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, por
                            f"`toil-arvados cluster down --state-dir {state_dir}` first")
     fresh = not (state_dir / "cluster.json").exists()
     cfg = ClusterConfig.load_or_create(state_dir, cores=cores, ram=ram, api_port=port, docker_host=docker_host,
-                                       preemptible_instances=preemptible_instances)
+                                       preemptible_instances=preemptible_instances, storage_classes=storage_classes)
     if _port_busy(cfg.host, cfg.api_port):
         if port is not None:
             raise ClusterError(f"port {port} on {cfg.host} is in use: choose another with --port, or omit it")

@@ -45,3 +45,16 @@ def max_run_time(c: dict) -> float:
 
 def public_container(c: dict) -> dict:
     return {k: v for k, v in c.items() if k not in ("secret_mounts", "runtime_token")}
+
+
+#: crunch-run's memory thresholds: it logs a line as the container's rss passes each share of
+#: its ``ram`` (crunchrun.go: NewThresholdsFromPercentages(RAM, 90, 95, 99)).
+MEMORY_THRESHOLDS = (90, 95, 99)
+
+
+def memory_threshold_lines(peak: int, total: int) -> list[str]:
+    """What crunch-run's log says of a container that used ``peak`` bytes of its ``total`` ram,
+    in its words ("Container using over 95% of memory (rss N/M bytes)"). A container killed by
+    the kernel for memory has passed them all; clients (Arvados' CWL runner) look for them."""
+    return [f"Container using over {p}% of memory (rss {peak}/{total} bytes)"
+            for p in MEMORY_THRESHOLDS if total and peak >= total * p // 100]

@@ -53,7 +53,7 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
                        "AlwaysUsePreemptibleInstances": False,
                        "RuntimeEngine": "namespace", "SupportedDockerImageFormats": {"v2": {}},
                        "LocalKeepBlobBuffersPerVCPU": 0},
-        "StorageClasses": {"default": {"Default": True, "Priority": 0}},
+        "StorageClasses": cfg.storage_class_config(),
         "InstanceTypes": exported_instance_types(cfg.instance_types()),
         "Services": {"Controller": {"ExternalURL": api_url},
                      "Websocket": {"ExternalURL": f"wss://{cfg.api_host}/websocket"},

@@ -134,6 +134,16 @@ def scheduling_parameter_errors(sp: Any, *, committing: bool, any_preemptible: b
     return errors
 
 
+def array_of_strings_errors(label: str, value: Any) -> list[str]:
+    """Rails' ``array_of_strings`` validator (validate_serialized.rb), on every save; ``None``
+    is the column's default being filled."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return [f"{label} must be an array of non-empty strings"]
+    return []
+
+
 def output_path_errors(output_path: Any, mounts: Any) -> list[str]:
     """``output_path`` must be exactly one of the mount targets (keys of ``mounts``)."""
     if isinstance(mounts, dict) and output_path in mounts:

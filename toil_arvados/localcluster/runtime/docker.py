@@ -36,6 +36,8 @@ from typing import Any, Optional
 
 from . import ContainerSetupError, RunSpec
 
+from ..crunch import memory_threshold_lines
+
 logger = logging.getLogger(__name__)
 
 #: dockerd refuses memory limits below 6 MiB.
@@ -308,8 +310,9 @@ class DockerContainer:
             self.exit_code = code
             if state.get("OOMKilled"):
                 self.signal, self.signal_name = signal.SIGKILL, "SIGKILL"
-                crunch_log(log, "container exceeded its memory limit (ram constraint) and was "
-                                "killed by the kernel")
+                ram = int(self._spec.get("ram") or 0)
+                for line in memory_threshold_lines(ram, ram):  # the engine kills at the limit
+                    crunch_log(log, line)
             crunch_log(log, f"container command exited with code {code}")
             return code
         finally:

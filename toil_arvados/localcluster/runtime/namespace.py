@@ -47,6 +47,8 @@ from ...images.archive import ArchiveError
 from . import ContainerSetupError, RunSpec
 from ...images.layers import LayerCache
 
+from ..crunch import memory_threshold_lines
+
 logger = logging.getLogger(__name__)
 
 NSINIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsinit.py")
@@ -129,6 +131,7 @@ class _Limits:
         self.procs: list[str] = []
         self.log: list[str] = []
         self.memory_dir: Optional[str] = None
+        self.ram = 0
         self.v2 = False
         name = "toil-arvados-" + (uuid or f"pid{os.getpid()}-{time.monotonic_ns()}")
         if ram:
@@ -136,6 +139,7 @@ class _Limits:
             d = self._make("memory", name)
             if d and self._apply(d, limit_knobs("memory", ram, self.v2)):
                 self.memory_dir = d
+                self.ram = ram
                 self.log.append(f"enforcing ram: memory limit {ram} bytes (cgroup {d})")
             else:
                 self.log.append(f"ram {ram} bytes requested: not enforced (no usable memory "
@@ -187,6 +191,15 @@ class _Limits:
                 return int(f.read()) > 0
         except (OSError, ValueError):
             return False
+
+    def memory_peak(self) -> int:
+        """The most memory the cgroup used (bytes); its limit where the kernel does not say."""
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        try:
+            with open(os.path.join(self.memory_dir or "", name)) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return self.ram
 
     async def remove(self) -> None:
         """Remove our cgroups; they are busy for a moment while killed processes exit."""
@@ -263,9 +276,10 @@ class NamespaceContainer:
         finally:
             if self._limits.dirs:
                 oom = self._limits.memory_limit_hit()
+                peak = self._limits.memory_peak()
                 await self._limits.remove()
             else:
-                oom = False
+                oom, peak = False, 0
         lines = out.decode("utf-8", "replace").strip().splitlines()
         result: dict[str, Any] = {}
         if lines:
@@ -294,9 +308,8 @@ class NamespaceContainer:
         if self.signal:
             self.signal_name = signal.Signals(self.signal).name
             if oom and self.signal == signal.SIGKILL and not self.killed:
-                _crunch_log(self._spec.get("crunch_log"),
-                            "container exceeded its memory limit (ram constraint) and was "
-                            "killed by the kernel")
+                for line in memory_threshold_lines(max(peak, self._limits.ram), self._limits.ram):
+                    _crunch_log(self._spec.get("crunch_log"), line)
         logger.debug("container %s: exit code %s signal %s killed %s", uuid, self.exit_code,
                      self.signal_name, self.killed)
         return self.exit_code
