@@ -12,8 +12,9 @@ from toil_arvados.cwl_step_request import StepInvocation, StepSettings, step_req
 OUT, LOG, OTHER = "a" * 32 + "+1", "b" * 32 + "+2", "c" * 32 + "+3"
 
 
-def _cr(uuid: str, container: str, *, reuse: bool = True, ttl: int = 0) -> dict:
-    return {"uuid": uuid, "container_uuid": container, "use_existing": reuse, "output_ttl": ttl}
+def _cr(uuid: str, container: str, *, reuse: bool = True, ttl: int = 0, step: bool = True) -> dict:
+    return {"uuid": uuid, "container_uuid": container, "use_existing": reuse, "output_ttl": ttl,
+            "properties": {"toil_step": "wf.cwl.step"} if step else {"toil_job_store_id": "j-1"}}
 
 
 def _coll(uuid: str, pdh: str, **props: str) -> dict:
@@ -31,9 +32,22 @@ def test_a_reusable_step_keeps_one_output_and_one_log_everything_else_goes() -> 
     assert im.plan_trash(records) == ["merged-log", "staging"]
 
 
-@pytest.mark.parametrize("request_", [_cr("r1", "c1", reuse=False), _cr("r1", "c1", ttl=60)])
-def test_a_step_arvados_will_not_reuse_keeps_nothing(request_: dict) -> None:
-    assert im.plan_trash(im.RunRecords([request_], DONE, RUN, [])) == ["log-copy", "merged-log", "out", "staging"]
+def test_a_step_whose_output_expires_keeps_nothing() -> None:
+    assert im.plan_trash(im.RunRecords([_cr("r1", "c1", ttl=60)], DONE, RUN, [])) == [
+        "log-copy", "merged-log", "out", "staging"]
+
+
+def test_a_step_run_without_reuse_is_still_kept_for_later_runs_to_reuse() -> None:
+    """``use_existing: false`` is about the request taking an existing container; Arvados still
+    reuses the container it made for later requests."""
+    assert im.plan_trash(im.RunRecords([_cr("r1", "c1", reuse=False)], DONE, RUN, [])) == ["merged-log", "staging"]
+
+
+def test_a_toil_worker_job_without_reuse_keeps_nothing() -> None:
+    """A worker job's command names its job store and job: only --arvadosReuse keeps it."""
+    worker = _cr("r1", "c1", reuse=False, step=False)
+    assert im.plan_trash(im.RunRecords([worker], DONE, RUN, [])) == ["log-copy", "merged-log", "out", "staging"]
+    assert im.plan_trash(im.RunRecords([_cr("r1", "c1", step=False)], DONE, RUN, [])) == ["merged-log", "staging"]
 
 
 @pytest.mark.parametrize("container", [{"state": "Complete", "exit_code": 1, "output": OUT, "log": LOG},

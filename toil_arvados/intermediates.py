@@ -9,8 +9,8 @@ reuses a finished container only while the user can read a (non-trashed) collect
 output *and* one holding its log (``Container.find_reusable``, "readable output"/"readable log"):
 crunch-run's own copies are made already trashed, so for a reusable step those are the
 request's copies. So on success (unless ``--noArvadosTrashIntermediate``) everything the run
-made is trashed except, for each step Arvados may reuse (``use_existing``, no ``output_ttl``,
-Complete with exit code 0), one collection with its output and one with its log; none at all
+made is trashed except, for each step Arvados may reuse (no ``output_ttl``, Complete with exit
+code 0; a CWL step even if its own request had no ``use_existing``), one collection with its output and one with its log; none at all
 when the project already had such a collection before the run (a rerun that Arvados reused
 leaves nothing new but its output collection).
 
@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping
 
 from . import arvados_client
 from .container_request import PROPERTY_WORKFLOW
+from .cwl_step_request import PROPERTY_STEP
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,20 @@ def reuse_needs(requests: Iterable[dict], containers: Mapping[str, dict]) -> set
     need: set[str] = set()
     for cr in requests:
         c = containers.get(cr.get("container_uuid") or "")
-        if (not cr.get("use_existing") or (cr.get("output_ttl") or 0) > 0 or c is None
+        if (not _reusable_later(cr) or (cr.get("output_ttl") or 0) > 0 or c is None
                 or c.get("state") != "Complete" or c.get("exit_code") != 0):
             continue
         need.update(p for p in (c.get("output"), c.get("log")) if p)
     return need
+
+
+def _reusable_later(cr: dict) -> bool:
+    """Whether a later request may reuse this request's container. A CWL step's: always, since a
+    request's ``use_existing`` only says whether *it* takes an existing container
+    (``Container.find_reusable`` looks at the container alone). A Toil worker job's: only when
+    the run asked for reuse (``--arvadosReuse``); its command names its job store and job, so no
+    other run's request can match it anyway."""
+    return bool(cr.get("use_existing")) or PROPERTY_STEP in (cr.get("properties") or {})
 
 
 def plan_trash(records: RunRecords) -> list[str]:
@@ -131,7 +141,8 @@ def _keep_order(c: dict) -> tuple[int, str]:
 
 # -- finding and trashing --------------------------------------------------------------------------
 
-_CR_FIELDS = ["uuid", "container_uuid", "use_existing", "output_ttl", "output_uuid", "log_uuid", "owner_uuid"]
+_CR_FIELDS = ["uuid", "container_uuid", "use_existing", "output_ttl", "output_uuid", "log_uuid", "owner_uuid",
+              "properties"]
 _COLL_FIELDS = ["uuid", "portable_data_hash", "properties", "created_at", "owner_uuid", "is_trashed", "trash_at"]
 
 
