@@ -743,6 +743,24 @@ def test_reading_into_a_device_writes_into_it_and_leaves_it_a_device(store):
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
+def test_public_urls_of_many_files_cost_one_lookup(store, cluster, tmp_path):
+    """A run's outputs: the files this process knows are looked up together; a file gone since
+    falls back to get_public_url (and fails as it does); every URL is what get_public_url gives."""
+    src = tmp_path / "out.txt"
+    src.write_text("out")
+    with store.write_file_stream(basename="streamed.txt") as (f, streamed):
+        f.write(b"streamed")
+    here = [streamed, store.write_file(str(src)), store.write_file(str(src), hints=["step"])]
+    elsewhere = _other_process_view(store).write_file(str(src), hints=["other"])
+    with _CallCounter(cluster) as calls:
+        urls = store.public_urls(here + [elsewhere])
+    assert calls.by_endpoint == {"collections.list": 1}  # names -> UUIDs are known process-wide
+    assert urls == {str(f): _other_process_view(store).get_public_url(f) for f in here + [elsewhere]}
+    store.delete_file(here[1])
+    with pytest.raises(NoSuchFileException):
+        store.public_urls(here)
+
+
 def test_a_job_deleted_here_is_gone_at_once(store):
     job = _job()
     store.assign_job_id(job)

@@ -153,10 +153,11 @@ def save_outputs(toil: Any, outobj: Any, spec: Mapping[str, Any], project_uuid: 
     pm = ToilPathMapper(entries, "", _STAGE_ROOT, separateDirs=False, stage_listing=True)
     files: dict[str, str] = {}
     contents: dict[str, bytes] = {}
+    urls = _public_urls(toil, [ent for _key, ent in pm.items() if ent.staged])
     with tempfile.TemporaryDirectory(prefix="toil-arvados-out-") as tmp:
         for _key, ent in pm.items():
             if ent.staged:
-                _add_entry(toil, ent, _relative(ent.target), files, contents, tmp)
+                _add_entry(toil, ent, _relative(ent.target), files, contents, tmp, urls)
         relative = copy.deepcopy(mapped)
         relocate(relative, lambda loc: quote(_relative(pm.mapper(loc).target)))
         contents[CWL_OUTPUT_JSON] = json.dumps(relative, indent=4, sort_keys=True).encode()
@@ -186,7 +187,21 @@ def _relative(target: str) -> str:
     return target[len(_STAGE_ROOT):].lstrip("/")
 
 
-def _add_entry(toil: Any, ent: Any, path: str, files: dict[str, str], contents: dict[str, bytes], tmp: str) -> None:
+def _public_urls(toil: Any, entries: list) -> dict[str, str]:
+    """The ``keep:`` URLs of the outputs already in the job store, looked up together (one
+    batched call for what the leader's job store knows, instead of one call per file)."""
+    from toil.fileStores import FileID
+
+    from .jobstore.keep_jobstore import KeepJobStore
+
+    store = getattr(toil, "_jobStore", None)
+    ids = [str(FileID.unpack(str(e.resolved)[len("toilfile:"):])) for e in entries
+           if e.type in _FILE_TYPES and str(e.resolved).startswith("toilfile:")]
+    return store.public_urls(ids) if isinstance(store, KeepJobStore) and ids else {}
+
+
+def _add_entry(toil: Any, ent: Any, path: str, files: dict[str, str], contents: dict[str, bytes], tmp: str,
+               urls: Mapping[str, str]) -> None:
     """One path-mapper entry into the collection: by Keep reference when it is in Keep."""
     resolved = str(ent.resolved)
     if ent.type in ("CreateFile", "CreateWritableFile"):
@@ -195,10 +210,10 @@ def _add_entry(toil: Any, ent: Any, path: str, files: dict[str, str], contents: 
         if resolved.startswith("keep:"):  # a Keep directory passed through (its listing may be absent)
             files[path] = resolved
     elif ent.type in _FILE_TYPES:
-        files[path] = _source_of(toil, resolved, tmp)
+        files[path] = _source_of(toil, resolved, tmp, urls)
 
 
-def _source_of(toil: Any, resolved: str, tmp: str) -> str:
+def _source_of(toil: Any, resolved: str, tmp: str, urls: Mapping[str, str]) -> str:
     """A ``keep:`` URL or local path holding a file the output object names."""
     from toil.cwl.cwltoil import decode_directory
     from toil.fileStores import FileID
@@ -217,7 +232,7 @@ def _source_of(toil: Any, resolved: str, tmp: str) -> str:
     if not resolved.startswith("toilfile:"):
         resolved = "toilfile:" + toil.import_file(resolved, symlink=False).pack()
     file_id = FileID.unpack(resolved[len("toilfile:"):])
-    public = _keep_url_of(toil, file_id)
+    public = urls.get(str(file_id)) or _keep_url_of(toil, file_id)
     if public:
         return public
     local = tempfile.mkdtemp(dir=tmp)

@@ -1151,6 +1151,32 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             raise NoSuchFileException(file_id)
         return f"{KEEP_SCHEME}:{rec['portable_data_hash']}/{quote(self._file_basename(file_id))}"
 
+    def public_urls(self, file_ids: list[str]) -> dict[str, str]:
+        """:meth:`get_public_url` of many files (a run's outputs): one batched lookup for the
+        files whose record this process knows, one call each for the others."""
+        ids = [str(f) for f in file_ids]
+        known = {f: self._locate(f)[:2] for f in ids if naming.parse_body_file_id(f) is None}
+        known = {f: (uuid, key) for f, (uuid, key) in known.items() if uuid is not None}
+        recs = {r["uuid"]: r for r in arvados_client.get_many(
+            self._api.collections().list, sorted({uuid for uuid, _ in known.values()}),
+            ["portable_data_hash", "owner_uuid", "properties"], what="look up output files")} if known else {}
+        urls = {}
+        for f in ids:
+            uuid, key = known.get(f, (None, None))
+            rec = recs.get(uuid or "")
+            if rec is not None and self._is_live_file(rec, key):
+                urls[f] = f"{KEEP_SCHEME}:{rec['portable_data_hash']}/{quote(self._file_basename(f))}"
+            else:
+                urls[f] = self.get_public_url(f)
+        return urls
+
+    def _is_live_file(self, rec: dict, key: tuple[str, str] | None) -> bool:
+        """What :meth:`_file_record` checks of a listed record (lists leave trashed ones out)."""
+        props = rec.get("properties") or {}
+        if rec.get("owner_uuid") != self.project_uuid or props.get(KIND) != naming.KIND_FILE:
+            return False
+        return key is None or key[0] != "slot" or props.get(naming.PATH) == key[1]
+
     # -- import ------------------------------------------------------------------------------
 
     def import_file(self, src_uri: str, shared_file_name: str | None = None, hardlink: bool = False,
