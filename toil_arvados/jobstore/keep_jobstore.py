@@ -125,6 +125,18 @@ class UnknownProjectError(NoSuchJobStoreException, ArvadosSetupError):
 _status = arvados_client.status_of
 
 
+@contextmanager
+def _filling(writer: collection_io.OneFileWriter, encoding: str | None, errors: str | None) -> Iterator[IO[Any]]:
+    """A handle to fill ``writer``; if the block raises, what was written is dropped (no record
+    changes, so a half-written file never becomes visible)."""
+    try:
+        with writer.open(encoding, errors) as handle:
+            yield handle
+    except BaseException:
+        writer.discard()
+        raise
+
+
 def _is_conflict(error: BaseException) -> bool:
     """A 409/422 refusal: for a create, usually the name is taken (callers confirm by looking)."""
     return arvados_client.error_kind(error) == arvados_client.CONFLICT
@@ -940,21 +952,14 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             key = naming.new_file_key()
             file_id = naming.named_file_id(key, name)
         writer = self._writer(name)
-        try:
-            with writer.open(encoding, errors) as handle:
-                yield handle, file_id
-        except BaseException:
-            writer.discard()
-            raise
+        with _filling(writer, encoding, errors) as handle:
+            yield handle, file_id
         if self.hints_to_string(hints):
             self._replace_content(file_id, writer.manifest_text())
             return
-        manifest_text = writer.manifest_text()
-        rec = self._create(naming.named_file_name(key), props, manifest_text)
+        rec = self._create(naming.named_file_name(key), props, writer.manifest_text())
         self._learn("named", key, rec["uuid"])
         self._note_cleanup_file(props, rec["uuid"])
-        if cleanup and job_id is not None and str(job_id) in self._assigned:  # a body: never rewritten
-            self._keep_manifest(file_id, rec["uuid"], manifest_text)
 
     def _is_body(self, job_id: str | None, cleanup: bool, hints: list[str] | None) -> bool:
         """A stream Toil writes for a job whose record does not exist yet, to go away with it:
@@ -970,12 +975,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         key = naming.new_file_key()
         file_id = naming.body_file_id(key, job_id, name)
         writer = self._writer(naming.body_member(key))
-        try:
-            with writer.open(encoding, errors) as handle:
-                yield handle, file_id
-        except BaseException:
-            writer.discard()
-            raise
+        with _filling(writer, encoding, errors) as handle:
+            yield handle, file_id
         manifest = writer.manifest_text()
         with self._lock:
             self._pending_bodies.setdefault(job_id, []).append(manifest)
@@ -1057,12 +1058,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     def update_file_stream(self, file_id: str, encoding: str | None = None,
                            errors: str | None = None) -> Iterator[IO[Any]]:
         writer = self._writer(self._file_basename(file_id))
-        try:
-            with writer.open(encoding, errors) as handle:
-                yield handle
-        except BaseException:
-            writer.discard()
-            raise
+        with _filling(writer, encoding, errors) as handle:
+            yield handle
         self._replace_content(file_id, writer.manifest_text())
 
     def _readable_record(self, file_id: str) -> dict:
@@ -1252,12 +1249,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
                                  encoding: str | None = None, errors: str | None = None) -> Iterator[IO[Any]]:
         self._requireValidSharedFileName(shared_file_name)
         writer = self._writer(shared_file_name)
-        try:
-            with writer.open(encoding, errors) as handle:
-                yield handle
-        except BaseException:
-            writer.discard()
-            raise
+        with _filling(writer, encoding, errors) as handle:
+            yield handle
         self._save_shared(shared_file_name, writer.manifest_text())
 
     def _shared_record(self, shared_file_name: str, select: list[str]) -> dict:
