@@ -98,26 +98,6 @@ PROPERTY_RESUBMITTED = "arv:failed_container_resubmitted"  # Arvados' own name, 
 
 def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str, tool: str) -> dict[str, Any]:
     """The ``container_request`` body that runs ``inv`` as a Committed request."""
-    mounts: dict[str, Any] = {
-        inv.outdir: {"kind": "tmp", "capacity": _bytes(inv.outdir_mib)},
-        inv.tmpdir: {"kind": "tmp", "capacity": _bytes(inv.tmpdir_mib)},
-    }
-    mounts.update({path: dict(m) for path, m in inv.mounts.items()})
-    if inv.stdin is not None:
-        mounts["stdin"] = dict(inv.stdin)
-    for stream, name in (("stdout", inv.stdout), ("stderr", inv.stderr)):
-        if name:
-            mounts[stream] = {"kind": "file", "path": f"{inv.outdir.rstrip('/')}/{name}"}
-    rc = _runtime_constraints(inv, settings)
-    sched = _scheduling(inv, settings)
-    properties = {**{str(k): v for k, v in inv.properties.items()},
-                  PROPERTY_STEP: step, PROPERTY_TOOL: portable_tool_id(tool), **settings.extra_properties}
-    if inv.memory_attempt:
-        properties[PROPERTY_MEMORY_ATTEMPT] = inv.memory_attempt
-    if settings.workflow_run:
-        properties[PROPERTY_WORKFLOW_RUN] = settings.workflow_run
-    if settings.parent_request:
-        properties[PROPERTY_PARENT_REQUEST] = settings.parent_request
     body: dict[str, Any] = {
         "name": request_name(inv.name),
         "owner_uuid": settings.project_uuid,
@@ -128,12 +108,12 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
         "output_path": inv.outdir,
         "container_image": inv.image,
         "environment": dict(inv.environment),
-        "mounts": mounts,
-        "runtime_constraints": rc,
-        "scheduling_parameters": sched,
+        "mounts": _mounts(inv),
+        "runtime_constraints": _runtime_constraints(inv, settings),
+        "scheduling_parameters": _scheduling(inv, settings),
         "use_existing": bool(inv.reuse and settings.reuse),
         "output_name": request_name(f"Output of {inv.name}"),
-        "properties": properties,
+        "properties": _properties(inv, settings, step, tool),
     }
     if inv.output_ttl > 0:  # Arvados does not compare it for reuse
         body["output_ttl"] = int(inv.output_ttl)
@@ -145,6 +125,35 @@ def step_request_body(inv: StepInvocation, settings: StepSettings, *, step: str,
     if settings.max_attempts is not None:
         body["container_count_max"] = int(settings.max_attempts)
     return body
+
+
+def _mounts(inv: StepInvocation) -> dict[str, Any]:
+    """The output and temp dirs as ``tmp`` mounts, the inputs, and stdin/stdout/stderr."""
+    mounts: dict[str, Any] = {
+        inv.outdir: {"kind": "tmp", "capacity": _bytes(inv.outdir_mib)},
+        inv.tmpdir: {"kind": "tmp", "capacity": _bytes(inv.tmpdir_mib)},
+    }
+    mounts.update({path: dict(m) for path, m in inv.mounts.items()})
+    if inv.stdin is not None:
+        mounts["stdin"] = dict(inv.stdin)
+    for stream, name in (("stdout", inv.stdout), ("stderr", inv.stderr)):
+        if name:
+            mounts[stream] = {"kind": "file", "path": f"{inv.outdir.rstrip('/')}/{name}"}
+    return mounts
+
+
+def _properties(inv: StepInvocation, settings: StepSettings, step: str, tool: str) -> dict[str, Any]:
+    """The tool's own (arv:ProcessProperties), then what ties the request to its run and step:
+    Arvados does not compare properties for reuse."""
+    properties = {**{str(k): v for k, v in inv.properties.items()},
+                  PROPERTY_STEP: step, PROPERTY_TOOL: portable_tool_id(tool), **settings.extra_properties}
+    if inv.memory_attempt:
+        properties[PROPERTY_MEMORY_ATTEMPT] = inv.memory_attempt
+    if settings.workflow_run:
+        properties[PROPERTY_WORKFLOW_RUN] = settings.workflow_run
+    if settings.parent_request:
+        properties[PROPERTY_PARENT_REQUEST] = settings.parent_request
+    return properties
 
 
 def _runtime_constraints(inv: StepInvocation, settings: StepSettings) -> dict[str, Any]:
