@@ -93,40 +93,34 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
         cwl_submit.refuse_unhandled(sys.argv[1:])
         arvados_client.mark_starting()
         self.api = arvados_client.connect()
-        user = arvados_client.check_connection(self.api)
-        project = arvados_client.resolve_project(self.api, getattr(config, "arvados_project", None), user)
-        image = getattr(config, "arvados_worker_image", None) or DEFAULT_WORKER_IMAGE
-        self.image_pdh = arvados_client.check_image(self.api, image)
-        check_worker_image(self.api, image)
-        cluster = arvados_client.cluster_config(self.api)
-        self.cluster = cluster
-        preemptible_instances = any((t or {}).get("Preemptible") for t in (cluster.get("InstanceTypes") or {}).values())
-        # The image's interpreter: a container never sees the leader's files.
-        python = getattr(config, "arvados_worker_python", None) or "python3"
+        project, image = self._check_cluster(config)
         self.user_script: Resource | None = None
         self.file_job_store = _is_file_job_store(config.jobStore)
-        self.settings = SubmitSettings(
-            project_uuid=project, image=image,
-            priority=int(getattr(config, "arvados_priority", None) or 500),
-            reuse=bool(getattr(config, "arvados_reuse", False)),
-            worker_python=python,
-            max_attempts=getattr(config, "arvados_max_attempts", None),
-            preemptible_instances=preemptible_instances,
-        )
+        self.settings = _submit_settings(config, project, image, self.cluster)
         self.poll_interval = float(getattr(config, "arvados_poll_interval", None) or 10.0)
         self.native_steps = bool(getattr(config, "arvados_native_steps", True))
         self.step_image = getattr(config, "arvados_default_image", None) or image
         if self.native_steps and self.step_image != image:
             arvados_client.check_image(self.api, self.step_image)
-        self.step_settings = StepSettings(
-            project_uuid=project, priority=self.settings.priority,
-            reuse=bool(getattr(config, "arvados_step_reuse", True)),
-            max_attempts=self.settings.max_attempts, workflow_run=str(config.workflowID),
-            preemptible_instances=preemptible_instances,
-            output_ttl=int(getattr(config, "arvados_intermediate_output_ttl", 0) or 0),
-            **step_placement.step_settings(config, cluster))
+        self.step_settings = _step_settings(config, self.settings, self.cluster)
         # Start-up checks passed: from here on, every process of this run rides out API outages.
         arvados_client.mark_started()
+        self._start_tracking(config)
+        toil_patches.progress_bar_shows_batch_system_summary()
+        logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
+
+    def _check_cluster(self, config: Config) -> tuple[str, str]:
+        """Fail in one line before anything is submitted: credentials, project, worker image
+        (its versions too); keep the cluster's config. The project's uuid and the image."""
+        user = arvados_client.check_connection(self.api)
+        project = arvados_client.resolve_project(self.api, getattr(config, "arvados_project", None), user)
+        image = getattr(config, "arvados_worker_image", None) or DEFAULT_WORKER_IMAGE
+        self.image_pdh = arvados_client.check_image(self.api, image)
+        check_worker_image(self.api, image)
+        self.cluster = arvados_client.cluster_config(self.api)
+        return project, image
+
+    def _start_tracking(self, config: Config) -> None:
         self._parent_request: str | None = None
         self._steps: Any = None  # step_engine.NativeSteps, made when the first step comes
         self._lock = threading.RLock()
@@ -138,8 +132,6 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             self._load_reattachable()
         self.tracker = RequestTracker(self.api, self.poll_interval)
         self.slots = RequestSlots(getattr(config, "max_jobs", None))  # Toil's --maxJobs
-        toil_patches.progress_bar_shows_batch_system_summary()
-        logger.info("Arvados batch system: submitting to project %s with image %s", project, image)
 
     def _lazy_local_jobs(self, config: Config, maxCores: float, maxMemory: float, maxDisk: int) -> None:
         """Toil made its local-job batch system already (BatchSystemLocalSupport): stop it, and
@@ -563,6 +555,34 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
                 self._cancel(cr["uuid"])
         except Exception as e:
             logger.warning("%s", describe(e, f"could not cancel {what}"))
+
+
+def _preemptible_instances(cluster: dict) -> bool:
+    return any((t or {}).get("Preemptible") for t in (cluster.get("InstanceTypes") or {}).values())
+
+
+def _submit_settings(config: Config, project: str, image: str, cluster: dict) -> SubmitSettings:
+    """How worker jobs are submitted (``--arvados*`` options)."""
+    return SubmitSettings(
+        project_uuid=project, image=image,
+        priority=int(getattr(config, "arvados_priority", None) or 500),
+        reuse=bool(getattr(config, "arvados_reuse", False)),
+        # The image's interpreter: a container never sees the leader's files.
+        worker_python=getattr(config, "arvados_worker_python", None) or "python3",
+        max_attempts=getattr(config, "arvados_max_attempts", None),
+        preemptible_instances=_preemptible_instances(cluster),
+    )
+
+
+def _step_settings(config: Config, submit: SubmitSettings, cluster: dict) -> StepSettings:
+    """How native CWL steps are submitted: the run's settings, placement and intermediates options."""
+    return StepSettings(
+        project_uuid=submit.project_uuid, priority=submit.priority,
+        reuse=bool(getattr(config, "arvados_step_reuse", True)),
+        max_attempts=submit.max_attempts, workflow_run=str(config.workflowID),
+        preemptible_instances=submit.preemptible_instances,
+        output_ttl=int(getattr(config, "arvados_intermediate_output_ttl", 0) or 0),
+        **step_placement.step_settings(config, cluster))
 
 
 def _leader_side_command(command: str, mode: str) -> str:
