@@ -391,7 +391,10 @@ def _summarize(out: Path, tests: list[suite_mod.ConformanceTest], known: set[str
     for entry in record["runs"]:
         junit = out / f"{entry['name']}.junit.xml"
         cases = summary.parse_junit(junit.read_text(errors="replace")) if junit.exists() else []
-        runs.append(summary.Run(entry["name"], summary.assign(cases, selected), entry["wall_seconds"]))
+        log = out / f"{entry['name']}.cwltest.log"
+        failures = summary.log_failures(log.read_text(errors="replace")) if log.exists() else {}
+        results = summary.with_log_failures(summary.assign(cases, selected), failures)
+        runs.append(summary.Run(entry["name"], results, entry["wall_seconds"]))
     verdict = summary.judge(runs[0].results, expected)
     text = summary.render(title="CWL v1.2 conformance: toil-cwl-runner --batchSystem arvados",
                           facts=record["facts"], runs=runs, tags=tags_by_id, expected=expected, verdict=verdict)

@@ -108,6 +108,41 @@ def assign(cases: Sequence[tuple[str, Result]], selected: Sequence[str]) -> dict
     return {tid: results.get(tid, Result(MISSING, "no result in the JUnit XML")) for tid in selected}
 
 
+_LOG_TEST = re.compile(r"^Test \[(\d+)/\d+\] (\S+?):")
+_LOG_FAILED = re.compile(r"^Test (\d+) (failed|timed out)")
+
+
+def log_failures(log_text: str) -> dict[str, Result]:
+    """The tests cwltest's own output (``<runner>.cwltest.log``) reports as failed or timed out,
+    by id, with the reason it prints (the line after the test's doc line).
+
+    cwltest's JUnit XML does not record every failure: a ``should_fail`` test whose tool returned 0
+    is written as a passing case, while cwltest's log and final count call it a failure."""
+    ids: dict[str, str] = {}
+    failed: dict[str, Result] = {}
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        test = _LOG_TEST.match(line)
+        if test:
+            ids[test.group(1)] = test.group(2)
+            continue
+        end = _LOG_FAILED.match(line)
+        if end and end.group(1) in ids:
+            reason = lines[i + 2].strip() if i + 2 < len(lines) else ""
+            status = TIMEOUT if end.group(2) == "timed out" else FAILED
+            failed[ids[end.group(1)]] = Result(status, _first_line(reason or f"cwltest: {end.group(2)}"))
+    return failed
+
+
+def with_log_failures(results: Mapping[str, Result], failures: Mapping[str, Result]) -> dict[str, Result]:
+    """``results`` (from the JUnit XML), with the failures only cwltest's log names made failures."""
+    merged = dict(results)
+    for tid, failure in failures.items():
+        if tid in merged and merged[tid].status == PASSED:
+            merged[tid] = failure
+    return merged
+
+
 _ERROR_MARKERS = ("[E]", "[C]", "ERROR", "Error", "error:")
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Requirement|Fail\w*): \S")
 _LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*){3,4}")  # Toil's "[time] [thread] [E] [logger] "

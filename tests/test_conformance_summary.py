@@ -221,3 +221,30 @@ def test_summary_only_judges_with_the_runs_container_mode(tmp_path, monkeypatch,
         assert rc == 1
         assert "- `networkaccess` (" in text.split("## Unexpected failures on arvados (1)")[1]
         assert "- `docker_entrypoint` (" in text.split("## Unexpected passes on arvados (1)")[1]
+
+
+def test_failures_only_cwltests_log_names_override_a_junit_pass():
+    """cwltest writes a should_fail test whose tool returned 0 as a passing JUnit case; its log
+    (and its final count) say it failed, and so must the summary."""
+    log = """Test [1/3] cl_basic_generation: General test of command line generation
+
+Test [2/3] illegal_symlink: symlink to file outside of working directory should NOT be retrieved
+
+Test 2 failed: toil-cwl-runner tests/symlink-illegal.cwl tests/empty.json
+symlink to file outside of working directory should NOT be retrieved
+Returned zero but it should be non-zero
+
+Test [3/3] slow_one: takes long
+Test 3 timed out: toil-cwl-runner tests/slow.cwl
+takes long
+Test timed out after 10 seconds
+"""
+    failures = summary.log_failures(log)
+    assert failures == {"illegal_symlink": Result(FAILED, "Returned zero but it should be non-zero"),
+                        "slow_one": Result(TIMEOUT, "Test timed out after 10 seconds")}
+    junit = {"cl_basic_generation": Result(PASSED), "illegal_symlink": Result(PASSED),
+             "slow_one": Result(TIMEOUT, "timed out")}
+    merged = summary.with_log_failures(junit, failures)
+    assert merged["cl_basic_generation"].status == PASSED
+    assert merged["illegal_symlink"] == Result(FAILED, "Returned zero but it should be non-zero")
+    assert merged["slow_one"] == Result(TIMEOUT, "timed out")  # the XML's own account stays
