@@ -204,13 +204,15 @@ def test_default_preemptible_applies_to_steps_that_do_not_choose(spot_cluster, t
     ("placement.cwl", ["--arvadosStorageClasses", "archive"]),  # the option
     ("final_storage.cwl", ["--arvadosStorageClasses", "default"]),  # the workflow's finalStorageClass wins
 ])
+@pytest.mark.parametrize("dest_bucket", [True, False], ids=["destBucket", "run output collection"])
 def test_final_output_collection_gets_the_final_storage_classes(api, clean_project, env, tmp_path: Path,
-                                                                workflow: str, args: list[str]) -> None:
-    done = _run(clean_project, env, tmp_path, "final", "--retryCount", "0", *args,
-                "--destBucket", f"keep:{clean_project}/final%20output", str(CWL / workflow))
+                                                                workflow: str, args: list[str],
+                                                                dest_bucket: bool) -> None:
+    dest = ["--destBucket", f"keep:{clean_project}/final%20output"] if dest_bucket else []
+    done = _run(clean_project, env, tmp_path, "final", "--retryCount", "0", *args, *dest, str(CWL / workflow))
     assert done.returncode == 0, done.describe()
-    (final,) = api.collections().list(filters=[["owner_uuid", "=", clean_project],
-                                               ["name", "=", "final output"]]).execute()["items"]
+    name = ["name", "=", "final output"] if dest_bucket else ["name", "like", "Output from workflow %"]
+    (final,) = api.collections().list(filters=[["owner_uuid", "=", clean_project], name]).execute()["items"]
     assert final["storage_classes_desired"] == ["archive"]
 
 

@@ -567,6 +567,7 @@ def save_outputs_collection(api: Any, project_uuid: str, name: str, files: Mappi
     plain path; a directory is added recursively) or a ``keep:`` URL (file or directory). Keep
     sources are added by reference to their existing blocks, so no bytes are read or written for
     them. ``contents`` maps more paths to literal bytes; ``properties`` become the collection's.
+    It is the workflow's final output: it gets the final storage classes (:func:`final_storage_classes`).
     The name is made unique by the API server if the project already has one like it.
     """
     import arvados.collection
@@ -588,7 +589,7 @@ def save_outputs_collection(api: Any, project_uuid: str, name: str, files: Mappi
             out.write(data)
     try:
         draft.save_new(name=name, owner_uuid=project_uuid, ensure_unique_name=True,
-                       properties=dict(properties or {}))
+                       properties=dict(properties or {}), storage_classes=final_storage_classes())
     except arvados.errors.ApiError as e:
         raise KeepAPIError(f"cannot save outputs collection {name!r} in project {project_uuid} "
                            f"(HTTP {_status(e)}: {_reason(e)}); check that the project exists and you can write to it") from None
