@@ -516,7 +516,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._local.batched = outer
         if outer is None and batched:
             in_run = self._in_run()  # the creates run in pool threads: pass this thread's state
-            self._parallel(lambda desc: self._save_job(desc, create=True, in_run=in_run), batched)
+            self._parallel(lambda desc: self._create_job(desc, in_run), batched)
 
     def create_job(self, job_description: JobDescription) -> JobDescription:
         batched = getattr(self._local, "batched", None)
@@ -526,8 +526,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             self._create_job(job_description)
         return job_description
 
-    def _create_job(self, job_description: JobDescription) -> None:
-        self._save_job(job_description, create=True, in_run=self._in_run())
+    def _create_job(self, job_description: JobDescription, in_run: bool | None = None) -> None:
+        """``in_run``: whether the job that creates it runs here (default: the calling thread's)."""
+        self._save_job(job_description, create=True, in_run=self._in_run() if in_run is None else in_run)
 
     def _in_run(self) -> bool:
         """Whether the calling thread is running a job here (inside :meth:`running_here`)."""
@@ -714,7 +715,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             rec = {"uuid": uuid, "properties": props}
             if job_id in self._local_jobs:
                 self._local_jobs[job_id][1].append(rec)
-            elif job_id in self._assigned:  # its body, written before the job's record
+            elif job_id in self._assigned:  # written for it before its record exists
                 self._local_jobs[job_id] = (False, [rec])
 
     def _cleanup_records(self, job_id: str) -> tuple[dict | None, list[dict]]:
