@@ -99,6 +99,21 @@ def test_default_image_name_carries_the_package_version() -> None:
     assert not worker.default_image_name().endswith(":latest")
 
 
+def test_missing_image_errors_name_a_command_that_exists() -> None:
+    """The hint in "image not found" errors is a real ``toil-arvados`` subcommand."""
+    from toil_arvados import cli
+    from toil_arvados.images import upload_hint
+
+    worker_hint = upload_hint(worker.default_image_name())
+    suite_hint = upload_hint("docker.io/bash:4.4")
+    assert worker_hint == "toil-arvados images build-worker --upload"
+    assert suite_hint == "toil-arvados images build bash:4.4 --upload"
+    assert upload_hint("example.org/tool:1") == ""
+    for hint in (worker_hint, suite_hint):
+        args = cli.build_parser().parse_args(hint.split()[1:])  # exits (code 2) on an unknown command
+        assert args.upload
+
+
 def test_requirements_are_pinned_to_the_leaders_versions() -> None:
     import importlib.metadata
 

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from ..images import upload_hint
 from . import manifest as mf
 from . import reuse, validation
 from .collections import manifest_attrs, store_manifest
@@ -429,9 +430,10 @@ def resolve_image(image: str, store: Store, readable: Readable | None = None) ->
                     candidates.append((link["created_at"], c["portable_data_hash"]))
         if candidates:
             return max(candidates)[1]
+    build = upload_hint(image)
     raise unprocessable(
-        f"container_image {image!r} not found in Keep: upload it with `arv-keepdocker {image}` "
-        f"(or `toil-arvados cluster register-image {image}` on the local cluster)")
+        f"container_image {image!r} not found in Keep: upload it with `arv-keepdocker {image}`"
+        + (f" (or build and store it: `{build}`)" if build else ""))
 
 
 class Lifecycle:
