@@ -32,6 +32,7 @@ from toil_arvados.jobstore import naming
 from toil_arvados.jobstore.keep_jobstore import KeepJobStore, UnknownProjectError
 from toil_arvados.jobstore.locator import BadLocatorError, JobStoreLocation, parse
 from toil_arvados.jobstore.registration import register_job_store, worker_command
+from server_calls import CallCounter
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -465,39 +466,6 @@ def test_toil_workflow_on_single_machine(api, parent_project, cluster_env, tmp_p
 
 # -- caches, the shared instance and threads --------------------------------------------------
 
-def _server_calls(cluster) -> dict[str, int]:
-    """API calls per endpoint counted by the local cluster (``/_health/stats``)."""
-    import json
-    import ssl
-    import urllib.request
-
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    req = urllib.request.Request(f"https://{cluster.api_host}/_health/stats",
-                                 headers={"Authorization": f"Bearer {cluster.root_token}"})
-    with urllib.request.urlopen(req, context=ctx) as r:
-        return json.load(r)["calls_by_endpoint"]
-
-
-class _CallCounter:
-    """Calls made between two points: ``with counter.measure() as calls: ...; calls.total``."""
-
-    def __init__(self, cluster) -> None:
-        self.cluster = cluster
-        self.total = 0
-        self.by_endpoint: dict[str, int] = {}
-
-    def __enter__(self) -> "_CallCounter":
-        self._before = _server_calls(self.cluster)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        after = _server_calls(self.cluster)
-        self.by_endpoint = {k: v - self._before.get(k, 0) for k, v in after.items() if v != self._before.get(k, 0)}
-        self.total = sum(self.by_endpoint.values())
-
-
 def _job(name: str = "j") -> JobDescription:
     return JobDescription(jobName=name, requirements=dict(memory=1, cores=1, disk=1, preemptible=False))
 
@@ -523,7 +491,7 @@ def test_instance_for_returns_the_store_this_process_opened(store):
 
 def test_job_id_and_first_save_cost_one_call(store, cluster):
     job = _job()
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         store.assign_job_id(job)
         store.create_job(job)
     assert calls.by_endpoint == {"collections.create": 1}
@@ -551,7 +519,7 @@ def test_running_here_serves_own_writes_without_calls(store, cluster):
     job = _job()
     store.assign_job_id(job)
     store.create_job(job)
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         with store.running_here(job.jobStoreID):
             loaded = store.load_job(job.jobStoreID)  # the step engine loads the job it runs
             assert store.job_exists(job.jobStoreID)
@@ -580,7 +548,7 @@ def test_jobs_a_leader_side_job_creates_are_served_to_the_first_load(store, clus
             for child in children:
                 store.assign_job_id(child)
                 store.create_job(child)
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         loaded = [store.load_job(c.jobStoreID) for c in children]
     assert calls.total == 0 and [j.jobName for j in loaded] == ["a", "b"]
     worker = _other_process_view(store)
@@ -607,7 +575,7 @@ def test_deleting_a_job_created_and_run_here_needs_no_list(store, cluster, tmp_p
         files = [body, store.get_empty_file_store_id(job.jobStoreID, cleanup=True),
                  store.write_file(str(src), job.jobStoreID, cleanup=True, hints=["step"])]
         kept = store.write_file(str(src), job.jobStoreID, cleanup=False)
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         store.delete_job(job.jobStoreID)
     assert "collections.list" not in calls.by_endpoint
     # The job's record (its body inside) and the empty file go; the hinted file becomes a tombstone.
@@ -622,7 +590,7 @@ def test_deleting_a_job_that_ran_elsewhere_finds_its_files_on_the_server(store, 
     store.create_job(job)
     worker = _other_process_view(store)  # the job ran in a worker, which wrote a cleanup file
     made_there = worker.get_empty_file_store_id(job.jobStoreID, cleanup=True)
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         store.delete_job(job.jobStoreID)
     assert calls.by_endpoint.get("collections.list") == 1
     assert _tombstoned_or_gone(store, [made_there])
@@ -637,13 +605,46 @@ def test_promises_are_written_without_an_existence_check(store, cluster):
     store.delete_file(gone)
     job = Job()
     job._rvs = {(): [live, gone], (1,): [live]}
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         job._fulfillPromises(("a", "b"), store)
     assert calls.by_endpoint == {"collections.update": 3}
     import pickle
 
     with store.read_file_stream(live) as f:
         assert pickle.load(f) == "b"  # the last promise written to it: path (1,)
+
+
+def test_a_promise_costs_its_write_alone(store, cluster):
+    """Registering a promise makes no call; its one write creates its file (in whichever process
+    fulfils it), and a second write (its job run again) updates it."""
+    import pickle
+
+    from toil.job import Promise
+
+    from toil_arvados import toil_patches
+
+    toil_patches.promises_fulfilled_blindly()
+    toil_patches.promises_registered_lazily()
+    promising = Job()
+    promising.prepareForPromiseRegistration(store)
+    with CallCounter(cluster) as calls:
+        pickled = pickle.dumps(promising.rv())
+    assert calls.total == 0
+    ((file_id,),) = promising._rvs.values()
+    assert not store.file_exists(file_id)
+    fulfiller = _other_process_view(store)
+    with CallCounter(cluster) as calls:
+        promising._fulfillPromises("first", fulfiller)
+    assert calls.by_endpoint == {"collections.create": 1}
+    promising._fulfillPromises("again", fulfiller)
+    Promise._jobstore = store
+    Promise.resolving = True
+    try:
+        assert pickle.loads(pickled) == "again"
+    finally:
+        Promise.resolving = False
+    store.delete_file(file_id)
+    assert not _other_process_view(store).file_exists(file_id)
 
 
 def test_bodies_and_promises_kept_here_are_read_without_calls(store, cluster, tmp_path):
@@ -667,13 +668,13 @@ def test_bodies_and_promises_kept_here_are_read_without_calls(store, cluster, tm
     promising._fulfillPromises("not kept", store)
     import pickle
 
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         with store.read_file_stream(body) as f:
             assert f.read() == b"the body"
         with store.read_file_stream(here) as f:
             assert pickle.load(f) == "kept"
     assert calls.total == 0
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         with store.read_file_stream(elsewhere) as f:
             assert pickle.load(f) == "not kept"
     assert calls.total == 1
@@ -691,7 +692,7 @@ def test_a_body_written_before_its_job_is_saved_in_the_jobs_record(store, cluste
     operation works on the body from any process, and the body goes with the job."""
     job = _job()
     store.assign_job_id(job)
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         with store.write_file_stream(job.jobStoreID, cleanup=True) as (f, body):
             f.write(b"the body")
         store.create_job(job)
@@ -743,6 +744,11 @@ def test_reading_into_a_device_writes_into_it_and_leaves_it_a_device(store):
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
+def _read(store: KeepJobStore, file_id: str) -> bytes:
+    with store.read_file_stream(file_id) as f:
+        return f.read()
+
+
 def test_public_urls_of_many_files_cost_one_lookup(store, cluster, tmp_path):
     """A run's outputs: the files this process knows are looked up together; a file gone since
     falls back to get_public_url (and fails as it does); every URL is what get_public_url gives."""
@@ -752,13 +758,61 @@ def test_public_urls_of_many_files_cost_one_lookup(store, cluster, tmp_path):
         f.write(b"streamed")
     here = [streamed, store.write_file(str(src)), store.write_file(str(src), hints=["step"])]
     elsewhere = _other_process_view(store).write_file(str(src), hints=["other"])
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         urls = store.public_urls(here + [elsewhere])
     assert calls.by_endpoint == {"collections.list": 1}  # names -> UUIDs are known process-wide
     assert urls == {str(f): _other_process_view(store).get_public_url(f) for f in here + [elsewhere]}
-    store.delete_file(here[1])
+    with CallCounter(cluster) as calls:  # exporting the outputs next reads what was listed
+        contents = [_read(store, f) for f in here + [elsewhere]]
+    assert contents == [b"streamed", b"out", b"out", b"out"]
+    assert "collections.get" not in calls.by_endpoint and "collections.list" not in calls.by_endpoint
+    store.public_urls(here)
+    store.delete_file(here[1])  # a listed record is not read after its file is gone
+    with pytest.raises(NoSuchFileException):
+        store.read_file(here[1], str(tmp_path / "gone"))
     with pytest.raises(NoSuchFileException):
         store.public_urls(here)
+
+
+def test_a_finished_job_is_deleted_without_being_rewritten(store, cluster):
+    """finish_job: the leader's reload is served from memory and its delete is the only write;
+    the files the job read go after its record. Until then other processes (a restart) see the
+    job as it was, so it would run again rather than be lost."""
+    job = _job("finished")
+    store.assign_job_id(job)
+    store.create_job(job)
+    with store.write_file_stream() as (f, read_promise):
+        f.write(b"a promise the job read")
+    with store.running_here(job.jobStoreID):
+        ran = store.load_job(job.jobStoreID)
+        ran.unitName = "done"
+        with CallCounter(cluster) as calls:
+            store.finish_job(ran, [read_promise])
+    assert calls.total == 0
+    assert _other_process_view(store).load_job(job.jobStoreID).unitName != "done"
+    with CallCounter(cluster) as calls:
+        assert store.job_exists(job.jobStoreID) and store.load_job(job.jobStoreID).unitName == "done"
+    assert calls.total == 0
+    assert store.file_exists(read_promise)
+    with CallCounter(cluster) as calls:
+        store.delete_job(job.jobStoreID)
+    assert calls.by_endpoint == {"collections.delete": 2}, calls.by_endpoint
+    other = _other_process_view(store)
+    assert not other.job_exists(job.jobStoreID) and not other.file_exists(read_promise)
+
+
+def test_a_finished_job_updated_after_all_is_written_then_its_files_go(store):
+    job = _job("finished, then kept")
+    store.assign_job_id(job)
+    store.create_job(job)
+    with store.write_file_stream() as (f, read_promise):
+        f.write(b"read")
+    ran = store.load_job(job.jobStoreID)
+    ran.unitName = "done"
+    store.finish_job(ran, [read_promise])
+    store.update_job(store.load_job(job.jobStoreID))
+    other = _other_process_view(store)
+    assert other.load_job(job.jobStoreID).unitName == "done" and not other.file_exists(read_promise)
 
 
 def test_a_job_deleted_here_is_gone_at_once(store):
@@ -776,7 +830,7 @@ def test_a_job_deleted_here_is_gone_at_once(store):
 
 
 def test_streamed_file_is_one_create_and_visible_elsewhere(store, cluster):
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         with store.write_file_stream(basename="out.txt") as (f, file_id):
             f.write(b"streamed")
     assert calls.by_endpoint == {"collections.create": 1}
@@ -798,7 +852,7 @@ def test_known_hinted_slot_update_is_one_call_and_respects_tombstones(store, clu
     src.write_text("one")
     file_id = store.write_file(str(src), hints=["step"])
     src.write_text("two")
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         store.update_file(file_id, str(src))
     assert calls.by_endpoint == {"collections.update": 1}
     with _other_process_view(store).read_file_stream(file_id) as f:
@@ -828,7 +882,7 @@ def test_idle_log_polls_are_throttled_but_logs_written_here_show_at_once(store, 
     api.collections().create(body={"collection": {
         "owner_uuid": store.project_uuid, "name": naming.log_name(), "manifest_text": w.manifest_text(),
         "properties": {naming.KIND: naming.KIND_LOG, naming.LOG_STATE: naming.LOG_NEW}}}).execute()
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         assert store.read_logs(callback) == 0
     assert calls.total == 0
     # ...while a log written in this process (any instance) is read at once, with the other.
@@ -932,7 +986,7 @@ def test_job_exists_then_load_is_one_call_and_sees_the_other_process(store, clus
     ran = worker.load_job(job.jobStoreID)
     ran.unitName = "ran elsewhere"
     worker.update_job(ran)
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         assert store.job_exists(job.jobStoreID)
         assert store.load_job(job.jobStoreID).unitName == "ran elsewhere"
     assert calls.total == 1
@@ -955,7 +1009,7 @@ def test_workers_resume_without_a_project_lookup(store, api, cluster, parent_pro
     assert store.config.workflowID
     monkeypatch.setenv(PROJECT_ENV, env[PROJECT_ENV])
     worker = KeepJobStore(store.locator)
-    with _CallCounter(cluster) as calls:
+    with CallCounter(cluster) as calls:
         worker.resume()
     assert "groups.list" not in calls.by_endpoint
     assert worker.project_uuid == store.project_uuid and worker.config.workflowID == store.config.workflowID

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from server_calls import CallCounter
 
 from toil_arvados import keep_url as ku
 from toil_arvados.keep_url import (KeepCredentialsError, KeepLocation, KeepNotFoundError, KeepURLError,
@@ -318,12 +319,15 @@ def test_save_outputs_collection_references_keep_blocks(api, cluster, project, s
         f.write(os.urandom((1 << 20) * 3))
     big.save_new(name="keep_url outputs source")
     before = keep_blocks(cluster)
-    uuid, pdh = save_outputs_collection(api, project, "workflow outputs", {
-        "reads.txt": f"keep:{sample['pdh']}/reads.txt",
-        "results/tree": f"keep:{sample['uuid']}/dir",
-        "results/part.bin": f"keep:{big.portable_data_hash()}/part.bin",
-    })
+    with CallCounter(cluster) as calls:
+        uuid, pdh = save_outputs_collection(api, project, "workflow outputs", {
+            "reads.txt": f"keep:{sample['pdh']}/reads.txt",
+            "results/tree": f"keep:{sample['uuid']}/dir",
+            "results/part.bin": f"keep:{big.portable_data_hash()}/part.bin",
+        })
     assert keep_blocks(cluster) == before, "Keep sources must be referenced, not copied"
+    # The collections named by hash are read with one listing, whatever their number.
+    assert calls.by_endpoint == {"collections.list": 1, "collections.get": 1, "collections.create": 1}, calls.by_endpoint
     assert manifest_blocks(api, uuid) <= manifest_blocks(api, sample["uuid"]) | manifest_blocks(api, big.manifest_locator())
     assert uuid in caplog.text and pdh in caplog.text
 

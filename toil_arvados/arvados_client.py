@@ -224,24 +224,33 @@ def list_all(method: Callable[..., Any], filters: list, select: list[str] | None
 
 def get_many(method: Callable[..., Any], uuids: list[str], select: list[str] | None = None, *,
              what: str = "look up", budget: float = OUTAGE_BUDGET) -> list[dict]:
-    """The records among ``uuids`` that exist and are visible, usually in one call per chunk.
+    """The records among ``uuids`` that exist and are visible, usually in one call per chunk."""
+    return list_by_values(method, "uuid", uuids, select, what=what, budget=budget)
 
-    Each uuid matches at most one record, so a page holding as many records as uuids asked
-    for, or fewer than the server's page limit, is complete; only otherwise (the server cut the
-    page) does it fall back to keyset paging, which always costs one more call."""
+
+def list_by_values(method: Callable[..., Any], field: str, values: list[str], select: list[str] | None = None, *,
+                   what: str = "look up", budget: float = OUTAGE_BUDGET) -> list[dict]:
+    """Every visible record whose ``field`` is one of ``values``, usually in one call per chunk.
+
+    A page with fewer records than the server's page limit is complete, and so is one holding a
+    record per value of a field no two records share (``uuid``); only otherwise (the server cut
+    the page) does it fall back to keyset paging, which always costs one more call. For other
+    fields the page asks for two records per value (e.g. a collection kept by an earlier run
+    shares its ``portable_data_hash`` with this run's copy)."""
     out: list[dict] = []
-    for i in range(0, len(uuids), _UUID_CHUNK):
-        chunk = list(uuids[i:i + _UUID_CHUNK])
-        kwargs: dict[str, Any] = {"filters": [["uuid", "in", chunk]], "limit": len(chunk), "count": "none",
+    for i in range(0, len(values), _UUID_CHUNK):
+        chunk = list(values[i:i + _UUID_CHUNK])
+        limit = len(chunk) if field == "uuid" else 2 * len(chunk)
+        kwargs: dict[str, Any] = {"filters": [[field, "in", chunk]], "limit": limit, "count": "none",
                                   "order": ["uuid asc"]}
         if select is not None:
             kwargs["select"] = list({*select, "uuid"})
         page = retrying(lambda: unwrapped(method(**kwargs)).execute(), what, budget)
         items = page.get("items") or []
-        if len(items) == len(chunk) or len(items) < int(page.get("limit") or len(chunk)):
+        if (field == "uuid" and len(items) == len(chunk)) or len(items) < int(page.get("limit") or limit):
             out += items
         else:
-            out += list_all(method, [["uuid", "in", chunk]], select, what=what, budget=budget)
+            out += list_all(method, [[field, "in", chunk]], select, what=what, budget=budget)
     return out
 
 
@@ -347,10 +356,11 @@ def subscribe_events(api: Any, event_types: list[str], on_event: Callable[[dict]
 
 def missing_image_message(image: str, what: str) -> str:
     """One line saying that ``image`` is not in Keep, and how to put it there."""
+    from .images import upload_hint  # noqa: PLC0415
     repo, _, tag = image.partition(":")
+    build = upload_hint(image)
     return (f"{what} {image} not found in Keep on {api_host()}: upload it with "
-            f"`arv-keepdocker {repo} {tag or 'latest'}` (local cluster: "
-            f"`toil-arvados cluster register-image {image}`)")
+            f"`arv-keepdocker {repo} {tag or 'latest'}`" + (f" (or build and store it: `{build}`)" if build else ""))
 
 
 _clients: dict[tuple[str, str], Any] = {}

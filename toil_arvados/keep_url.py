@@ -543,10 +543,12 @@ def _session_for(api: Any) -> KeepSession:
     return KeepSession(api=api, keep=getattr(api, "keep", None), host=host)
 
 
-def _add_keep(sess: KeepSession, draft: Any, target: str, source: str) -> None:
+def _add_keep(sess: KeepSession, draft: Any, target: str, source: str, readers: Mapping[str, Any]) -> None:
     """Reference a Keep file or directory in ``draft`` by its blocks (no bytes move)."""
     loc = locate(source)
-    reader = _open_reader(sess, loc)
+    reader = readers.get(loc.ref) if loc.kind == "pdh" else None
+    if reader is None:
+        reader = _open_reader(sess, loc)
     item = _find_item(reader, loc.path)
     if item is None:
         raise KeepNotFoundError(f"{source}: no file or directory {loc.path!r} in collection "
@@ -556,6 +558,24 @@ def _add_keep(sess: KeepSession, draft: Any, target: str, source: str) -> None:
             draft.copy(f, f"{target}/{path}", overwrite=True)
     else:
         draft.copy(item, target, overwrite=True)
+
+
+def _readers_by_pdh(sess: KeepSession, sources: list[str]) -> dict[str, Any]:
+    """Readers of the collections that ``keep:<pdh>`` sources name, from one listing call per
+    chunk of hashes (a run's outputs come from as many step collections as it has steps: one
+    ``get`` each would cost a call per step). A hash the listing misses is read on its own."""
+    import arvados.collection
+
+    from . import arvados_client
+
+    pdhs = sorted({loc.ref for loc in map(locate, sources) if loc.kind == "pdh"})
+    readers: dict[str, Any] = {}
+    for rec in arvados_client.list_by_values(sess.api.collections().list, "portable_data_hash", pdhs,
+                                             ["portable_data_hash", "manifest_text"], what="read output collections"):
+        if rec["portable_data_hash"] not in readers:
+            readers[rec["portable_data_hash"]] = arvados.collection.CollectionReader(
+                rec["manifest_text"], api_client=sess.api, keep_client=sess.keep, num_retries=NUM_RETRIES)
+    return readers
 
 
 def save_outputs_collection(api: Any, project_uuid: str, name: str, files: Mapping[str, str], *,
@@ -575,10 +595,11 @@ def save_outputs_collection(api: Any, project_uuid: str, name: str, files: Mappi
 
     sess = _session_for(api)
     draft = arvados.collection.Collection(api_client=api, keep_client=sess.keep, num_retries=NUM_RETRIES)
+    readers = _readers_by_pdh(sess, [s for s in files.values() if s.lower().startswith(SCHEME + ":")])
     for target, source in files.items():
         path = collection_target_path(target)
         if source.lower().startswith(SCHEME + ":"):
-            _add_keep(sess, draft, path, source)
+            _add_keep(sess, draft, path, source, readers)
         else:
             local = unquote(urlparse(source).path) if source.startswith("file:") else source
             if not os.path.exists(local):

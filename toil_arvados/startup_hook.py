@@ -9,6 +9,8 @@ its action right after the module is executed:
 * ``toil.cwl.cwltoil`` (before ``toil-cwl-runner``'s script takes its ``main``):
   :func:`toil_arvados.toil_patches.submit_hook`, so ``--arvadosSubmit`` can take over from the
   local leader;
+* ``toil.job``: :func:`toil_arvados.toil_patches.promise_hooks` (a promise's one write makes its
+  file, in whichever process fulfils it);
 * ``toil.utils.toilStatus``: :func:`toil_arvados.toil_patches.status_lists_requests`, to add the
   run's container requests to ``toil status``'s report.
 
@@ -33,13 +35,19 @@ def _submit_hook() -> None:
     submit_hook()
 
 
+def _promise_hooks() -> None:
+    from toil_arvados.toil_patches import promise_hooks
+
+    promise_hooks()
+
+
 def _status_hook() -> None:
     from toil_arvados.toil_patches import status_lists_requests
 
     status_lists_requests()
 
 
-_ACTIONS = {"toil.common": _register_job_store, "toil.cwl.cwltoil": _submit_hook,
+_ACTIONS = {"toil.common": _register_job_store, "toil.job": _promise_hooks, "toil.cwl.cwltoil": _submit_hook,
             "toil.utils.toilStatus": _status_hook}
 
 

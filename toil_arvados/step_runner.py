@@ -88,6 +88,15 @@ class StepFileStore(NonCachingFileStore):
         self.jobStateFile = None
         self.localFileMap: defaultdict[str, list[str]] = defaultdict(list)
 
+    def startCommit(self, jobState: bool = False) -> None:
+        """Toil's commit, or, for a job that leaves nothing to run, the job store's
+        ``finish_job`` (no write: the leader deletes the job next; see KeepJobStore.finish_job)."""
+        finish = getattr(self.jobStore, "finish_job", None)
+        if jobState and finish is not None and _leaves_nothing(self.jobDesc):
+            finish(self.jobDesc, sorted(self.filesToDelete))
+            return
+        super().startCommit(jobState)
+
     @contextmanager
     def open(self, job: Job) -> Iterator[None]:
         self.localTempDir = make_public_dir(self.localTempDir, suggested_name="job")
@@ -124,6 +133,7 @@ class StepRunner:
         native step)."""
         toil_patches.promise_files_per_thread()
         toil_patches.promises_fulfilled_blindly()
+        toil_patches.promises_registered_lazily()
         toil_patches.read_promises_through(job_store)
         toil_patches.cwl_schemas_by_reference()
         self.job_store = job_store
@@ -246,6 +256,13 @@ class StepRunner:
         else:
             logger.error("%s failed: %s", name, scrub(f"{type(e).__name__}: {e}"), exc_info=logger.isEnabledFor(logging.DEBUG))
         return 1
+
+
+def _leaves_nothing(desc: Any) -> bool:
+    """Whether Toil's leader deletes this committed job as soon as it sees it (leader.py: no
+    body, no successors, no services; checkpoints are handled otherwise)."""
+    return (not desc.has_body() and desc.nextSuccessors() is None and not desc.services
+            and not desc.filesToDelete and not getattr(desc, "checkpoint", None))
 
 
 def _committed() -> bool:

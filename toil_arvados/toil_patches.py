@@ -269,6 +269,47 @@ def promises_fulfilled_blindly() -> None:
         _applied.add("blind_promises")
 
 
+def promises_registered_lazily() -> None:
+    """Register a promise without a call on job stores that can (``register_promise``); its file
+    is made by its one write. Idempotent.
+
+    Toil writes an "unfulfilled" marker into a new file for every promise it pickles, for a
+    reader that would come before the promise is fulfilled, which its job ordering rules out:
+    one create per CWL step. Whichever process fulfils the promise must then create the file,
+    so every process applies this with :func:`promises_fulfilled_blindly` (:func:`promise_hooks`,
+    run by the start-up hook as ``toil.job`` is imported). Other job stores keep Toil's code."""
+    from toil.job import Job
+
+    with _lock:
+        if "lazy_promises" in _applied:
+            return
+        check_toil_version()
+        original = Job.registerPromise
+
+        def registerPromise(self: Any, path: Any) -> tuple[str, str]:
+            store = self._promiseJobStore
+            register = getattr(store, "register_promise", None)
+            if register is None:
+                return original(self, path)
+            file_id = register()
+            self._rvs[path].append(file_id)
+            return store.config.jobStore, file_id
+
+        Job.registerPromise = registerPromise  # type: ignore[method-assign]
+        _applied.add("lazy_promises")
+
+
+def promise_hooks() -> None:
+    """The promise patches every process needs (see :func:`promises_registered_lazily`); on a
+    Toil these patches were not written for, nothing is patched here and the plugin refuses
+    to run when it is used (:func:`check_toil_version`)."""
+    try:
+        promises_fulfilled_blindly()
+        promises_registered_lazily()
+    except ToilVersionError:
+        logger.debug("Toil version not supported; promise patches not applied")
+
+
 def _promised_value(returnValues: Any, path: tuple) -> Any:
     """The part of a job's return value a promise with ``path`` stands for (as Toil picks it)."""
     from toil.job import Promise

@@ -227,6 +227,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._manifest_ids: dict[str, str] = {}  # UUID -> file ID, for the entries above
         self._pending_bodies: dict[str, list[str]] = {}  # job ID -> body manifests for its first save
         self._job_manifests: OrderedDict[str, str] = OrderedDict()  # job ID -> its record's last manifest
+        self._looked_up: dict[str, dict] = {}  # file ID -> its record, listed for one read (public_urls)
+        # Jobs that ran here to their end (finish_job) -> (their last pickle, files to delete with them)
+        self._finished: dict[str, tuple[bytes, list[str]]] = {}
         self._local = threading.local()  # per-thread: the open batch()
         self._log_lock = threading.Lock()
         self._log_seen = 0
@@ -450,7 +453,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._project = None
         with self._lock:
             for cache in (self._shared_uuids, self._jobs, self._running, self._local_jobs, self._manifests,
-                          self._manifest_ids, self._pending_bodies, self._job_manifests):
+                          self._manifest_ids, self._pending_bodies, self._job_manifests, self._looked_up,
+                          self._finished):
                 cache.clear()
             for ids in (self._fresh, self._deleted, self._assigned):
                 ids.clear()
@@ -571,6 +575,8 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     def _cached_job(self, job_id: str, consume: bool) -> bytes | None:
         """The cached pickle of ``job_id`` if no other process can have changed it, else None."""
         with self._lock:
+            if job_id in self._finished:
+                return self._finished[job_id][0]
             data = self._jobs.get(job_id)
             if data is None:
                 return None
@@ -583,7 +589,26 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             return None
 
     def update_job(self, job_description: JobDescription) -> None:
+        with self._lock:
+            _, files = self._finished.pop(str(job_description.jobStoreID), (b"", []))
         self._save_job(job_description, create=False)
+        self._parallel(self.delete_file, files)  # as Toil's commit does, once the job is saved
+
+    def finish_job(self, job_description: JobDescription, files_to_delete: list[str]) -> None:
+        """Commit a job that ran here to its end and leaves nothing to run (no body, successors
+        or services), without writing its record: Toil's leader reloads it (served from memory)
+        and deletes it next, and that delete is the one write that matters. The files the job
+        asked to delete go after its record. A leader that dies in between leaves the record as
+        the job's start found it, so a restart runs the job again, as after a worker that died
+        before its commit; a native step then finds its request's work reused. Saves one update
+        per step; an ``update_job`` of the job instead writes it as usual."""
+        job_id = str(job_description.jobStoreID)
+        if not naming.is_job_id(job_id):
+            raise NoSuchJobException(job_id)
+        job_description.pre_update_hook()
+        data = pickle.dumps(job_description, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self._finished[job_id] = (data, [str(f) for f in files_to_delete])
 
     def _save_job(self, job_description: JobDescription, create: bool, in_run: bool = False) -> None:
         """One call: create the record (first save of an ID assigned here) or replace its manifest."""
@@ -747,6 +772,9 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         self._parallel(self._delete_file_record, files)
         if job_rec is not None:
             self._delete(job_rec["uuid"])
+        with self._lock:
+            _, finished_files = self._finished.pop(job_id, (b"", []))
+        self._parallel(self.delete_file, finished_files)
         with self._lock:
             self._deleted.add(job_id)
             self._jobs.pop(job_id, None)
@@ -1003,18 +1031,47 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             if file_id is None and uuid is not None:
                 file_id = self._manifest_ids.get(uuid)
             kept = self._manifests.pop(str(file_id), None) if file_id is not None else None
+            if file_id is not None:
+                self._looked_up.pop(str(file_id), None)
             if kept is not None:
                 self._manifest_ids.pop(kept[0], None)
 
+    def register_promise(self) -> str:
+        """The ID of a new promise's file, without a call (Toil's ``registerPromise`` through
+        toil_patches): Toil would write an "unfulfilled" marker into a new file, one create per
+        CWL step, for a reader that comes before the promise is fulfilled, which Toil's job
+        ordering rules out. The record is made by the promise's one write (:meth:`write_promise`)."""
+        return naming.promise_file_id(naming.new_file_key(), naming.basename_of(None))
+
     def write_promise(self, file_id: str, data: bytes) -> None:
-        """Fulfil a promise (Toil's ``_fulfillPromises`` through toil_patches): one update. Its
-        manifest is kept when the fulfilling job runs here, since only that job writes it."""
+        """Fulfil a promise (Toil's ``_fulfillPromises`` through toil_patches): one call, an update,
+        or for a promise registered by :meth:`register_promise` the create of its record. Its
+        manifest is kept when the fulfilling job runs here, since only that job writes it.
+
+        A promise file gone since (its reader finished before its job ran again) is skipped, as
+        Toil skips it, unless it was registered without a record: that one is made again, and
+        goes with the job store."""
         writer = self._writer(self._file_basename(file_id))
         writer.write_bytes(data)
         manifest_text = writer.manifest_text()
-        uuid = self._replace_content(file_id, manifest_text)
+        if naming.is_promise_file_id(str(file_id)) and self._locate(str(file_id))[0] is None:
+            uuid = self._create_promise(str(file_id), manifest_text)
+        else:
+            uuid = self._replace_content(file_id, manifest_text)
         if self._in_run():
             self._keep_manifest(file_id, uuid, manifest_text)
+
+    def _create_promise(self, file_id: str, manifest_text: str) -> str:
+        key, _ = naming.parse_named_file_id(file_id)  # type: ignore[misc]
+        try:
+            rec = self._create(naming.named_file_name(key), {KIND: naming.KIND_FILE}, manifest_text,
+                               name_is_ours=False)
+        except Exception as e:
+            if not _is_conflict(e):
+                raise
+            return self._replace_content(file_id, manifest_text)  # written before: its job ran again
+        self._learn("named", key, rec["uuid"])
+        return rec["uuid"]
 
     def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
                                 basename: str | None = None, hints: list[str] | None = None) -> str:
@@ -1072,6 +1129,10 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
         kept = self._kept_manifest(file_id)
         if kept is not None:
             return {"manifest_text": kept}
+        with self._lock:
+            rec = self._looked_up.pop(str(file_id), None)
+        if rec is not None:
+            return rec
         rec = self._file_record(file_id)
         if rec is None:
             raise NoSuchFileException(file_id)
@@ -1121,6 +1182,7 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
             except NoSuchFileException:
                 pass
             return
+        self._drop_manifests(file_id)
         uuid, key, _ = self._locate(str(file_id))
         if uuid is not None:
             rec = {"uuid": uuid, "properties": {naming.PATH: key[1]} if key and key[0] == "slot" else {}}
@@ -1151,19 +1213,24 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def public_urls(self, file_ids: list[str]) -> dict[str, str]:
         """:meth:`get_public_url` of many files (a run's outputs): one batched lookup for the
-        files whose record this process knows, one call each for the others."""
+        files whose record this process knows, one call each for the others.
+
+        The records found are kept for one read each: a run's outputs are next exported to
+        ``--outdir``, which would otherwise look each one up again."""
         ids = [str(f) for f in file_ids]
         known = {f: self._locate(f)[:2] for f in ids if naming.parse_body_file_id(f) is None}
         known = {f: (uuid, key) for f, (uuid, key) in known.items() if uuid is not None}
         recs = {r["uuid"]: r for r in arvados_client.get_many(
             self._api.collections().list, sorted({uuid for uuid, _ in known.values()}),
-            ["portable_data_hash", "owner_uuid", "properties"], what="look up output files")} if known else {}
+            ["portable_data_hash", "owner_uuid", "properties", "manifest_text"], what="look up output files")} if known else {}
         urls = {}
         for f in ids:
             uuid, key = known.get(f, (None, None))
             rec = recs.get(uuid or "")
             if rec is not None and self._is_live_file(rec, key):
                 urls[f] = f"{KEEP_SCHEME}:{rec['portable_data_hash']}/{quote(self._file_basename(f))}"
+                with self._lock:
+                    self._looked_up[f] = rec
             else:
                 urls[f] = self.get_public_url(f)
         return urls

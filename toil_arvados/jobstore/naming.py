@@ -64,7 +64,8 @@ PROJECT_UUID_RE = re.compile(r"^[a-z0-9]{5}-(j7d0g|tpzed)-[a-z0-9]{15}$")
 _UNHINTED_ID_RE = re.compile(r"^([a-z0-9]{5}-4zz18-[a-z0-9]{15})/([^/]+)$")
 _JOB_ID_RE = re.compile(r"^j-[0-9a-f]{16}$")
 # Two segments: never a hinted ID, which always has a ``/files/`` segment in between.
-_NAMED_ID_RE = re.compile(r"^n-([0-9a-f]{16})/([^/]+)$")
+# ``n-``: the record exists once the ID is handed out; ``p-``: a promise's, made by its first write.
+_NAMED_ID_RE = re.compile(r"^([np])-([0-9a-f]{16})/([^/]+)$")
 # Three segments, the middle one a job ID: never a hinted ID (its middle segment is ``files``).
 _BODY_ID_RE = re.compile(r"^b-([0-9a-f]{16})/(j-[0-9a-f]{16})/([^/]+)$")
 
@@ -138,10 +139,20 @@ def named_file_name(key: str) -> str:
     return f"file:{key}"
 
 
+def promise_file_id(key: str, basename: str) -> str:
+    """The ID of a promise file whose record, named :func:`named_file_name` (``key``), is made by
+    the promise's first write (``KeepJobStore.register_promise``)."""
+    return f"p-{key}/{quote(basename, safe='')}"
+
+
 def parse_named_file_id(file_id: str) -> tuple[str, str] | None:
-    """``(key, basename)`` of an ``n-<key>/<basename>`` ID, else None."""
+    """``(key, basename)`` of an ``n-<key>/<basename>`` or ``p-<key>/<basename>`` ID, else None."""
     m = _NAMED_ID_RE.match(file_id)
-    return (m.group(1), unquote(m.group(2))) if m else None
+    return (m.group(2), unquote(m.group(3))) if m else None
+
+
+def is_promise_file_id(file_id: str) -> bool:
+    return file_id.startswith("p-") and _NAMED_ID_RE.match(file_id) is not None
 
 
 def body_file_id(key: str, job_id: str, basename: str) -> str:
