@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from toil_arvados.jobstore import manifest_text as manifests
 from toil_arvados.jobstore.manifest_text import EMPTY_BLOCK, members, merge, size_of, without
 
 A = "a" * 32
@@ -45,3 +46,12 @@ def test_other_shapes_are_refused(bad):
 def test_the_same_name_twice_is_refused():
     with pytest.raises(ValueError):
         merge(JOB, JOB)
+
+
+def test_renamed_keeps_one_file_and_escapes_its_name() -> None:
+    one = ". aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10+Asig@1 bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+5 12:3:f\n"
+    assert manifests.renamed(one, "a b:c") == ". bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+5 2:3:a\\040b\\072c\n"
+    assert manifests.renamed(". d41d8cd98f00b204e9800998ecf8427e+0 0:0:e\n", "g") == \
+        ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:g\n"
+    assert manifests.renamed(". aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10 0:3:f 5:1:f\n", "g") is None  # two segments
+    assert manifests.renamed("./sub aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10 0:3:f\n", "g") is None  # not the root stream

@@ -734,6 +734,34 @@ def _names_in(store: KeepJobStore, job_id: str) -> list[str]:
     return manifest_text.members(rec["manifest_text"])
 
 
+def test_a_local_copy_of_a_keep_file_is_stored_by_reference(store, tmp_path, monkeypatch):
+    """A step's output copied from its collection (keep_copies) is stored without an upload,
+    under the name Toil gives it; a copy changed since is uploaded."""
+    import arvados.collection
+
+    from toil_arvados import keep_copies
+
+    source = arvados.collection.Collection(api_client=store._api)
+    with source.open("sub/an output.txt", "wb") as f:
+        f.write(b"made in a container\n")
+    source.save_new(name="a step's output", owner_uuid=store.project_uuid)
+    reader = arvados.collection.CollectionReader(source.manifest_locator(), api_client=store._api)
+    assert keep_copies.copy_collection(reader, str(tmp_path / "out")) == 1
+    copy = tmp_path / "out" / "sub" / "an output.txt"
+
+    def no_upload(name: str) -> Any:
+        raise AssertionError(f"{name} was uploaded")
+
+    monkeypatch.setattr(store, "_writer", no_upload)
+    file_id = store.write_file(str(copy), hints=["step"])
+    monkeypatch.undo()
+    assert _read(store, file_id) == b"made in a container\n"
+    assert store.get_public_url(file_id).endswith("/an%20output.txt")
+    copy.write_bytes(b"changed by the leader\n")
+    assert keep_copies.manifest_of(str(copy)) is None
+    assert _read(store, store.write_file(str(copy))) == b"changed by the leader\n"
+
+
 def test_reading_into_a_device_writes_into_it_and_leaves_it_a_device(store):
     """``read_file(id, "/dev/null")`` must not replace the device with a regular file."""
     import stat

@@ -158,10 +158,10 @@ class _FakeList:
         self.api, self.kind = api, kind
 
     def list(self, filters: list, select: Any = None, limit: int = 100, **kw: Any) -> Any:
-        assert len(filters) == 1 and filters[0][:2] == ["uuid", "in"], filters
-        uuids = filters[0][2]
-        self.api.calls.append((self.kind, tuple(uuids)))
-        records = [self.api.records[self.kind][u] for u in uuids if u in self.api.records[self.kind]]
+        assert len(filters) == 1 and filters[0][1] == "in", filters
+        field, _, values = filters[0]
+        self.api.calls.append((self.kind, tuple(values)))
+        records = [r for r in self.api.records[self.kind].values() if r.get(field) in values]
         return _Exec({"items": records[:limit], "limit": limit})
 
 
@@ -176,13 +176,16 @@ class _Exec:
 class FakeApi:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple]] = []
-        self.records: dict[str, dict[str, dict]] = {"cr": {}, "c": {}}
+        self.records: dict[str, dict[str, dict]] = {"cr": {}, "c": {}, "coll": {}}
 
     def container_requests(self) -> _FakeList:
         return _FakeList(self, "cr")
 
     def containers(self) -> _FakeList:
         return _FakeList(self, "c")
+
+    def collections(self) -> _FakeList:
+        return _FakeList(self, "coll")
 
 
 def test_tracker_reports_requests_final_at_creation_with_one_batched_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,6 +254,42 @@ def test_ended_requests_whose_container_succeeded_cost_only_the_container_lookup
     assert ended["retried"][1]["uuid"] == "c-second" and ended["retried"][0]["output_uuid"] == "out-retried"
     looked_up = [u for kind, uuids in api.calls if kind == "cr" for u in uuids]
     assert sorted(looked_up) == ["failed", "retried"], api.calls  # never the success's request
+
+
+def test_steps_get_their_outputs_read_with_the_others_that_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests tracked with read_output: one listing by hash reads the outputs of all the
+    successes that ended together (empty ones need none); others get none."""
+    from toil_arvados import arvados_client
+    from toil_arvados.request_tracker import OUTPUT_MANIFEST
+
+    monkeypatch.setattr(arvados_client, "subscribe_events", lambda *a, **k: (_ for _ in ()).throw(ConnectionError()))
+    api = FakeApi()
+    outputs = {"s0": "a" * 32 + "+3", "s1": "b" * 32 + "+3", "s2": "d41d8cd98f00b204e9800998ecf8427e+0", "w": "c" * 32 + "+3"}
+    for name, pdh in outputs.items():
+        api.records["c"][f"c-{name}"] = {"uuid": f"c-{name}", "state": "Complete", "exit_code": 0, "output": pdh}
+        api.records["coll"][f"coll-{name}"] = {"uuid": f"coll-{name}", "portable_data_hash": pdh,
+                                                "manifest_text": f". {pdh} 0:3:{name}\n"}
+    ended: dict[str, dict] = {}
+    done = threading.Event()
+
+    def on_final(cr: dict, c: dict | None) -> None:
+        ended[cr["uuid"]] = c or {}
+        if len(ended) == len(outputs):
+            done.set()
+
+    tracker = RequestTracker(api, poll_interval=3600)
+    try:
+        for name in outputs:
+            tracker.track({"uuid": name, "state": "Final", "container_uuid": f"c-{name}"}, on_final,
+                          read_output=name != "w")
+        assert done.wait(10)
+    finally:
+        tracker.stop()
+    assert ended["s0"][OUTPUT_MANIFEST] == f". {outputs['s0']} 0:3:s0\n"
+    assert ended["s2"][OUTPUT_MANIFEST] == ""
+    assert OUTPUT_MANIFEST not in ended["w"]
+    listed = [values for kind, values in api.calls if kind == "coll"]
+    assert sorted(v for values in listed for v in values) == sorted([outputs["s0"], outputs["s1"]])
 
 
 def test_get_many_costs_one_call_per_chunk_when_complete() -> None:

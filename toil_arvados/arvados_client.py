@@ -229,14 +229,16 @@ def get_many(method: Callable[..., Any], uuids: list[str], select: list[str] | N
 
 
 def list_by_values(method: Callable[..., Any], field: str, values: list[str], select: list[str] | None = None, *,
-                   what: str = "look up", budget: float = OUTAGE_BUDGET) -> list[dict]:
+                   what: str = "look up", budget: float = OUTAGE_BUDGET, every: bool = True) -> list[dict]:
     """Every visible record whose ``field`` is one of ``values``, usually in one call per chunk.
 
     A page with fewer records than the server's page limit is complete, and so is one holding a
     record per value of a field no two records share (``uuid``); only otherwise (the server cut
     the page) does it fall back to keyset paging, which always costs one more call. For other
     fields the page asks for two records per value (e.g. a collection kept by an earlier run
-    shares its ``portable_data_hash`` with this run's copy)."""
+    shares its ``portable_data_hash`` with this run's copy). ``every=False``: some record per
+    value is enough, and a page cut short is taken as it is (an empty collection's hash is
+    shared by thousands); callers look up the values it left out themselves."""
     out: list[dict] = []
     for i in range(0, len(values), _UUID_CHUNK):
         chunk = list(values[i:i + _UUID_CHUNK])
@@ -247,7 +249,7 @@ def list_by_values(method: Callable[..., Any], field: str, values: list[str], se
             kwargs["select"] = list({*select, "uuid"})
         page = retrying(lambda: unwrapped(method(**kwargs)).execute(), what, budget)
         items = page.get("items") or []
-        if (field == "uuid" and len(items) == len(chunk)) or len(items) < int(page.get("limit") or limit):
+        if not every or (field == "uuid" and len(items) == len(chunk)) or len(items) < int(page.get("limit") or limit):
             out += items
         else:
             out += list_all(method, [[field, "in", chunk]], select, what=what, budget=budget)

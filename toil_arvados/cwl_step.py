@@ -41,6 +41,7 @@ from .cwl_staging import Entry, KeepSources, StagingCollection, plan_mounts, std
 from .intermediates import INTERMEDIATE_OUTPUT_REQ, staging_properties, step_output_ttl
 from .cwl_step_request import (OUTDIR, PROPERTY_MEMORY_ATTEMPT, PROPERTY_RESUBMITTED, PROPERTY_STEP_JOB_STORE_ID, STAGEDIR, TMPDIR, StepInvocation, StepSettings, process_status,
                                step_request_body)
+from .request_tracker import OUTPUT_MANIFEST
 from .step_runner import StepSubmitted
 
 logger = logging.getLogger(__name__)
@@ -248,8 +249,9 @@ class ArvadosStepJob(JobBase):
                          status, rcode)
         # Arvados copies the output for the request only when the container succeeded; crunch-run's
         # own output collection is trashed at once, so a failed step has no output to read.
-        output = cr.get("output_uuid") or (container.get("output") if status == "success" else None)
-        if output:
+        output = container[OUTPUT_MANIFEST] if OUTPUT_MANIFEST in container else cr.get("output_uuid") or (
+            container.get("output") if status == "success" else None)
+        if output is not None:
             arvados_client.retrying(lambda: _download(ctx.api, output, host_out), f"read the output of {self.name}")
         if self.inplace_update and status == "success":
             self._apply_inplace_updates(entries, host_out)
@@ -538,26 +540,14 @@ def _container(api: Any, uuid: str | None) -> dict | None:
 
 
 def _download(api: Any, locator: str, dest: str) -> None:
-    """Write a collection's files under ``dest`` (cwltool binds outputs from local files)."""
+    """Write a collection's files (``locator``: its uuid, hash or manifest text) under ``dest``
+    (cwltool binds outputs from local files); the job store then stores them by reference to
+    their blocks (:mod:`toil_arvados.keep_copies`)."""
     import arvados.collection
 
-    reader = arvados.collection.CollectionReader(locator, api_client=api, keep_client=api.keep)
+    from .keep_copies import copy_collection
 
-    def walk(coll: Any, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-        for name, item in coll.items():
-            target = os.path.join(path, name)
-            if hasattr(item, "items"):
-                walk(item, target)
-            else:
-                with coll.open(name, "rb") as src, open(target, "wb") as out:
-                    while True:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-
-    walk(reader, dest)
+    copy_collection(arvados.collection.CollectionReader(locator, api_client=api, keep_client=api.keep), dest)
 
 
 # -- the tool ----------------------------------------------------------------------------------

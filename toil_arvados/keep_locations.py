@@ -18,6 +18,8 @@ from typing import Literal
 from urllib.parse import quote, unquote
 
 SCHEME = "keep"
+#: The portable data hash of every empty collection (its manifest is "").
+EMPTY_PDH = "d41d8cd98f00b204e9800998ecf8427e+0"
 
 RefKind = Literal["pdh", "collection", "project"]
 

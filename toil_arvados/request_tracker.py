@@ -21,14 +21,21 @@ from typing import Any
 
 from . import arvados_client
 from .arvados_client import describe
+from .keep_locations import EMPTY_PDH
 from .timestamps import parse_timestamp
 
 logger = logging.getLogger(__name__)
 
 _WATCHED_KINDS = ("arvados#containerRequest", "arvados#container")
-_COALESCE_SECONDS = 0.05  # gather requests ending together into one batched lookup
+_COALESCE_SECONDS = 0.05  # gather requests ending together into one batched lookup...
+# ...and while requests keep ending, look them up at most this often: each lookup costs the same
+# two calls (containers, step outputs) for one request or for hundreds.
+_MIN_LOOKUP_INTERVAL = 0.5
 CONTAINER_FIELDS = ["uuid", "state", "exit_code", "started_at", "finished_at", "runtime_status", "log", "output"]
 REQUEST_FIELDS = ["uuid", "state", "container_uuid", "log_uuid", "output_uuid"]
+#: Added to the container record handed to ``on_final`` for requests tracked with
+#: ``read_output``: the manifest of its output collection (fetched with the others that ended).
+OUTPUT_MANIFEST = "output_manifest_text"
 
 FinalCallback = Callable[[dict, "dict | None"], None]
 
@@ -57,6 +64,7 @@ class Tracked:
     started_at: float | None = None
     final: bool = False
     cr: dict = field(default_factory=dict)
+    read_output: bool = False
 
     @property
     def bucket(self) -> str:
@@ -73,6 +81,7 @@ class RequestTracker:
         self._lock = threading.Lock()
         self._tracked: dict[str, Tracked] = {}
         self._finishing: set[str] = set()
+        self._last_lookup = 0.0  # time.monotonic() of the last lookup of ended requests
         # Kept up to date at each state change (under _lock), so the progress bar's frequent
         # questions cost nothing however many requests are in flight.
         self._counts = {"queued": 0, "running": 0, "finished": 0}
@@ -86,10 +95,12 @@ class RequestTracker:
 
     # -- what callers do -------------------------------------------------------------------
 
-    def track(self, cr: dict, on_final: FinalCallback, running: bool = False) -> None:
-        """Follow ``cr`` (a request record as ``create`` returned it) until it is Final."""
+    def track(self, cr: dict, on_final: FinalCallback, running: bool = False, read_output: bool = False) -> None:
+        """Follow ``cr`` (a request record as ``create`` returned it) until it is Final.
+        ``read_output``: a success's container record comes with its output's manifest
+        (:data:`OUTPUT_MANIFEST`), read together with the others that ended at the same time."""
         item = Tracked(cr["uuid"], cr.get("container_uuid"), on_final,
-                       started_at=time.time() if running else None)
+                       started_at=time.time() if running else None, read_output=read_output)
         with self._lock:
             old = self._tracked.get(item.cr_uuid)
             if old is not None and not old.final:
@@ -235,8 +246,10 @@ class RequestTracker:
                 self._mark_final(cr["uuid"])
 
     def _finish(self) -> None:
-        # Let requests ending in the same instant arrive, so one batched call serves them all.
-        self._stop.wait(_COALESCE_SECONDS)
+        # Let requests ending in the same instant (or since the last lookup, if that was
+        # moments ago) arrive, so one batched call serves them all.
+        self._stop.wait(max(_COALESCE_SECONDS, self._last_lookup + _MIN_LOOKUP_INTERVAL - time.monotonic()))
+        self._last_lookup = time.monotonic()
         with self._lock:
             done = [self._tracked[u] for u in self._finishing if u in self._tracked]
             self._finishing = set()
@@ -260,6 +273,7 @@ class RequestTracker:
         known = self._containers([t.container_uuid for t in done if t.container_uuid])
         ok = {t.cr_uuid: known[t.container_uuid] for t in done
               if t.container_uuid in known and _succeeded(known[t.container_uuid])}
+        ok = self._with_outputs(ok, {t.cr_uuid for t in done if t.read_output})
         rest = [t for t in done if t.cr_uuid not in ok]
         crs = {cr["uuid"]: cr for cr in arvados_client.get_many(
             self.api.container_requests().list, [t.cr_uuid for t in rest], REQUEST_FIELDS)} if rest else {}
@@ -276,6 +290,18 @@ class RequestTracker:
             c_uuid = cr.get("container_uuid") or ""
             records.append((t, cr, known.get(c_uuid) or more.get(c_uuid)))
         return records
+
+    def _with_outputs(self, ok: dict[str, dict], wanted: set[str]) -> dict[str, dict]:
+        """``ok`` (request uuid -> its succeeded container) with the output manifests of the
+        ``wanted`` requests added: one listing by hash for all of them (a hash the listing
+        misses is left out, and its reader gets the collection itself)."""
+        pdhs = sorted({c["output"] for u, c in ok.items() if u in wanted and c.get("output")} - {EMPTY_PDH})
+        manifests = {rec["portable_data_hash"]: rec["manifest_text"] for rec in arvados_client.list_by_values(
+            self.api.collections().list, "portable_data_hash", pdhs, ["portable_data_hash", "manifest_text"],
+            what="read step outputs", every=False)} if pdhs else {}
+        manifests[EMPTY_PDH] = ""  # every empty collection has it: nothing to read
+        return {u: {**c, OUTPUT_MANIFEST: manifests[c["output"]]} if u in wanted and c.get("output") in manifests
+                else c for u, c in ok.items()}
 
     def _containers(self, uuids: list[str]) -> dict[str, dict]:
         if not uuids:

@@ -136,7 +136,7 @@ class NativeSteps:
             _cancel(self.context.api, result.submitted["uuid"])
         else:
             step.cr_uuid = result.submitted["uuid"]
-            self.tracker.track(result.submitted, lambda cr, c: self._request_final(step, cr, c))
+            self.tracker.track(result.submitted, lambda cr, c: self._request_final(step, cr, c), read_output=True)
             if step.killed and self.tracker.forget(step.cr_uuid):  # killed while it was submitted
                 _cancel(self.context.api, step.cr_uuid)
 

@@ -73,7 +73,7 @@ from toil.jobStores.abstractJobStore import (
     NoSuchJobStoreException,
 )
 
-from toil_arvados import arvados_client
+from toil_arvados import arvados_client, keep_copies
 from toil_arvados.arvados_client import NUM_RETRIES, ArvadosSetupError
 from toil_arvados.jobstore import collection_io, naming
 from toil_arvados.jobstore import manifest_text as manifests
@@ -956,10 +956,21 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
     def write_file(self, local_path: str, job_id: str | None = None, cleanup: bool = False,
                    hints: list[str] | None = None) -> str:
         basename = naming.basename_of(local_path)
+        return self._new_file(basename, self._file_properties(job_id, cleanup), hints,
+                              self._manifest_for(local_path, basename))
+
+    def _manifest_for(self, local_path: str, basename: str) -> str:
+        """A one-file manifest of ``local_path`` named ``basename``: a local copy of a Keep file
+        (a step's output) by reference to its blocks, anything else uploaded."""
+        copied = keep_copies.manifest_of(local_path)
+        if copied is not None:
+            renamed = manifests.renamed(copied, basename)
+            if renamed is not None:
+                return renamed
         writer = self._writer(basename)
         with open(local_path, "rb") as src:
             writer.copy_from(src)
-        return self._new_file(basename, self._file_properties(job_id, cleanup), hints, writer.manifest_text())
+        return writer.manifest_text()
 
     @contextmanager
     def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, hints: list[str] | None = None,
