@@ -102,7 +102,9 @@ LOG_POLL_INTERVAL = 5.0
 # then as fresh as a second one would be (nobody else holds a finished job), and costs no call.
 PREFETCH_WINDOW = 1.0
 # Job descriptions kept per instance (least recently used dropped first; a miss only costs a get).
-JOB_CACHE_SIZE = 4096
+# A CWL step's description pickles to under 1 KB (its body is a file of its own), so this holds
+# every job of a 10,000-way scatter for some tens of MB; at 4,096 most steps there read theirs back.
+JOB_CACHE_SIZE = 65_536
 # Manifests of immutable files written here (job bodies, promises kept here): a few hundred bytes each.
 MANIFEST_CACHE_SIZE = 100_000
 
