@@ -16,6 +16,8 @@ assign_job_id              none (the ID ``j-<random>`` is chosen locally)
 create_job                 1 create (the job's record, with the bodies written for it); in
                            ``batch()``, up to PARALLEL at once
 update_job                 1 update (+1 list for a job not seen here)
+finish_job                 none: a job that ran here and leaves nothing to run is kept in memory
+                           until the leader deletes it (its files to delete go after it)
 load_job                   1 get, or 1 list for a job not seen here; none inside
                            ``running_here(job)``, for the first load after it or after the
                            job's create here, and right after job_exists (see there)
@@ -25,11 +27,14 @@ job_exists                 1 get, or 1 list; none for a job deleted here or insi
 delete_job                 1 list (the job + its cleanup files) + 1 delete each (in parallel); no
                            list for a job created and run in this process
 jobs()                     1 list per 1000 jobs (manifests come with the list)
-write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken)
+write_file                 1 create (hinted: 1 create, +2 when the bare hint slot is taken); an
+                           unchanged local copy of a Keep file (keep_copies) is not uploaded
 write_file_stream          1 create when the stream closes (hinted: create + update); none for a
                            job's body written before the job's record (saved with the record)
 get_empty_file_store_id    1 create
-read_file(_stream)         1 get (streamed/hinted IDs not seen here: 1 list)
+register_promise           none (the promise's write_promise creates its file: 1 create)
+read_file(_stream)         1 get (streamed/hinted IDs not seen here: 1 list); none right after
+                           public_urls listed the file (a run's outputs, exported next)
 update_file(_stream)       1 update (streamed/hinted IDs not seen here: +1 list)
 delete_file                1 delete, hinted: 1 update to a tombstone (not seen here: +1 list)
 file_exists/get_file_size  1 get (or 1 list, as for reads)
