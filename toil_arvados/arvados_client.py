@@ -256,10 +256,16 @@ def list_by_values(method: Callable[..., Any], field: str, values: list[str], se
     return out
 
 
-def cancel_request(api: Any, cr_uuid: str, budget: float = OUTAGE_BUDGET) -> None:
-    """Priority 0 is Arvados' cancel: the container stops unless another request shares it."""
-    call(lambda: api.container_requests().update(uuid=cr_uuid, body={"container_request": {"priority": 0}}),
-         f"cancel {cr_uuid}", budget)
+def cancel_request(api: Any, cr_uuid: str, budget: float = OUTAGE_BUDGET, *, quietly: bool = False) -> None:
+    """Priority 0 is Arvados' cancel: the container stops unless another request shares it.
+    ``quietly``: a failure is logged as a warning instead of raised (a run being torn down)."""
+    try:
+        call(lambda: api.container_requests().update(uuid=cr_uuid, body={"container_request": {"priority": 0}}),
+             f"cancel {cr_uuid}", budget)
+    except Exception as e:
+        if not quietly:
+            raise
+        logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
 
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")

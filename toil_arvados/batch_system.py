@@ -524,11 +524,7 @@ class ArvadosBatchSystem(BatchSystemCleanupSupport):
             self._cancel(cr_uuid)
 
     def _cancel(self, cr_uuid: str, budget: float = arvados_client.OUTAGE_BUDGET) -> None:
-        """Priority 0 is Arvados' cancel: the container stops unless another request shares it."""
-        try:
-            arvados_client.cancel_request(self.api, cr_uuid, budget)
-        except Exception as e:
-            logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
+        arvados_client.cancel_request(self.api, cr_uuid, budget, quietly=True)
 
     def shutdown(self) -> None:
         self.slots.clear()  # jobs waiting for a slot are never submitted

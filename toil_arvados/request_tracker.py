@@ -230,8 +230,7 @@ class RequestTracker:
             return
         crs = arvados_client.get_many(self.api.container_requests().list, uuids, ["uuid", "state", "container_uuid"])
         c_uuids = [cr["container_uuid"] for cr in crs if cr.get("container_uuid")]
-        states = {c["uuid"]: c["state"] for c in arvados_client.get_many(
-            self.api.containers().list, c_uuids, ["uuid", "state"])} if c_uuids else {}
+        states = {u: c["state"] for u, c in self._containers(c_uuids).items()}
         now = time.time()
         with self._lock:
             for cr in crs:

@@ -192,7 +192,4 @@ def _open_job_store(locator: str) -> Any:
 
 
 def _cancel(api: Any, cr_uuid: str) -> None:
-    try:
-        arvados_client.cancel_request(api, cr_uuid)
-    except Exception as e:
-        logger.warning("%s", describe(e, f"could not cancel {cr_uuid}"))
+    arvados_client.cancel_request(api, cr_uuid, quietly=True)

@@ -124,10 +124,10 @@ def cwl_runner_patches() -> None:
         _route_output_staging()
         if arvados_batch_system(sys.argv[1:], os.environ):
             _register_extensions_after_schema_setup()
-            _check_hints_when_scanned()
+            _scan_also(hints=True)
         if native_steps_on_keep(sys.argv[1:], os.environ):
             os.environ[INPLACE_ENV] = "1"
-            _accept_inplace_updates()
+            _scan_also(inplace=True)
         _applied.add("cwl_runner")
 
 
@@ -141,7 +141,7 @@ def inplace_updates_in_job_process() -> None:
     if os.environ.get(INPLACE_ENV) == "1":
         with _lock:
             check_toil_version()
-            _accept_inplace_updates()
+            _scan_also(inplace=True)
 
 
 def _route_prepull() -> None:
@@ -200,33 +200,28 @@ def _register_extensions_after_schema_setup() -> None:
     cwltool.main.setup_schema = setup_schema
 
 
-def _check_hints_when_scanned() -> None:
+def _scan_also(*, hints: bool = False, inplace: bool = False) -> None:
     """Toil's CWL main scans the loaded workflow for unsupported requirements before it starts
-    anything: the Arvados hints of every tool are checked there too (one line if one cannot work)."""
+    anything. One wrapper adds what this run needs (each call can only add): ``hints``, the
+    Arvados hints of every tool are checked there too (one line if one cannot work); ``inplace``,
+    InplaceUpdateRequirement is accepted as with ``--bypass-file-store``."""
     from toil.cwl import cwltoil
 
     from .cwl_hints import check_arvados_hints
 
-    original_scan = cwltoil.scan_for_unsupported_requirements
+    current = cwltoil.scan_for_unsupported_requirements
+    original = getattr(current, "_toil_arvados_original", current)
+    flags = dict(getattr(current, "_toil_arvados_flags", {}))
+    flags["hints"] = flags.get("hints", False) or hints
+    flags["inplace"] = flags.get("inplace", False) or inplace
 
     def scan_for_unsupported_requirements(tool: Any, bypass_file_store: bool = False) -> None:
-        check_arvados_hints(tool)
-        original_scan(tool, bypass_file_store=bypass_file_store)
+        if flags["hints"]:
+            check_arvados_hints(tool)
+        original(tool, bypass_file_store=bypass_file_store or flags["inplace"])
 
-    cwltoil.scan_for_unsupported_requirements = scan_for_unsupported_requirements
-
-
-def _accept_inplace_updates() -> None:
-    from toil.cwl import cwltoil
-
-    original_scan = cwltoil.scan_for_unsupported_requirements
-    if getattr(original_scan, "_toil_arvados", False):
-        return
-
-    def scan_for_unsupported_requirements(tool: Any, bypass_file_store: bool = False) -> None:
-        original_scan(tool, bypass_file_store=True)
-
-    scan_for_unsupported_requirements._toil_arvados = True  # type: ignore[attr-defined]
+    scan_for_unsupported_requirements._toil_arvados_original = original  # type: ignore[attr-defined]
+    scan_for_unsupported_requirements._toil_arvados_flags = flags  # type: ignore[attr-defined]
     cwltoil.scan_for_unsupported_requirements = scan_for_unsupported_requirements
 
 
