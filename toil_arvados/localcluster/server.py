@@ -11,13 +11,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from . import statelock
-from .api import MAX_REQUEST_SIZE, ApiServer
+from .api import MAX_REQUEST_SIZE, ApiError, ApiServer
 from .auth import Authorizer
 from .blockstore import BlockStore
 from .bootstrap import bootstrap, bootstrap_sharing
@@ -32,8 +33,11 @@ from .resources import ApiClientAuthorizations, Groups, KeepServices, Links, Log
 from .runtime.selection import make_runtime
 from .store import Store
 from .tls import ensure_certificate, server_context
+from .trash_sweep import sweep
 
 logger = logging.getLogger(__name__)
+#: Seconds between trash sweeps (Collections.TrashSweepInterval, Arvados' default).
+TRASH_SWEEP_INTERVAL = 60
 
 
 def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
@@ -44,7 +48,7 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
         "API": {"MaxItemsPerResponse": 1000, "MaxRequestSize": MAX_REQUEST_SIZE,
                 "AsyncPermissionsUpdateInterval": "20s"},
         "Collections": {"DefaultReplication": 1, "BlobSigningTTL": f"{cfg.blob_signature_ttl}s",
-                        "CollectionVersioning": False, "TrashSweepInterval": "60s",
+                        "CollectionVersioning": False, "TrashSweepInterval": f"{TRASH_SWEEP_INTERVAL}s",
                         "DefaultTrashLifetime": "336h", "ForwardSlashNameSubstitution": "",
                         "BlobSigning": True},
         # ReserveExtraRAM & co. let clients size requests as dispatch-cloud fits them.
@@ -95,6 +99,7 @@ class Cluster:
                                      api_env=env)
         self._runners: list[web.AppRunner] = []
         self._dispatch_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
         self.recover()
 
     def recover(self) -> None:
@@ -123,7 +128,20 @@ class Cluster:
         return {"strict_tags": False, "tags": {}}
 
     async def _trash_sweep(self, req: Any) -> dict:
+        """``POST sys/trash_sweep``: an admin runs the sweep at once (Arvados' SysController)."""
+        if not req.user.is_admin:
+            raise ApiError(403, "Forbidden: sys/trash_sweep is for admins")
+        sweep(self.store, time.time())
         return {}
+
+    async def _sweep_trash(self) -> None:
+        """The sweep every TrashSweepInterval, as Arvados' controller runs it."""
+        while True:
+            await asyncio.sleep(TRASH_SWEEP_INTERVAL)
+            try:
+                sweep(self.store, time.time())
+            except Exception:  # a bad record must not stop the cluster; the next sweep retries
+                logger.exception("trash sweep failed")
 
     async def start(self) -> None:
         cert, key = ensure_certificate(self.cfg.state_path / "tls", self.cfg.host)
@@ -142,13 +160,15 @@ class Cluster:
         await web.TCPSite(keep_runner, self.cfg.host, self.cfg.keep_port, reuse_address=True).start()
         self._runners = [api_runner, keep_runner]
         self._dispatch_task = asyncio.get_running_loop().create_task(self.dispatcher.run())
+        self._sweep_task = asyncio.get_running_loop().create_task(self._sweep_trash())
         logger.info("cluster %s serving https://%s (Keep on port %d)", self.cfg.cluster_id, self.cfg.api_host,
                     self.cfg.keep_port)
 
     async def stop(self) -> None:
         await self.dispatcher.stop()
-        if self._dispatch_task:
-            self._dispatch_task.cancel()
+        for task in (self._dispatch_task, self._sweep_task):
+            if task:
+                task.cancel()
         for runner in self._runners:
             await runner.cleanup()
         self.store.close()
