@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import ssl
-import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -13,13 +10,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def stats(cfg) -> dict:
     """The cluster's API call counters (total, by token, by ``resource.method``); not counted itself."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    req = urllib.request.Request(f"https://{cfg.api_host}/_health/stats",
-                                 headers={"Authorization": f"Bearer {cfg.root_token}"})
-    with urllib.request.urlopen(req, context=ctx) as r:
-        return json.load(r)
+    from toil_arvados.localcluster.control import stats as cluster_stats
+
+    return cluster_stats(cfg)
 
 
 def list_all(method, **kwargs) -> list[dict]:

@@ -7,17 +7,9 @@ from typing import Any
 
 def server_calls(cluster) -> dict[str, int]:
     """API calls per endpoint counted by the local cluster (``/_health/stats``)."""
-    import json
-    import ssl
-    import urllib.request
+    from toil_arvados.localcluster.control import stats
 
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    req = urllib.request.Request(f"https://{cluster.api_host}/_health/stats",
-                                 headers={"Authorization": f"Bearer {cluster.root_token}"})
-    with urllib.request.urlopen(req, context=ctx) as r:
-        return json.load(r)["calls_by_endpoint"]
+    return stats(cluster)["calls_by_endpoint"]
 
 
 class CallCounter:

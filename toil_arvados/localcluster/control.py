@@ -5,6 +5,7 @@ process has exited so a following ``up`` on the same state directory is safe.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -47,6 +48,18 @@ def _port_busy(host: str, port: int) -> bool:
 def answers(cfg: ClusterConfig, timeout: float = 2.0) -> bool:
     """True when the cluster's API server serves its health check."""
     return host_answers(cfg.api_host, timeout)
+
+
+def stats(cfg: ClusterConfig) -> dict:
+    """The cluster's own counters (``/_health/stats``: API calls in all, by token and by
+    ``resource.method``), read with its root token; the read is not counted."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://{cfg.api_host}/_health/stats",
+                                 headers={"Authorization": f"Bearer {cfg.root_token}"})
+    with urllib.request.urlopen(req, context=ctx) as r:
+        return json.load(r)
 
 
 def host_answers(api_host: str, timeout: float = 5.0) -> bool:
