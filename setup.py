@@ -18,7 +18,7 @@ class BuildWithStartupHook(build_py):
 
 setup(
     name="toil-arvados",
-    version="0.1.0",
+    version="0.2.0",
     description="Toil batch system, job store and URL access for Arvados, plus a local Arvados-compatible cluster",
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",

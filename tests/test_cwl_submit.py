@@ -12,14 +12,14 @@ from toil_arvados.cwl_submit_request import (INPUT_MOUNT, WORKFLOW_MOUNT, Runner
 from toil_arvados.cwl_submit_runner import write_output_object
 
 SETTINGS = RunnerSettings(name="toil-cwl-runner wf.cwl", project_uuid="zzzzz-j7d0g-000000000000001",
-                          image="toil-arvados/worker:0.1.0", job_store="arvados:zzzzz-j7d0g-000000000000001/run",
+                          image="toil-arvados/worker:0.2.0", job_store="arvados:zzzzz-j7d0g-000000000000001/run",
                           cores=2, ram=3 << 30)
 
 
 def test_the_runner_request_runs_the_leader_with_api_access_and_the_inputs_mounted() -> None:
     body = runner_request_body(SETTINGS, {"id": "#main"}, {"x": 1}, {}, ["--retryCount", "0"])
     assert body["state"] == "Committed" and body["runtime_constraints"] == {"vcpus": 2, "ram": 3 << 30, "API": True}
-    assert body["container_image"] == "toil-arvados/worker:0.1.0" and body["output_path"] == "/var/spool/cwl"
+    assert body["container_image"] == "toil-arvados/worker:0.2.0" and body["output_path"] == "/var/spool/cwl"
     assert body["mounts"][WORKFLOW_MOUNT] == {"kind": "json", "content": {"id": "#main"}}
     assert body["mounts"][INPUT_MOUNT] == {"kind": "json", "content": {"x": 1}}
     command = body["command"]
