@@ -48,10 +48,9 @@ def test_the_same_name_twice_is_refused():
         merge(JOB, JOB)
 
 
-def test_renamed_keeps_one_file_and_escapes_its_name() -> None:
-    one = ". aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10+Asig@1 bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+5 12:3:f\n"
-    assert manifests.renamed(one, "a b:c") == ". bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+5 2:3:a\\040b\\072c\n"
-    assert manifests.renamed(". d41d8cd98f00b204e9800998ecf8427e+0 0:0:e\n", "g") == \
-        ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:g\n"
-    assert manifests.renamed(". aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10 0:3:f 5:1:f\n", "g") is None  # two segments
-    assert manifests.renamed("./sub aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10 0:3:f\n", "g") is None  # not the root stream
+def test_only_one_file_in_one_segment_is_the_job_stores_shape() -> None:
+    assert manifests.is_one_segment(". aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10+Asig@1 0:3:a\\040b\n")
+    assert manifests.is_one_segment(". d41d8cd98f00b204e9800998ecf8427e+0 0:0:e\n")
+    assert not manifests.is_one_segment(". aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10 0:3:f 5:1:f\n")  # two segments
+    assert not manifests.is_one_segment("./sub aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10 0:3:f\n")  # not the root stream
+    assert not manifests.is_one_segment("")

@@ -28,7 +28,7 @@ import ssl
 import threading
 import time
 import uuid as uuidlib
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -254,6 +254,22 @@ def list_by_values(method: Callable[..., Any], field: str, values: list[str], se
         else:
             out += list_all(method, [[field, "in", chunk]], select, what=what, budget=budget)
     return out
+
+
+def manifests_by_pdh(api: Any, pdhs: Iterable[str], *, what: str,
+                     budget: float = OUTAGE_BUDGET) -> dict[str, str]:
+    """The manifest of a readable collection for each portable data hash in ``pdhs``, from one
+    listing per chunk of hashes (one ``get`` each would cost a call per hash). The empty
+    collection's is "" without a call; a hash the listing missed is left out, for the caller to
+    read on its own."""
+    from .keep_locations import EMPTY_PDH
+
+    wanted = set(pdhs)
+    found: dict[str, str] = {EMPTY_PDH: ""} if EMPTY_PDH in wanted else {}
+    for rec in list_by_values(api.collections().list, "portable_data_hash", sorted(wanted - {EMPTY_PDH}),
+                              ["portable_data_hash", "manifest_text"], what=what, budget=budget, every=False):
+        found.setdefault(rec["portable_data_hash"], rec["manifest_text"])
+    return found
 
 
 def cancel_request(api: Any, cr_uuid: str, budget: float = OUTAGE_BUDGET, *, quietly: bool = False) -> None:

@@ -44,7 +44,7 @@ from urllib.parse import ParseResult, quote, unquote, urlparse
 
 from toil.lib.url import URLAccess
 
-from .keep_locations import (EMPTY_PDH, SCHEME, KeepAPIError, KeepCredentialsError, KeepLocation, KeepNotFoundError,
+from .keep_locations import (SCHEME, KeepAPIError, KeepCredentialsError, KeepLocation, KeepNotFoundError,
                              KeepURLError, RefKind, collection_target_path, listing_entry, locate,
                              normalize_path, parse_keep_url, ref_kind)
 
@@ -568,14 +568,10 @@ def _readers_by_pdh(sess: KeepSession, sources: list[str]) -> dict[str, Any]:
 
     from . import arvados_client
 
-    pdhs = sorted({loc.ref for loc in map(locate, sources) if loc.kind == "pdh"} - {EMPTY_PDH})
-    readers: dict[str, Any] = {}
-    for rec in arvados_client.list_by_values(sess.api.collections().list, "portable_data_hash", pdhs,
-                                             ["portable_data_hash", "manifest_text"], what="read output collections", every=False):
-        if rec["portable_data_hash"] not in readers:
-            readers[rec["portable_data_hash"]] = arvados.collection.CollectionReader(
-                rec["manifest_text"], api_client=sess.api, keep_client=sess.keep, num_retries=NUM_RETRIES)
-    return readers
+    pdhs = {loc.ref for loc in map(locate, sources) if loc.kind == "pdh"}
+    return {pdh: arvados.collection.CollectionReader(manifest, api_client=sess.api, keep_client=sess.keep,
+                                                     num_retries=NUM_RETRIES)
+            for pdh, manifest in arvados_client.manifests_by_pdh(sess.api, pdhs, what="read output collections").items()}
 
 
 def save_outputs_collection(api: Any, project_uuid: str, name: str, files: Mapping[str, str], *,

@@ -21,7 +21,6 @@ from typing import Any
 
 from . import arvados_client
 from .arvados_client import describe
-from .keep_locations import EMPTY_PDH
 from .timestamps import parse_timestamp
 
 logger = logging.getLogger(__name__)
@@ -294,11 +293,8 @@ class RequestTracker:
         """``ok`` (request uuid -> its succeeded container) with the output manifests of the
         ``wanted`` requests added: one listing by hash for all of them (a hash the listing
         misses is left out, and its reader gets the collection itself)."""
-        pdhs = sorted({c["output"] for u, c in ok.items() if u in wanted and c.get("output")} - {EMPTY_PDH})
-        manifests = {rec["portable_data_hash"]: rec["manifest_text"] for rec in arvados_client.list_by_values(
-            self.api.collections().list, "portable_data_hash", pdhs, ["portable_data_hash", "manifest_text"],
-            what="read step outputs", every=False)} if pdhs else {}
-        manifests[EMPTY_PDH] = ""  # every empty collection has it: nothing to read
+        pdhs = {c["output"] for u, c in ok.items() if u in wanted and c.get("output")}
+        manifests = arvados_client.manifests_by_pdh(self.api, pdhs, what="read step outputs") if pdhs else {}
         return {u: {**c, OUTPUT_MANIFEST: manifests[c["output"]]} if u in wanted and c.get("output") in manifests
                 else c for u, c in ok.items()}
 

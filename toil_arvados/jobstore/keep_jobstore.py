@@ -968,12 +968,11 @@ class KeepJobStore(AbstractJobStore, HintedJobStore):
 
     def _manifest_for(self, local_path: str, basename: str) -> str:
         """A one-file manifest of ``local_path`` named ``basename``: a local copy of a Keep file
-        (a step's output) by reference to its blocks, anything else uploaded."""
+        (a step's output) by reference to its blocks, anything else uploaded. A copy's manifest
+        already names its file ``basename``: keep_copies keys it by the path it was written to."""
         copied = keep_copies.manifest_of(local_path)
-        if copied is not None:
-            renamed = manifests.renamed(copied, basename)
-            if renamed is not None:
-                return renamed
+        if copied is not None and manifests.is_one_segment(copied):
+            return copied
         writer = self._writer(basename)
         with open(local_path, "rb") as src:
             writer.copy_from(src)

@@ -86,22 +86,13 @@ def _rebase(locators: list[str], segments: list[tuple[int, int, str]]) -> str:
     return _format([loc for _, _, loc in used], [(moved(p, s), s, n) for p, s, n in segments])
 
 
-def renamed(manifest: str, name: str) -> str | None:
-    """A one-file manifest with its file called ``name`` (escaped as the SDK writes names), or
-    None if it is not one file in one contiguous segment (anything else is stored anew)."""
+def is_one_segment(manifest: str) -> bool:
+    """Whether ``manifest`` holds one file in one contiguous segment of one ``.`` stream: the
+    shape the job store's records take (anything else is stored anew)."""
     try:
-        locators, segments = _parse(manifest)
+        return len(_parse(manifest)[1]) == 1
     except ValueError:
-        return None
-    if len(segments) != 1:
-        return None
-    pos, size, _ = segments[0]
-    return _rebase(locators, [(pos, size, escape_name(name))])
-
-
-def escape_name(name: str) -> str:
-    """A file name as a manifest token: backslash, colon, space and control characters octal-escaped."""
-    return re.sub(r"[\\:\000-\040]", lambda m: "\\%03o" % ord(m.group(0)), name)
+        return False
 
 
 def members(manifest: str) -> list[str]:
