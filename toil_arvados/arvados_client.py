@@ -127,12 +127,13 @@ def retrying(fn: Callable[[], T], what: str, budget: float = OUTAGE_BUDGET,
         try:
             result = fn()
         except Exception as e:
-            if not is_retryable(e) or time.monotonic() + delay > deadline:
+            wait = delay * random.uniform(0.8, 1.2)  # the jittered wait is the one that must fit
+            if not is_retryable(e) or time.monotonic() + wait > deadline:
                 raise
             if failing_since is None:
                 failing_since = time.monotonic()
                 logger.warning("%s; retrying for up to %.0f s", describe(e, f"Arvados unavailable ({what})"), budget)
-            sleep(delay * random.uniform(0.8, 1.2))
+            sleep(wait)
             delay = min(_BACKOFF_MAX, delay * 2)
             continue
         if failing_since is not None:
