@@ -7,7 +7,8 @@ arvados-cwl-runner ``--local`` (its own venv, as the tests build it). Workloads:
 ``echo`` steps per size, and the demo workflow twice (a cold run, then a rerun that should reuse
 every container). Per run: wall time, CPU seconds and peak RSS of the runner and its children
 (``os.wait4``), API calls per step by endpoint and containers created (counted at the server), and
-whether the outputs are right. Table on stdout, figures in ``bench/out/scale.json``.
+whether the outputs are right. Table on stdout, figures in ``bench/out/scale.json``. One warm-up
+container runs first, so no runner pays the worker image's first load on the node.
 
 CPU and RSS are the runner's processes only: with toil-arvados and a-c-r the steps run in the
 cluster's containers (not counted), with single_machine in the runner's own children (counted).
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -304,14 +306,35 @@ def demo_workloads(s: Session) -> list[Workload]:
 
 # --------------------------------------------------------------------------- setup
 
-def store_images(api, runner_image: str) -> None:
+def store_images(api, runner_image: str) -> str:
     """The worker image, also under a-c-r's runner image name: a-c-r runs tools without a
-    DockerRequirement in it (no registry here, so an administrator would mirror it like this)."""
+    DockerRequirement in it (no registry here, so an administrator would mirror it like this).
+    Returns its portable data hash."""
     from toil_arvados.images.keep import store_image
     from toil_arvados.images.worker import build_worker_image
 
     built = build_worker_image()
-    store_image(api, built.tarball, built.image_id, (*built.names, runner_image), properties=built.properties)
+    return store_image(api, built.tarball, built.image_id, (*built.names, runner_image),
+                       properties=built.properties)
+
+
+def warm_node(api, image_pdh: str, timeout: float = 300) -> None:
+    """Run one container in the image before anything is measured, as on a node that has run it
+    before: otherwise whichever runner goes first pays the image's one load from Keep (several
+    seconds for the worker image) and the others do not."""
+    cr = api.container_requests().create(body={"container_request": {
+        "name": "bench warm-up", "container_image": image_pdh, "command": ["true"], "output_path": "/out",
+        "mounts": {"/out": {"kind": "tmp", "capacity": 1 << 20}}, "use_existing": False,
+        "runtime_constraints": {"vcpus": 1, "ram": 256 << 20}, "state": "Committed", "priority": 1}}).execute()
+    deadline = time.monotonic() + timeout
+    while cr["state"] != "Final":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up container request {cr['uuid']} did not finish in {timeout:g} s")
+        time.sleep(0.2)
+        cr = api.container_requests().get(uuid=cr["uuid"]).execute()
+    c = api.containers().get(uuid=cr["container_uuid"]).execute()
+    if c["state"] != "Complete" or c["exit_code"] != 0:
+        raise RuntimeError(f"warm-up container {c['uuid']} ended {c['state']} (exit {c['exit_code']})")
 
 
 def make_session(cfg, work: Path, words: list[str]) -> Session:
@@ -321,7 +344,7 @@ def make_session(cfg, work: Path, words: list[str]) -> Session:
     acr = acr_venv()
     exe = acr.ensure_venv()
     api = arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True)
-    store_images(api, f"arvados/jobs:{acr.ACR_VERSION}")
+    warm_node(api, store_images(api, f"arvados/jobs:{acr.ACR_VERSION}"))
     projects = {runner: api.groups().create(body={"group": {"name": f"bench scale {runner}", "group_class": "project"}},
                                             ensure_unique_name=True).execute()["uuid"]
                 for runner in RUNNERS[1:]}

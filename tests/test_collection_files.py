@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import arvados
@@ -177,3 +178,59 @@ def test_the_upload_buffer_grows_with_the_bytes_and_blocks_stay_the_same(tmp_pat
         packer.flush()
         packed.append(packer.files)
     assert packed[0] == packed[1] and len({seg.locator for segs in packed[0].values() for seg in segs}) == 1
+
+
+def test_containers_starting_together_share_one_copy_of_a_collection(tmp_path, monkeypatch):
+    """Two containers that start at once with the same image (hundreds of MB) wait for one
+    materialized copy instead of each making its own; a failed copy is tried again later."""
+    from types import SimpleNamespace
+
+    from toil_arvados.localcluster import collection_files, dispatcher as dispatcher_module
+    from toil_arvados.localcluster.collections import store_manifest
+    from toil_arvados.localcluster.containers import Lifecycle
+    from toil_arvados.localcluster.store import Store
+
+    store = Store(tmp_path / "db.sqlite3", "local", "local-tpzed-000000000000000")
+    blocks = BlockStore(tmp_path / "keep")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "layer.tar").write_bytes(b"x" * 4096)
+    pdh = store_manifest(store, upload_directory(src, blocks), name="image", owner_uuid=store.system_user_uuid)["portable_data_hash"]
+    cfg = SimpleNamespace(state_dir=str(tmp_path / "state"), container_count_max=3, cores=0, ram=0)
+    d = dispatcher_module.Dispatcher(store, Lifecycle(store, cfg), cfg, blockstore=blocks, runtime=None, api_env={})
+    copies, first_started, release = [], threading.Event(), threading.Event()
+    real = collection_files.materialize
+
+    def slow_materialize(manifest, blockstore, dest):
+        copies.append(dest)
+        first_started.set()
+        assert release.wait(10)
+        real(manifest, blockstore, dest)
+
+    monkeypatch.setattr(collection_files, "materialize", slow_materialize)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(d._materialized(pdh))) for _ in range(2)]
+    threads[0].start()
+    assert first_started.wait(10)
+    threads[1].start()
+    threads[1].join(0.3)  # without the lock it would be copying by now too
+    assert len(copies) == 1
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(copies) == 1 and len(results) == 2 and results[0] == results[1]
+    assert (results[0] / "layer.tar").read_bytes() == b"x" * 4096
+    assert d._copying == {}  # nothing is kept per collection once its copy exists
+
+    def failing(manifest, blockstore, dest):
+        copies.append(dest)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(collection_files, "materialize", failing)
+    other = store_manifest(store, ". 37b51d194a7513e45b56f6524f2d51f2+3 0:3:b\n", name="other", owner_uuid=store.system_user_uuid)["portable_data_hash"]
+    blocks.put(b"bar")
+    for _ in range(2):
+        with pytest.raises(OSError, match="disk full"):
+            d._materialized(other)
+    assert len(copies) == 3  # each call tried again: a failure is not cached
+    store.close()

@@ -102,6 +102,8 @@ class BlockStore:
             os.chmod(tmp, 0o444)
             os.replace(tmp, dest)  # also replaces a damaged copy
             _fsync_dir(dest.parent)
+            # Its bytes were hashed just above: the first read need not hash them again.
+            self._verified[md5] = _identity(dest.stat())
         except BaseException:
             try:
                 os.unlink(tmp)

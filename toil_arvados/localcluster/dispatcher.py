@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,10 @@ class Dispatcher:
         # Queued containers found to fit an instance type: uuid -> the etag of that version. A
         # pass runs after every change, with up to thousands queued; each is sized once per version.
         self._fits: dict[str, str] = {}
+        # One lock per collection being materialized: containers starting together wait for one
+        # copy (an image is hundreds of MB) instead of each making its own.
+        self._copying: dict[str, threading.Lock] = {}
+        self._copying_guard = threading.Lock()
         store.add_listener(self._on_event)
 
     # -- scheduling ---------------------------------------------------------------------------
@@ -397,15 +402,26 @@ class Dispatcher:
         target = self.cache_root / pdh
         if target.exists():
             return target
+        with self._copying_guard:
+            lock = self._copying.setdefault(pdh, threading.Lock())
+        with lock:
+            try:
+                if not target.exists():  # not made by the container this one waited for
+                    self._materialize(pdh, target)
+            finally:  # later callers find the copy (or, after a failure, try again)
+                with self._copying_guard:
+                    self._copying.pop(pdh, None)
+        return target
+
+    def _materialize(self, pdh: str, target: Path) -> None:
         manifest = self._manifest_of(pdh)
         tmp = self.cache_root / f".{pdh}.{time.monotonic_ns()}"
         tmp.mkdir(parents=True)
         collection_files.materialize(manifest, self.blockstore, tmp)
         try:
             tmp.rename(target)
-        except OSError:  # another container materialized it meanwhile
+        except OSError:  # another cluster process sharing the cache made it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
-        return target
 
     def _manifest_of(self, pdh: str) -> str:
         """The stored (unsigned) manifest of the collection with content hash *pdh*."""
