@@ -272,6 +272,37 @@ def test_host_files_are_invisible(tmp_path: Path) -> None:
     assert read(tmp_path, "stdout.txt").split() == ["/usr"]
 
 
+_PROBE = """
+import socket, sys
+own = socket.create_server(("127.0.0.1", 0))  # the container's own loopback works either way
+socket.create_connection(own.getsockname(), 2).close()
+print(sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]))
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), 2).close()
+    print("reached the host")
+except OSError as e:
+    print("unreachable:", type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("api", [False, True])
+def test_network_only_with_api_access(tmp_path: Path, api: bool) -> None:
+    """As crunch-run: no API access, no network (a namespace with only ``lo``, up); with it, the
+    host's network, where the cluster's API listens."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as host_server:
+        port = host_server.getsockname()[1]
+        code, _ = run(make_spec(tmp_path, ["python3", "-c", _PROBE, str(port)], api=api))
+    out = read(tmp_path, "stdout.txt")
+    assert code == 0, read(tmp_path, "stderr.txt")
+    if api:
+        assert "reached the host" in out and "network: host" in read(tmp_path, "crunch-run.txt")
+    else:
+        assert out.splitlines() == ["['lo']", "unreachable: ConnectionRefusedError"], out
+        assert "network: none" in read(tmp_path, "crunch-run.txt")
+
+
 def test_limits_are_logged_and_cgroups_cleaned(tmp_path: Path) -> None:
     code, c = run(make_spec(tmp_path, ["true"]))
     assert code == 0

@@ -53,6 +53,10 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+# For bringing up the loopback interface of a new network namespace (struct ifreq: a 16-byte
+# name, then the flags as a short, in a 40-byte union on 64-bit Linux).
+AF_INET, SOCK_DGRAM, SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 2, 2, 0x8913, 0x8914, 1
 PR_SET_PDEATHSIG = 1
 # pivot_root has no glibc wrapper; syscall numbers per architecture.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}
@@ -498,7 +502,31 @@ def _init(spec: dict, fds: tuple[int, int, int], status_w: int, go_r: int,
 
 def _describe(spec: dict) -> str:
     return (f"runtime: namespace; image {spec.get('image') or '(none)'} ({len(spec.get('image_layers') or [])} "
-            "layer(s)) as the root filesystem, own mount and PID namespaces")
+            "layer(s)) as the root filesystem, own mount and PID namespaces; "
+            + ("network: host (the container has API access)" if spec.get("api")
+               else "network: none (no API access requested)"))
+
+
+def _namespaces(spec: dict) -> int:
+    """What the container unshares. As crunch-run (``EnableNetwork`` only with
+    ``runtime_constraints.API``; Docker ``--network none``, Singularity ``--network=none``
+    otherwise), a container without API access gets a network namespace of its own with only a
+    loopback interface: it cannot reach the cluster, the host's services or the Internet."""
+    return CLONE_NEWNS | CLONE_NEWPID | (0 if spec.get("api") else CLONE_NEWNET)
+
+
+def _loopback_up() -> None:
+    """Bring ``lo`` up in this (new) network namespace, as Docker's "none" network has it."""
+    fd = _libc.socket(AF_INET, SOCK_DGRAM, 0)
+    _check(0 if fd >= 0 else fd, "socket()")
+    try:
+        ifreq = ctypes.create_string_buffer(b"lo", 40)
+        _check(_libc.ioctl(fd, SIOCGIFFLAGS, ifreq), "ioctl(SIOCGIFFLAGS, lo)")
+        flags = int.from_bytes(ifreq.raw[16:18], sys.byteorder) | IFF_UP
+        ctypes.memmove(ctypes.addressof(ifreq) + 16, flags.to_bytes(2, sys.byteorder), 2)
+        _check(_libc.ioctl(fd, SIOCSIFFLAGS, ifreq), "ioctl(SIOCSIFFLAGS, lo)")
+    finally:
+        os.close(fd)
 
 
 def main(argv: list[str]) -> int:
@@ -545,7 +573,10 @@ def main(argv: list[str]) -> int:
         log(line)
     try:
         fds, pumps = _open_files(spec)
-        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID), "unshare(CLONE_NEWNS|CLONE_NEWPID)")
+        flags = _namespaces(spec)
+        _check(_libc.unshare(flags), f"unshare({flags:#x})")
+        if flags & CLONE_NEWNET:
+            _loopback_up()
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
     except (OSError, SetupError) as e:
         log(f"container setup failed: {e}")
