@@ -9,9 +9,10 @@ finish the workflow with the right outputs; nothing is submitted twice (a create
 lost is looked up, not repeated), no step is run again by Toil (``--retryCount 0``), and a step
 that had finished before the outage keeps its one container.
 
-The local cluster's ``down`` stops its dispatcher too, so a container running at that moment dies
-with it and Arvados retries it in a new container of the same request when the cluster is back (a
-real cluster keeps it running): that retry is Arvados' own, allowed here, and the only one.
+The outage is ``down --keep-containers``: the API server, Keep, the websocket and the dispatcher
+stop, and a container running at that moment keeps running, as on a real cluster whose services
+go away while its compute nodes do not. The cluster adopts it when it is back (finished meanwhile
+or still running) so every step runs in exactly one container.
 
 Its own cluster (the ``own_cluster`` fixture): the session cluster must not be stopped under the
 other tests.
@@ -184,9 +185,7 @@ def test_workflow_rides_out_cluster_outages(own_cluster, built_images, tmp_path:
             return [cr for cr in project_requests(api, project) if spec.is_step(cr)]
 
         def progress() -> tuple[int, int] | None:
-            """(steps finished, steps running in their first container); None once the leader exited.
-            A step whose container an earlier outage killed is not stopped again: each step gets at
-            most one retry from Arvados, well within ``container_count_max``."""
+            """(steps finished, steps running); None once the leader exited."""
             if leader.proc.poll() is not None:
                 return None
             crs = steps()
@@ -204,7 +203,7 @@ def test_workflow_rides_out_cluster_outages(own_cluster, built_images, tmp_path:
             finished.update({cr["uuid"]: (cr["container_uuid"], cr["container_count"])
                              for cr in steps() if cr["state"] == "Final"})
 
-            assert control.down(state) is True
+            assert control.down(state, keep_containers=True) is True
             assert not control.answers(cfg, timeout=1.0)
             time.sleep(outage_seconds)  # the outage itself: the thing under test, not a readiness wait
             assert leader.proc.poll() is None, \
@@ -229,6 +228,11 @@ def test_workflow_rides_out_cluster_outages(own_cluster, built_images, tmp_path:
     submissions = [cr["properties"].get(PROPERTY_SUBMISSION) for cr in crs]
     assert None not in submissions and len(set(submissions)) == len(submissions)
     assert {cr["state"] for cr in step_crs} == {"Final"}
+    # No container created twice for a step: those running at an outage outlived it, and were
+    # adopted and finished by the cluster when it was back.
+    assert [cr["container_count"] for cr in step_crs] == [1] * spec.steps, \
+        [(cr["name"], cr["container_count"]) for cr in step_crs]
+    assert {c["state"] for c in containers_by_uuid(api, step_crs).values()} == {"Complete"}
     # A step done before an outage was not run again: same request, same container, no new one.
     assert len(finished) >= len(OUTAGES), finished
     now = {cr["uuid"]: cr for cr in step_crs}

@@ -2,15 +2,18 @@
 
 What Arvados guarantees and a crash must not break: every committed object is still there (no
 lost collection), log ids stay unique and increasing across the crash (clients resume event
-streams from ``last_log_id``), containers that were running when the process died are settled
-the way Arvados' dispatcher settles containers whose crunch-run vanished (cancelled, their
-requests retried up to ``container_count_max`` or finalized) and no token of theirs still works.
+streams from ``last_log_id``). Containers outlive the crash as crunch-run outlives a dispatcher's:
+the next ``up`` adopts those still running or finished meanwhile and completes them in their one
+container. Those whose runtime died too (a lost node) are settled the way Arvados' dispatcher
+settles containers whose crunch-run vanished (cancelled, their requests retried up to
+``container_count_max`` or finalized) and no token of theirs still works.
 
 The test runs its own cluster on a fresh state directory: the session cluster must not be killed
 under the other tests.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -90,19 +93,78 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill9(state: Path) -> list[int]:
-    """``kill -9`` the cluster process; returns the container processes it had started (all of
-    them must die with it: nothing may keep running a container the next process cancels)."""
+def _kill9(state: Path, lose_containers: bool) -> list[int]:
+    """``kill -9`` the cluster process and, with *lose_containers*, its containers' runtimes too
+    (a node lost with the dispatcher: their commands die with them). Returns the container
+    processes the cluster had started."""
     pid = int((state / "server.pid").read_text())
     children = sorted(_descendants(pid))
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _alive(pid) or any(_alive(c) for c in children), lambda alive: not alive, 15,
-             "the cluster process and its containers to die")
+    if lose_containers:
+        for runtime in _children(pid):
+            os.kill(runtime, signal.SIGKILL)
+    wait_for(lambda: _alive(pid) or (lose_containers and any(_alive(c) for c in children)),
+             lambda alive: not alive, 15, "the cluster process (and its containers) to die")
     try:
         os.waitpid(pid, 0)  # up() started it from this process: reap it
     except ChildProcessError:
         pass
     return children
+
+
+def _runtime_pid(state: Path, container_uuid: str) -> int:
+    """The pid of the runtime process running a container (what the cluster recorded)."""
+    return json.loads((state / "containers" / container_uuid / "running.json").read_text())["runtime"]["pid"]
+
+
+def test_kill_9_then_up_adopts_the_running_containers(own_cluster, insecure_sdk) -> None:
+    """Containers outlive the cluster process: one finishes while it is down, one is still running
+    when it is back; both are adopted and complete in their one container, with their output and
+    their whole log, their tokens working while they run and expired once they end."""
+    state, cfg = own_cluster
+    api = _client(cfg)
+    quick = create_request(api, request_body(["sh", "-c", "sleep 2; echo quick > out.txt"], IMAGE, name="quick",
+                                             use_existing=False))
+    slow = create_request(api, request_body(["sh", "-c", "sleep 15; echo slow > out.txt"], IMAGE, name="slow",
+                                            use_existing=False))
+    running = [wait_container_state(api, cr["container_uuid"], "Running") for cr in (quick, slow)]
+    tokens = [api.containers().auth(uuid=c["uuid"]).execute()["api_token"] for c in running]
+    runtimes = [_runtime_pid(state, c["uuid"]) for c in running]
+    logs_before = _all_logs(api)
+    events: list[dict] = []
+    listener = arvados.events.subscribe(api, [["object_uuid", "in", [c["uuid"] for c in running]]],
+                                        events.append, last_log_id=logs_before[-1]["id"])
+
+    _kill9(state, lose_containers=False)
+    assert _alive(runtimes[1]), "the slow container died with the cluster process"
+    wait_for(lambda: _alive(runtimes[0]), lambda alive: not alive, 30, "the quick container to end")
+
+    cfg2 = control.up(state)
+    assert container(api, running[1]["uuid"])["state"] == "Running"  # adopted, still running
+    assert _client(cfg, tokens[1]).users().current().execute()["uuid"]  # and its token works
+    try:
+        for cr, word in ((quick, "quick"), (slow, "slow")):
+            done = wait_final(api, cr["uuid"])
+            c = container(api, done["container_uuid"])
+            assert (done["container_count"], c["state"], c["exit_code"]) == (1, "Complete", 0), (done, c)
+            assert c["uuid"] == cr["container_uuid"]
+            out = arvados.collection.CollectionReader(done["output_uuid"], api_client=api)
+            assert out.open("out.txt").read() == f"{word}\n"
+            log = arvados.collection.CollectionReader(done["log_uuid"], api_client=api)
+            assert "following the container again" in log.open("crunch-run.txt").read()
+        for token in tokens:
+            with pytest.raises(arvados.errors.ApiError) as e:
+                _client(cfg2, token).users().current().execute()
+            assert e.value.resp.status == 401
+        wait_for(lambda: {e["object_uuid"] for e in list(events)
+                          if (e.get("properties", {}).get("new_attributes") or {}).get("state") == "Complete"},
+                 lambda completed: completed == {c["uuid"] for c in running}, 45,
+                 "the subscribed client to see both containers complete")
+    finally:
+        listener.close()
+    ids = [entry["id"] for entry in _all_logs(api)]
+    assert ids == sorted(set(ids)), "log ids must be unique and increasing"
+    assert not (state / "containers" / running[0]["uuid"]).exists()  # released once finished
 
 
 def _all_logs(api) -> list[dict]:
@@ -112,7 +174,8 @@ def _all_logs(api) -> list[dict]:
     return page["items"]
 
 
-def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
+def test_kill_9_with_its_containers_then_up_recovers(own_cluster, insecure_sdk) -> None:
+    """The cluster process dies with its containers (a node lost with the dispatcher)."""
     state, cfg = own_cluster
     api = _client(cfg)
     coll = arvados.collection.Collection(api_client=api)
@@ -143,7 +206,7 @@ def test_kill_9_then_up_recovers(own_cluster, insecure_sdk) -> None:
     listener = arvados.events.subscribe(api, [["object_uuid", "in", [c["uuid"] for c in running]]],
                                         events.append, last_log_id=logs_before[-1]["id"])
 
-    processes = _kill9(state)
+    processes = _kill9(state, lose_containers=True)
     assert len(processes) >= 4, f"two containers, each a runtime and a command: only {processes}"
 
     cfg2 = control.up(state)

@@ -49,7 +49,9 @@ def _cluster_up(args: argparse.Namespace) -> int:
 def _cluster_down(args: argparse.Namespace) -> int:
     from .localcluster import control
 
-    print("cluster stopped" if control.down(_state_dir(args)) else "cluster was not running")
+    stopped = control.down(_state_dir(args), keep_containers=args.keep_containers)
+    print(("cluster stopped; running containers keep running until the next `up` adopts them" if args.keep_containers
+           else "cluster stopped") if stopped else "cluster was not running")
     return 0
 
 
@@ -162,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Keep storage classes the cluster declares (StorageClasses), the first the default "
                         "(default: default)")
     p.set_defaults(func=_cluster_up)
-    with_state(csub.add_parser("down", help="stop the cluster (its state is kept)")).set_defaults(func=_cluster_down)
+    down = with_state(csub.add_parser("down", help="stop the cluster (its state is kept)"))
+    down.add_argument("--keep-containers", action="store_true",
+                      help="stop only the services (API, Keep, websocket, dispatcher): running containers "
+                           "keep running and the next `up` adopts them, as on a cluster whose services restart")
+    down.set_defaults(func=_cluster_down)
     with_state(csub.add_parser("status", help="is the cluster running?")).set_defaults(func=_cluster_status)
     with_state(csub.add_parser("env", help="print the ARVADOS_API_* exports for a shell")).set_defaults(func=_cluster_env)
 

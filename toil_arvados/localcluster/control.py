@@ -23,6 +23,10 @@ from . import statelock
 from .config import ClusterConfig, free_port, register
 
 
+#: The signal that stops the cluster process's services but not its running containers.
+KEEP_CONTAINERS_SIGNAL = signal.SIGUSR1
+
+
 class ClusterError(Exception):
     """A problem starting or reaching the cluster, phrased for the user."""
 
@@ -137,9 +141,14 @@ def up(state_dir: Path, *, cores: int | None = None, ram: int | None = None, por
     raise ClusterError(f"the cluster did not answer within {timeout:.0f}s; see {state_dir / 'server.log'}")
 
 
-def down(state_dir: Path, timeout: float = 60.0) -> bool:
+def down(state_dir: Path, timeout: float = 60.0, keep_containers: bool = False) -> bool:
     """Stop the cluster; True if it was running. State stays on disk for the next ``up``, which
-    may follow at once: this returns only once the process has exited (its lock is free)."""
+    may follow at once: this returns only once the process has exited (its lock is free).
+
+    Running containers are cancelled (their requests retried at the next ``up``), unless
+    *keep_containers*: then only the services stop (API, Keep, websocket, dispatcher), as when a
+    real cluster's services restart, and containers the namespace runtime runs keep running;
+    the next ``up`` adopts them and finishes them."""
     state_dir = Path(state_dir).resolve()
     pid = _pid(state_dir)
     if pid is None:
@@ -147,7 +156,7 @@ def down(state_dir: Path, timeout: float = 60.0) -> bool:
     if not pid:
         raise ClusterError(f"the cluster in {state_dir} is held by a process whose pid is not recorded; "
                            f"stop it yourself (see `fuser {state_dir / statelock.LOCK_FILE}`)")
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, KEEP_CONTAINERS_SIGNAL if keep_containers else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     delay = 0.02
     while time.monotonic() < deadline:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -32,8 +34,10 @@ from ..images.archive import find_tarball
 from .containers import STREAM_MOUNTS, Lifecycle
 from .resources import new_token_secret
 from .runtime import Runtime
+from .runtime.nsinit import process_start
 from .scratch import Scratch, release_leftovers
 from .store import Store, timestamp
+from ..timestamps import parse_timestamp
 from .uuids import table_of
 
 logger = logging.getLogger(__name__)
@@ -66,6 +70,54 @@ class _Running:
     #: Why the dispatcher stopped it, when not for priority 0 (e.g. max_run_time).
     cancel_reason: str | None = None
     log_lines: list[str] = field(default_factory=list)
+    #: The command runs and nothing of its outcome is being saved: it may be left to run on.
+    waiting: bool = False
+    #: Left running for the next cluster process to adopt (``down --keep-containers``).
+    detached: bool = False
+
+
+@dataclass
+class _Held:
+    """What a container holds on this machine from its start to its end (released then), and
+    what the next cluster process needs to finish it if it outlives this one (``running.json``)."""
+    workdir: Path
+    token_uuid: str | None = None
+    scratch: Scratch | None = None
+    #: The run spec's mounts (host sources): the output is assembled from them.
+    mounts: list[dict] = field(default_factory=list)
+    #: Mount points made in writable mounts, removed after the command (see mount_points).
+    made_points: list[tuple[Path, bool]] = field(default_factory=list)
+
+    @property
+    def logdir(self) -> Path:
+        return self.workdir / "log"
+
+    def save(self, run: _Running, runtime_record: dict) -> None:
+        """Write ``running.json`` (whole or not at all): a container whose runtime can outlive
+        this process can be finished by the next one."""
+        data = {"vcpus": run.vcpus, "ram": run.ram, "supervisor": run.supervisor,
+                "token_uuid": self.token_uuid, "mounts": self.mounts,
+                "made_points": [[str(p), is_dir] for p, is_dir in self.made_points],
+                "scratch": self.scratch.state() if self.scratch else None, "runtime": runtime_record}
+        tmp = self.workdir / ".running.json.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.workdir / RUNNING_FILE)
+
+    @classmethod
+    def load(cls, workdir: Path) -> tuple["_Held", dict] | None:
+        """What :meth:`save` wrote, and its raw data; None if nothing usable is there."""
+        try:
+            data = json.loads((workdir / RUNNING_FILE).read_text())
+            held = cls(workdir, data.get("token_uuid"),
+                       Scratch.restore(workdir, data["scratch"]) if data.get("scratch") else None,
+                       list(data["mounts"]), [(Path(p), bool(d)) for p, d in data["made_points"]])
+            return held, data
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+#: In a container's work directory while it runs: see :meth:`_Held.save`.
+RUNNING_FILE = "running.json"
 
 
 class Dispatcher:
@@ -89,6 +141,8 @@ class Dispatcher:
         # copy (an image is hundreds of MB) instead of each making its own.
         self._copying: dict[str, threading.Lock] = {}
         self._copying_guard = threading.Lock()
+        #: Containers recover() took over, each with what it holds; run() follows them.
+        self._adopted: list[tuple[_Running, _Held]] = []
         store.add_listener(self._on_event)
 
     # -- scheduling ---------------------------------------------------------------------------
@@ -99,6 +153,9 @@ class Dispatcher:
 
     async def run(self) -> None:
         """The scheduling loop; ends when :meth:`stop` is called. Call :meth:`recover` first."""
+        for run, held in self._adopted:
+            run.task = asyncio.get_running_loop().create_task(self._run(run, held))
+        self._adopted.clear()
         while not self._stopping:
             self._wake.clear()
             try:
@@ -110,11 +167,20 @@ class Dispatcher:
             except asyncio.TimeoutError:
                 pass
 
-    async def stop(self) -> None:
-        """Stop taking work and cancel what runs (a clean ``cluster down``)."""
+    async def stop(self, keep_running: bool = False) -> None:
+        """Stop taking work, and cancel what runs (a clean ``cluster down``) or, with
+        *keep_running*, leave each container whose runtime can outlive this process running for
+        the next one to adopt, as a real cluster's containers outlive its services' restarts."""
         self._stopping = True
         self._wake.set()
         for run in list(self.running.values()):
+            if keep_running and run.waiting and run.proc is not None and run.proc.record() is not None:
+                run.detached = True
+                _append(self.work_root / run.container_uuid / "log" / "crunch-run.txt",
+                        f"{timestamp()} the cluster is stopping; the container keeps running\n")
+                if run.task:
+                    run.task.cancel()
+                continue
             run.cancelled = True
             if run.proc is not None:
                 run.proc.kill()
@@ -123,26 +189,51 @@ class Dispatcher:
             await asyncio.wait(tasks, timeout=30)
 
     def recover(self) -> None:
-        """At start, before anyone is served: no process of ours runs any container now (they die
-        with the cluster process), so settle those the last run left Locked or Running, as
-        Arvados' dispatcher does when it finds no crunch-run for them (scheduler/sync.go): a
-        Locked one is requeued, a Running one cancelled ("not running on any worker"), which
-        retries its requests up to ``container_count_max``. Leaving either state expires the
-        container's token. A Running container's logs so far become its log collection."""
-        release_leftovers(self.work_root)  # scratch filesystems still mounted in work directories
+        """At start, before anyone is served: settle the containers the last cluster process
+        left Locked or Running, as Arvados' dispatcher does (scheduler/sync.go). A Running one
+        whose runtime still runs it, or ended while no cluster process ran (its outcome is on
+        disk), is adopted: followed to its end and finished as if this process had started it
+        (dispatch-cloud takes over the crunch-run processes it finds on its workers). A Locked one
+        is requeued; a Running one nothing runs any more is cancelled ("not running on any
+        worker"), which retries its requests up to ``container_count_max``; leaving either state
+        expires the container's token. A cancelled container's logs so far become its log
+        collection. Call :meth:`run` next, which follows the adopted ones."""
+        adopted = set()
         for c in self.store.lookup_many("containers", "state", ("Locked", "Running")):
             if c["state"] == "Locked":
                 logger.info("requeueing %s: it was Locked when the cluster stopped", c["uuid"])
                 self.lifecycle.update_container(c["uuid"], {"state": "Queued", "locked_by_uuid": None})
+            elif c["state"] == "Running" and self._adopt(c):
+                adopted.add(c["uuid"])
             elif c["state"] == "Running":
                 logger.info("cancelling %s: it was Running when the cluster stopped", c["uuid"])
+                _stop_stray_runner(self.work_root / c["uuid"])
                 self._finish_cancelled(c["uuid"], self.work_root / c["uuid"] / "log",
                                        "container was running when the cluster stopped "
                                        "(not running on any worker)")
-        if self.work_root.is_dir():  # work directories of runs that ended with the last process
+        # Scratch filesystems and work directories of runs that ended with the last process.
+        release_leftovers(self.work_root, keep={self.work_root / u for u in adopted})
+        if self.work_root.is_dir():
             for leftover in self.work_root.iterdir():
-                shutil.rmtree(leftover, ignore_errors=True)
+                if leftover.name not in adopted:
+                    shutil.rmtree(leftover, ignore_errors=True)
         self.lifecycle.expire_stale_container_tokens()
+
+    def _adopt(self, c: dict) -> bool:
+        """Take over a Running container the last cluster process left to run (see
+        :meth:`recover`); False when it cannot be followed any more."""
+        workdir = self.work_root / c["uuid"]
+        loaded = _Held.load(workdir) if self.runtime is not None else None
+        proc = self.runtime.adopt(loaded[1]["runtime"]) if loaded else None
+        if proc is None:
+            return False
+        held, data = loaded
+        run = _Running(c["uuid"], int(data["vcpus"]), int(data["ram"]), bool(data["supervisor"]), proc=proc)
+        self.running[c["uuid"]] = run
+        self._adopted.append((run, held))
+        logger.info("adopting %s: it kept running while the cluster was stopped", c["uuid"])
+        _append(held.logdir / "crunch-run.txt", f"{timestamp()} the cluster is back; following the container again\n")
+        return True
 
     def _free(self) -> tuple[int, int]:
         used_cpu = sum(r.vcpus for r in self.running.values())
@@ -208,77 +299,103 @@ class Dispatcher:
 
     # -- running one container ---------------------------------------------------------------
 
-    async def _run(self, run: _Running) -> None:
+    async def _run(self, run: _Running, held: _Held | None = None) -> None:
+        """Run one container to its end: start it (unless *held*, one adopted already running),
+        wait, save its output and logs, complete or cancel it, release what it held."""
         uuid = run.container_uuid
-        workdir = self.work_root / uuid
-        logdir = workdir / "log"
-        token = None
-        scratch: Scratch | None = None
+        held = held or _Held(self.work_root / uuid)
         try:
-            c = self.store.get(uuid)
-            token = self.store.create("api_client_authorizations", {
-                "owner_uuid": c["runtime_user_uuid"], "api_token": new_token_secret(),
-                "scopes": c.get("runtime_auth_scopes") or ["all"], "expires_at": None,
-                "_container_uuid": uuid}, by=self.store.system_user_uuid)
-            c = self.lifecycle.update_container(uuid, {
-                "state": "Locked", "locked_by_uuid": self.config.root_token_uuid, "auth_uuid": token["uuid"]})
-            shutil.rmtree(workdir, ignore_errors=True)
-            logdir.mkdir(parents=True)
-            mount_error = crunch.crunch_run_mount_error(c)
-            if mount_error:
-                raise _Cancelled(f"While setting up mounts: {mount_error}")
-            scratch = Scratch(workdir, crunch.tmp_capacity(c))
-            await asyncio.to_thread(scratch.create)
-            if scratch.note:
-                _append(logdir / "crunch-run.txt", f"{timestamp()} {scratch.note}\n")
-            spec = await asyncio.to_thread(self._prepare, c, workdir, logdir, token, scratch.root)
-            made_points = await asyncio.to_thread(mount_points.make_mount_points, spec["mounts"])
-            if run.cancelled:
-                raise _Cancelled()
-            self.lifecycle.update_container(uuid, {"state": "Running"})
-            run.proc = await self.runtime.start(spec)
-            if run.cancelled:
-                run.proc.kill()
-            exit_code = await self._wait(run, crunch.max_run_time(c))
-            await asyncio.to_thread(mount_points.remove_mount_points, made_points)
-            lost = getattr(run.proc, "lost", False)
-            finish = {"exit_code": exit_code}
-            if run.cancelled:
-                raise _Cancelled(run.cancel_reason)
-            if lost:
-                raise _Cancelled("container process was lost (killed outside the command)")
-            # As crunch-run: a container with API access may have set its output itself.
-            current = self.store.get(uuid) or c
-            if (c.get("runtime_constraints") or {}).get("API") and current.get("output"):
-                output_pdh = current["output"]
-            else:
-                linked = await asyncio.to_thread(_contain_output_links, c, spec, logdir)
-                output_pdh = await asyncio.to_thread(self._save_output, c, spec, linked)
-            log_pdh = await asyncio.to_thread(self._save_log_dir, c, logdir)
-            finish.update({"state": "Complete", "output": output_pdh, "log": log_pdh, "progress": 1.0})
-            self.lifecycle.update_container(uuid, finish)
+            if run.proc is None:
+                await self._start(run, held)
+            await self._complete(run, held)
         except _Cancelled as e:
-            self._finish_cancelled(uuid, logdir, str(e) if e.args and e.args[0] else None)
+            self._finish_cancelled(uuid, held.logdir, str(e) if e.args and e.args[0] else None)
         except Exception as e:  # infrastructure failure: the container is cancelled (and retried)
             logger.exception("running container %s failed", uuid)
-            self._finish_cancelled(uuid, logdir, f"dispatcher error: {type(e).__name__}: {e}")
+            self._finish_cancelled(uuid, held.logdir, f"dispatcher error: {type(e).__name__}: {e}")
         finally:
             self.running.pop(uuid, None)
             self._wake.set()  # its cores are free: the next container starts while this one is cleaned up
-            if token is not None and self.store.get(token["uuid"]):
-                self.store.update(token["uuid"], {"expires_at": timestamp()}, log=False)
-            if scratch is not None:
-                await asyncio.to_thread(scratch.release)
-            shutil.rmtree(workdir, ignore_errors=True)
+            if not run.detached:  # else the next cluster process finishes and releases it
+                await self._release(held)
 
-    async def _wait(self, run: _Running, max_run_time: float) -> int:
-        """The command's exit code. Past ``max_run_time`` seconds (0: no limit) the container is
-        stopped the way a priority-0 cancel stops it, so it ends Cancelled, as crunch-run's do."""
+    async def _start(self, run: _Running, held: _Held) -> None:
+        """Lock the container, give it a token, scratch space and its mounts, and start it."""
+        uuid, logdir = run.container_uuid, held.logdir
+        c = self.store.get(uuid)
+        token = self.store.create("api_client_authorizations", {
+            "owner_uuid": c["runtime_user_uuid"], "api_token": new_token_secret(),
+            "scopes": c.get("runtime_auth_scopes") or ["all"], "expires_at": None,
+            "_container_uuid": uuid}, by=self.store.system_user_uuid)
+        held.token_uuid = token["uuid"]
+        c = self.lifecycle.update_container(uuid, {
+            "state": "Locked", "locked_by_uuid": self.config.root_token_uuid, "auth_uuid": token["uuid"]})
+        shutil.rmtree(held.workdir, ignore_errors=True)
+        logdir.mkdir(parents=True)
+        mount_error = crunch.crunch_run_mount_error(c)
+        if mount_error:
+            raise _Cancelled(f"While setting up mounts: {mount_error}")
+        held.scratch = Scratch(held.workdir, crunch.tmp_capacity(c))
+        await asyncio.to_thread(held.scratch.create)
+        if held.scratch.note:
+            _append(logdir / "crunch-run.txt", f"{timestamp()} {held.scratch.note}\n")
+        spec = await asyncio.to_thread(self._prepare, c, held.workdir, logdir, token, held.scratch.root)
+        held.mounts = spec["mounts"]
+        held.made_points = await asyncio.to_thread(mount_points.make_mount_points, spec["mounts"])
+        if run.cancelled:
+            raise _Cancelled()
+        self.lifecycle.update_container(uuid, {"state": "Running"})
+        run.proc = await self.runtime.start(spec)
+        record = run.proc.record()
+        if record is not None:
+            held.save(run, record)
+        if run.cancelled:
+            run.proc.kill()
+
+    async def _complete(self, run: _Running, held: _Held) -> None:
+        """Wait for the command; save its output and logs and complete the container."""
+        uuid = run.container_uuid
+        c = self.store.get(uuid)
+        run.waiting = True
+        try:
+            exit_code = await self._wait(run, crunch.max_run_time(c), _seconds_since(c.get("started_at")))
+        finally:
+            run.waiting = False
+        await asyncio.to_thread(mount_points.remove_mount_points, held.made_points)
+        if run.cancelled:
+            raise _Cancelled(run.cancel_reason)
+        if getattr(run.proc, "lost", False):
+            raise _Cancelled("container process was lost (killed outside the command)")
+        finish: dict[str, Any] = {"exit_code": exit_code}
+        # As crunch-run: a container with API access may have set its output itself.
+        current = self.store.get(uuid) or c
+        if (c.get("runtime_constraints") or {}).get("API") and current.get("output"):
+            output_pdh = current["output"]
+        else:
+            spec = {"mounts": held.mounts}
+            linked = await asyncio.to_thread(_contain_output_links, c, spec, held.logdir)
+            output_pdh = await asyncio.to_thread(self._save_output, c, spec, linked)
+        log_pdh = await asyncio.to_thread(self._save_log_dir, c, held.logdir)
+        finish.update({"state": "Complete", "output": output_pdh, "log": log_pdh, "progress": 1.0})
+        self.lifecycle.update_container(uuid, finish)
+
+    async def _release(self, held: _Held) -> None:
+        """Expire the container's token, unmount its scratch space, delete its work directory."""
+        if held.token_uuid is not None and self.store.get(held.token_uuid):
+            self.store.update(held.token_uuid, {"expires_at": timestamp()}, log=False)
+        if held.scratch is not None:
+            await asyncio.to_thread(held.scratch.release)
+        shutil.rmtree(held.workdir, ignore_errors=True)
+
+    async def _wait(self, run: _Running, max_run_time: float, elapsed: float = 0.0) -> int:
+        """The command's exit code. Past ``max_run_time`` seconds (0: no limit) since it started
+        (*elapsed* ago) the container is stopped the way a priority-0 cancel stops it, so it
+        ends Cancelled, as crunch-run's do."""
         if max_run_time <= 0:
             return await run.proc.wait()
         try:
             # wait() shields the runtime's own task: timing out here leaves the container alone.
-            return await asyncio.wait_for(run.proc.wait(), max_run_time)
+            return await asyncio.wait_for(run.proc.wait(), max(max_run_time - elapsed, 0.001))
         except asyncio.TimeoutError:
             if not run.cancelled:
                 run.cancelled = True
@@ -303,8 +420,6 @@ class Dispatcher:
             changes["log"] = self._save_log_dir(c, logdir)
         except Exception:
             logger.exception("could not save the log of cancelled container %s", uuid)
-        if c["state"] == "Locked" and changes["state"] == "Cancelled":
-            pass
         self.lifecycle.update_container(uuid, changes)
 
     # -- mounts ------------------------------------------------------------------------------
@@ -540,3 +655,24 @@ def _append(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(text)
+
+
+def _seconds_since(stamp: str | None) -> float:
+    """Seconds since an Arvados timestamp (0 if there is none)."""
+    return max(time.time() - parse_timestamp(stamp), 0.0) if stamp else 0.0
+
+
+def _stop_stray_runner(workdir: Path) -> None:
+    """Kill the runtime process of a container about to be cancelled, if one still runs: one
+    whose cluster process died before it could record the container (see ``runner.json``)."""
+    try:
+        who = json.loads((workdir / "rootfs" / "runner.json").read_text())
+        pid, start = int(who["pid"]), int(who["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if start and process_start(pid, running=True) == start:
+        logger.info("stopping the runtime (pid %d) of %s", pid, workdir.name)
+        try:
+            os.kill(pid, signal.SIGKILL)  # its PID 1 dies with it (PR_SET_PDEATHSIG), then the rest
+        except ProcessLookupError:
+            pass

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,16 @@ class Scratch:
             self.note = (f"tmp capacity {self.capacity} bytes requested: not enforced "
                          f"(no loop-mounted scratch filesystem: {_why(e)})")
 
+    def state(self) -> dict:
+        """What :meth:`restore` needs in another process (the container outlived this one)."""
+        return {"capacity": self.capacity, "mounted": self.mounted}
+
+    @classmethod
+    def restore(cls, workdir: Path, state: dict) -> "Scratch":
+        scratch = cls(workdir, int(state.get("capacity") or 0))
+        scratch.mounted = bool(state.get("mounted"))
+        return scratch
+
     def release(self) -> None:
         """Unmount and delete (idempotent)."""
         if self.mounted:
@@ -71,16 +82,19 @@ class Scratch:
         self.image.unlink(missing_ok=True)
 
 
-def release_leftovers(work_root: Path) -> None:
-    """After a crash: unmount scratch filesystems left under the containers' work directories."""
+def release_leftovers(work_root: Path, keep: Iterable[Path] = ()) -> None:
+    """After a crash: unmount scratch filesystems left under the containers' work directories,
+    except under those in *keep* (containers still running, adopted by this process)."""
     try:
         with open("/proc/self/mounts") as f:
             points = [line.split()[1] for line in f]
     except OSError:
         return
     prefix = str(work_root.resolve()) + "/"
+    kept = tuple(str(Path(k).resolve()) + "/" for k in keep)
     for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
-        _run_quiet("umount", "-l", point)
+        if not point.startswith(kept):  # an empty tuple matches nothing
+            _run_quiet("umount", "-l", point)
 
 
 def _run(*argv: str) -> None:

@@ -25,6 +25,7 @@ from .bootstrap import bootstrap, bootstrap_sharing
 from .collections import Collections
 from .config import ClusterConfig, exported_instance_types
 from .containers import ContainerRequests, Containers, Lifecycle
+from .control import KEEP_CONTAINERS_SIGNAL
 from .discovery import discovery_document
 from .dispatcher import Dispatcher
 from .eventbus import EventBus
@@ -164,8 +165,8 @@ class Cluster:
         logger.info("cluster %s serving https://%s (Keep on port %d)", self.cfg.cluster_id, self.cfg.api_host,
                     self.cfg.keep_port)
 
-    async def stop(self) -> None:
-        await self.dispatcher.stop()
+    async def stop(self, keep_containers: bool = False) -> None:
+        await self.dispatcher.stop(keep_running=keep_containers)
         for task in (self._dispatch_task, self._sweep_task):
             if task:
                 task.cancel()
@@ -178,12 +179,21 @@ async def serve(cfg: ClusterConfig) -> None:
     cluster = Cluster(cfg)
     await cluster.start()
     stop = asyncio.Event()
+    keep_containers = False
+
+    def leave_containers_running() -> None:
+        nonlocal keep_containers
+        keep_containers = True
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # `cluster down --keep-containers`: the services stop, running containers do not.
+    loop.add_signal_handler(KEEP_CONTAINERS_SIGNAL, leave_containers_running)
     await stop.wait()
-    logger.info("stopping cluster")
-    await cluster.stop()
+    logger.info("stopping cluster%s", " (running containers keep running)" if keep_containers else "")
+    await cluster.stop(keep_containers)
 
 
 def main(argv: list[str] | None = None) -> int:

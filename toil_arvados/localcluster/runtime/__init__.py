@@ -46,12 +46,23 @@ class RunningContainer(Protocol):
         """Cancel: promptly kill every process of the container; ``wait()`` then returns."""
         ...
 
+    def record(self) -> Optional[dict[str, Any]]:
+        """What :meth:`Runtime.adopt` needs to follow this container from a cluster process
+        started later (JSON, no secrets), or None when it cannot outlive this one."""
+        ...
+
 
 class Runtime(Protocol):
     """Starts containers from run specs."""
 
     async def start(self, spec: RunSpec) -> RunningContainer:
         """Start the container described by *spec*; return once its process exists."""
+        ...
+
+    def adopt(self, record: dict[str, Any]) -> Optional[RunningContainer]:
+        """Follow a container an earlier cluster process started, from its ``record()``: as
+        dispatch-cloud takes over the crunch-run processes it finds on its workers. None when
+        it is gone without an outcome (the dispatcher then cancels it)."""
         ...
 
 

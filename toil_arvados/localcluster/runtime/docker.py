@@ -242,6 +242,12 @@ class DockerContainer:
         self._remove_task: Optional[asyncio.Task] = None
         self._task = asyncio.ensure_future(self._run())
 
+    def record(self) -> None:
+        """None: its output reaches the log files through this process's ``docker start
+        --attach``, so a cluster process started later cannot take it over; it is cancelled
+        (and retried) instead."""
+        return None
+
     async def wait(self) -> int:
         return await asyncio.shield(self._task)
 
@@ -343,6 +349,10 @@ class DockerRuntime:
 
     def describe(self) -> str:
         return f"docker (engine {self.docker_host})"
+
+    def adopt(self, record: dict) -> None:
+        """Nothing to adopt: see :meth:`DockerContainer.record`."""
+        return None
 
     async def remove_leftovers(self) -> int:
         """Remove containers this cluster left in the engine (it stopped while they ran)."""

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ from . import ContainerSetupError, RunSpec
 from ...images.layers import LayerCache
 
 from ..crunch import memory_threshold_lines
+from .nsinit import process_start
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +203,20 @@ class _Limits:
         except (OSError, ValueError):
             return self.ram
 
+    def state(self) -> dict[str, Any]:
+        """What :meth:`restore` needs to read and remove these cgroups from another process."""
+        return {"dirs": self.dirs, "memory_dir": self.memory_dir, "ram": self.ram, "v2": self.v2}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> "_Limits":
+        """The cgroups of a container that an earlier cluster process started."""
+        limits = cls("", None, None)
+        limits.dirs = list(state.get("dirs") or [])
+        limits.memory_dir = state.get("memory_dir")
+        limits.ram = int(state.get("ram") or 0)
+        limits.v2 = bool(state.get("v2"))
+        return limits
+
     async def remove(self) -> None:
         """Remove our cgroups; they are busy for a moment while killed processes exit."""
         for d in self.dirs:
@@ -220,15 +236,24 @@ class _Limits:
 
 
 class NamespaceContainer:
-    """A container started by :class:`NamespaceRuntime` (implements ``RunningContainer``)."""
+    """A container run by an nsinit monitor (implements ``RunningContainer``): one this process
+    started (*child*), or one an earlier cluster process started and this one adopted.
 
-    def __init__(self, proc: asyncio.subprocess.Process, spec: RunSpec, limits: _Limits,
-                 kill_grace: float) -> None:
-        self._proc = proc
+    The monitor is followed through a pidfd, which works for a process that is not our child
+    and cannot signal another process that reuses its pid; its outcome is the status file it
+    writes when done (and, for a child, the line it prints).
+    """
+
+    def __init__(self, pid: int, start: int, spec: RunSpec, limits: _Limits, kill_grace: float,
+                 child: Optional[subprocess.Popen] = None) -> None:
         self._spec = spec
         self._limits = limits
         self._kill_grace = kill_grace
-        self.pid: int = proc.pid
+        self._child = child
+        self.pid: int = pid
+        self._start = start
+        self._pidfd = _pidfd(pid, start)
+        self._done = self._pidfd is None and child is None  # an adopted one that has ended
         self.signal: Optional[int] = None
         self.signal_name: Optional[str] = None
         self.killed = False
@@ -239,6 +264,14 @@ class NamespaceContainer:
         self._kill_requested = False
         self._task = asyncio.ensure_future(self._run())
 
+    def record(self) -> dict[str, Any]:
+        """What :meth:`NamespaceRuntime.adopt` needs to follow this container from a cluster
+        process started later (JSON; no secret in it)."""
+        return {"runtime": "namespace", "pid": self.pid, "start": self._start,
+                "container_uuid": self._spec.get("container_uuid"),
+                "status_file": self._spec.get("status_file"), "crunch_log": self._spec.get("crunch_log"),
+                "limits": self._limits.state(), "kill_grace": self._kill_grace}
+
     async def wait(self) -> int:
         """The command's exit code (128+signum for a signal death; see ``signal``)."""
         return await asyncio.shield(self._task)
@@ -247,55 +280,78 @@ class NamespaceContainer:
         """Kill everything in the container now.
 
         SIGTERM makes nsinit's monitor SIGKILL PID 1 of the container's PID namespace (the
-        kernel then kills every process in it) and reap it, so ``wait()`` returns only when
+        kernel then kills every other process in it) and reap it, so ``wait()`` returns only when
         nothing is left.  If the monitor does not exit within ``kill_grace`` seconds, its
         whole process group gets SIGKILL.
         """
-        if self._proc.returncode is not None:
+        if self._done:
             return
         self._kill_requested = True
+        if self._send(signal.SIGTERM):
+            asyncio.get_running_loop().call_later(self._kill_grace, self._force_kill)
+
+    def _send(self, signum: int) -> bool:
         try:
-            os.kill(self._proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        asyncio.get_running_loop().call_later(self._kill_grace, self._force_kill)
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:  # our child (not yet reaped, so its pid is still its own), without pidfds
+                os.kill(self.pid, signum)
+            return True
+        except OSError:
+            return False
 
     def _force_kill(self) -> None:
-        if self._proc.returncode is None:
+        if not self._done:
             logger.warning("container %s: nsinit ignored SIGTERM; SIGKILL to its group",
                            self._spec.get("container_uuid"))
+            self._send(signal.SIGKILL)
+            if process_start(self.pid) == self._start:  # still the same process: its group too
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    async def _exited(self) -> Optional[int]:
+        """Wait until the monitor has exited; its exit status when it is our child."""
+        if self._pidfd is not None:
+            loop = asyncio.get_running_loop()
+            gone = loop.create_future()
+            loop.add_reader(self._pidfd, lambda: gone.done() or gone.set_result(None))
             try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                await gone
+            finally:
+                loop.remove_reader(self._pidfd)
+            return self._child.wait() if self._child is not None else None  # exited: no blocking
+        return await asyncio.to_thread(self._child.wait) if self._child is not None else None
 
     async def _run(self) -> int:
         try:
-            out = await self._proc.stdout.read()  # type: ignore[union-attr]
-            rc = await self._proc.wait()
+            rc = await self._exited()
         finally:
+            self._done = True
+            if self._pidfd is not None:
+                os.close(self._pidfd)
             if self._limits.dirs:
                 oom = self._limits.memory_limit_hit()
                 peak = self._limits.memory_peak()
                 await self._limits.remove()
             else:
                 oom, peak = False, 0
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        result: dict[str, Any] = {}
-        if lines:
-            try:
-                result = json.loads(lines[-1])
-            except ValueError:
-                result = {}
+        result = self._outcome()
         uuid = self._spec.get("container_uuid")
         if not result:
             if self._kill_requested:
                 result = {"exit_code": 128 + signal.SIGKILL, "signal": signal.SIGKILL,
                           "killed": True}
             else:  # nsinit itself was killed from outside
-                sig = -rc if rc < 0 else None
+                if rc is None:
+                    why = "container runtime (nsinit) ended without a result"
+                    sig, rc = None, 1
+                else:
+                    sig = -rc if rc < 0 else None
+                    why = f"container runtime (nsinit) exited with status {rc}"
                 result = {"lost": True, "exit_code": 128 + sig if sig else rc, "signal": sig,
-                          "message": f"container runtime (nsinit) exited with status {rc}"}
+                          "message": why}
                 _crunch_log(self._spec.get("crunch_log"), f"container lost: {result['message']}")
         if result.get("lost"):
             self.lost = True
@@ -313,6 +369,36 @@ class NamespaceContainer:
         logger.debug("container %s: exit code %s signal %s killed %s", uuid, self.exit_code,
                      self.signal_name, self.killed)
         return self.exit_code
+
+    def _outcome(self) -> dict[str, Any]:
+        """The monitor's report: its status file, else (a child's) last line on stdout."""
+        raw = b""
+        try:
+            with open(self._spec.get("status_file") or "", "rb") as f:
+                raw = f.read()
+        except OSError:
+            if self._child is not None and self._child.stdout is not None:
+                lines = self._child.stdout.read().strip().splitlines()
+                raw = lines[-1] if lines else b""
+        if self._child is not None and self._child.stdout is not None:
+            self._child.stdout.close()
+        try:
+            result = json.loads(raw) if raw else {}
+        except ValueError:
+            result = {}
+        return result if isinstance(result, dict) else {}
+
+
+def _pidfd(pid: int, start: int) -> Optional[int]:
+    """A pidfd for process *pid* if it is still the one that started at *start*, else None."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+    if process_start(pid) != start:  # the pid names another process now
+        os.close(fd)
+        return None
+    return fd
 
 
 class NamespaceRuntime:
@@ -378,30 +464,53 @@ class NamespaceRuntime:
         child_spec["cgroup_procs"] = limits.procs
         child_spec["limits_log"] = limits.log
 
+        scratch = Path(spec["rootfs_scratch"])  # host-only, one per container
+        spec["status_file"] = child_spec["status_file"] = str(scratch / "status.json")
+        child_spec["runner_file"] = str(scratch / "runner.json")
         stderr_fd: Optional[int] = None
         if spec.get("crunch_log"):
             # nsinit's own Python errors, if any, land in the crunch log too.
             stderr_fd = os.open(spec["crunch_log"],
                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               "TOIL_ARVADOS_NSINIT_PARENT": str(os.getpid())}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.python, "-I", "-S", NSINIT, "-",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=stderr_fd, env=env, start_new_session=True, close_fds=True)
+            proc = await asyncio.to_thread(self._spawn, json.dumps(child_spec).encode(), stderr_fd)
         except BaseException:
             await limits.remove()
             raise
         finally:
             if stderr_fd is not None:
                 os.close(stderr_fd)
+        logger.debug("container %s: nsinit pid %s", spec.get("container_uuid"), proc.pid)
+        return NamespaceContainer(proc.pid, process_start(proc.pid), spec, limits, self.kill_grace,
+                                  child=proc)
+
+    def _spawn(self, spec_json: bytes, stderr_fd: Optional[int]) -> subprocess.Popen:
+        """Start nsinit in a session of its own, given its spec on stdin. Not an asyncio
+        subprocess: asyncio kills a child whose transport it closes, and the container must
+        outlive this process if it stops (``down --keep-containers``) or crashes."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        proc = subprocess.Popen([self.python, "-I", "-S", NSINIT, "-"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr_fd, env=env,
+                                start_new_session=True, close_fds=True)
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(child_spec).encode())
         try:
-            await proc.stdin.drain()
+            proc.stdin.write(spec_json)
+            proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # nsinit died early; wait() reports it
-        proc.stdin.close()
-        logger.debug("container %s: nsinit pid %s", spec.get("container_uuid"), proc.pid)
-        return NamespaceContainer(proc, spec, limits, self.kill_grace)
+        return proc
+
+    def adopt(self, record: dict[str, Any]) -> Optional[NamespaceContainer]:
+        """Follow a container an earlier cluster process started (``record`` is what its
+        :meth:`NamespaceContainer.record` said): still running, or finished meanwhile with its
+        outcome in its status file. None when it is gone without one (lost)."""
+        try:
+            pid, start, status_file = int(record["pid"]), int(record["start"]), str(record["status_file"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if process_start(pid, running=True) != start and not os.path.exists(status_file):
+            return None  # died without saying how it ended: lost
+        spec = {"container_uuid": record.get("container_uuid"), "status_file": status_file,
+                "crunch_log": record.get("crunch_log")}
+        return NamespaceContainer(pid, start, spec, _Limits.restore(record.get("limits") or {}),
+                                  float(record.get("kill_grace") or self.kill_grace))

@@ -12,11 +12,13 @@ Process layout (why three processes)::
                         -> nsinit "init"  (PID 1 of a new PID namespace)
                              -> the container command (PID 2)
 
-* The *monitor* is the process the dispatcher owns.  It unshares the mount and PID
-  namespaces, forks the init, and on SIGTERM SIGKILLs the init: when PID 1 of a PID namespace
-  dies the kernel kills every other process in it, and ``waitpid`` on PID 1 returns only once
-  they are all gone -- so "monitor exited" means "nothing of the container is left".
-  It prints one JSON status line on stdout when done.
+* The *monitor* is the process the dispatcher starts (crunch-run's part).  It unshares the
+  mount and PID namespaces, forks the init, and on SIGTERM SIGKILLs the init: when PID 1 of a
+  PID namespace dies the kernel kills every other process in it, and ``waitpid`` on PID 1
+  returns only once they are all gone -- so "monitor exited" means "nothing of the container is
+  left".  Like crunch-run it does not die with the dispatcher: it records who it is in
+  ``runner_file`` when it starts and its outcome in ``status_file`` (and on stdout) when done,
+  so a cluster process started later adopts a container that outlived the one that started it.
 * The *init* (PID 1) builds the container's view of the filesystem -- an overlay of the
   image's unpacked layers with a private upper directory, the container's mounts bound at
   their exact paths, a fresh ``/proc`` for the new PID namespace and a minimal ``/dev``; no
@@ -500,6 +502,31 @@ def _init(spec: dict, fds: tuple[int, int, int], status_w: int, go_r: int,
 
 # --------------------------------------------------------------------------- monitor
 
+def process_start(pid: int, running: bool = False) -> int:
+    """When process *pid* started (clock ticks since boot, /proc/PID/stat field 22): with the
+    pid, it names one process for good, though pids are reused. 0 if there is no such process
+    (or, with *running*, if it has exited and waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return 0 if running and fields[0] == b"Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _write_atomically(path: str | None, data: dict) -> None:
+    """*data* as JSON at *path*, whole or not at all (a reader never sees half a file)."""
+    if not path:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def _describe(spec: dict) -> str:
     return (f"runtime: namespace; image {spec.get('image') or '(none)'} ({len(spec.get('image_layers') or [])} "
             "layer(s)) as the root filesystem, own mount and PID namespaces; "
@@ -545,11 +572,8 @@ def main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_term)
-    # Die with the dispatcher rather than leaving an orphaned container behind.
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    expected_parent = os.environ.get("TOIL_ARVADOS_NSINIT_PARENT")
-    if expected_parent and os.getppid() != int(expected_parent):
-        return SETUP_FAILED
+    # No PR_SET_PDEATHSIG: as crunch-run outlives a dispatcher that stops or crashes, the
+    # container keeps running; the next cluster process adopts it (runner_file, status_file).
 
     if len(argv) != 2:
         print("usage: nsinit SPEC.json|-", file=sys.stderr)
@@ -561,11 +585,15 @@ def main(argv: list[str]) -> int:
             spec = json.loads(f.read())
 
     log = CrunchLog(spec.get("crunch_log"))
-    out = sys.stdout
+    _write_atomically(spec.get("runner_file"), {"pid": os.getpid(), "start": process_start(os.getpid())})
 
     def report(result: dict, code: int) -> int:
-        out.write(json.dumps(result) + "\n")
-        out.flush()
+        # The file first: whoever runs the cluster when the container ends reads it there.
+        _write_atomically(spec.get("status_file"), result)
+        try:
+            os.write(1, (json.dumps(result) + "\n").encode())
+        except OSError:
+            pass  # the dispatcher that started us is gone
         return code
 
     log(_describe(spec))

@@ -118,6 +118,10 @@ class RuntimeSelector:
         crunch_log(spec.get("crunch_log"), f"runtime: namespace ({why})")
         return await self.namespace.start(spec)
 
+    def adopt(self, record: dict) -> Optional[RunningContainer]:
+        """Only namespace containers outlive the cluster process that started them."""
+        return self.namespace.adopt(record) if record.get("runtime") == "namespace" else None
+
 
 def make_runtime(docker_host: Optional[str], owner: str) -> RuntimeSelector:
     """The cluster's runtime: Docker when an engine answers, else namespaces.
