@@ -407,6 +407,7 @@ class ApiServer:
         self.store = store
         self.authz = authz
         self.discovery = discovery
+        self._discovery_body: bytes | None = None
         self.resources: dict[str, Resource] = {}
         self.extra_routes: list[tuple[str, str, Handler, bool]] = []
         # API calls served, by token and by endpoint: benchmarks count calls per job at the server.
@@ -441,7 +442,11 @@ class ApiServer:
         return app
 
     async def _discovery(self, http: web.Request) -> web.Response:
-        return web.json_response(self.discovery(http))
+        # Every client the SDK builds fetches it, and it depends on the cluster's settings only:
+        # encode it once (building and encoding it took more CPU than any other request).
+        if self._discovery_body is None:
+            self._discovery_body = json.dumps(self.discovery(http)).encode()
+        return web.Response(body=self._discovery_body, content_type="application/json")
 
     async def _stats(self, req: Request) -> dict:
         """Call counters for benchmarks (admin only); not part of the Arvados API."""

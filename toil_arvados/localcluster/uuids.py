@@ -22,14 +22,18 @@ KIND_TO_TABLE = {kind: table for table, (kind, _code) in RESOURCE_KINDS.items()}
 UUID_RE = re.compile(r"^([a-z0-9]{5})-([a-z0-9]{5})-([a-z0-9]{15})$")
 PDH_RE = re.compile(r"^([0-9a-f]{32})\+(\d+)$")
 
-_ALPHABET = string.ascii_lowercase + string.digits
+_BASE36 = string.digits + string.ascii_lowercase
 
 
 def new_uuid(cluster_id: str, table: str) -> str:
-    """A fresh random UUID for an object stored in ``table``."""
+    """A fresh random UUID for an object stored in ``table``: as Arvados makes the tail, the last
+    15 base-36 digits of a 256-bit random number (15 divisions, not 15 draws from the OS)."""
     code = RESOURCE_KINDS[table][1]
-    tail = "".join(secrets.choice(_ALPHABET) for _ in range(15))
-    return f"{cluster_id}-{code}-{tail}"
+    n, digits = secrets.randbits(256), []
+    for _ in range(15):
+        n, r = divmod(n, 36)
+        digits.append(_BASE36[r])
+    return f"{cluster_id}-{code}-{''.join(reversed(digits))}"
 
 
 def table_of(uuid: str) -> str | None:
