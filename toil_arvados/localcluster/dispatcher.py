@@ -141,6 +141,8 @@ class Dispatcher:
         # copy (an image is hundreds of MB) instead of each making its own.
         self._copying: dict[str, threading.Lock] = {}
         self._copying_guard = threading.Lock()
+        #: Every container's task, from its start until its outcome is saved and released.
+        self._tasks: set[asyncio.Task] = set()
         #: Containers recover() took over, each with what it holds; run() follows them.
         self._adopted: list[tuple[_Running, _Held]] = []
         store.add_listener(self._on_event)
@@ -154,7 +156,7 @@ class Dispatcher:
     async def run(self) -> None:
         """The scheduling loop; ends when :meth:`stop` is called. Call :meth:`recover` first."""
         for run, held in self._adopted:
-            run.task = asyncio.get_running_loop().create_task(self._run(run, held))
+            run.task = self._track(self._run(run, held))
         self._adopted.clear()
         while not self._stopping:
             self._wake.clear()
@@ -184,9 +186,15 @@ class Dispatcher:
             run.cancelled = True
             if run.proc is not None:
                 run.proc.kill()
-        tasks = [r.task for r in self.running.values() if r.task]
-        if tasks:
-            await asyncio.wait(tasks, timeout=30)
+        if self._tasks:  # also those saving the outcome of a command that has ended
+            await asyncio.wait(list(self._tasks), timeout=30)
+
+    def _track(self, coro: Any) -> asyncio.Task:
+        """A task running one container, kept until it is done (stop() waits for them all)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def recover(self) -> None:
         """At start, before anyone is served: settle the containers the last cluster process
@@ -273,7 +281,7 @@ class Dispatcher:
             supervisors += supervisor
             run = _Running(c["uuid"], vcpus, ram, supervisor)
             self.running[c["uuid"]] = run
-            run.task = asyncio.get_running_loop().create_task(self._run(run))
+            run.task = self._track(self._run(run))
 
     def _unsatisfiable(self, c: dict) -> tuple[str, str] | None:
         """Why no instance type of the cluster config fits *c* (dispatch-cloud's ChooseInstanceType),
@@ -314,10 +322,13 @@ class Dispatcher:
             logger.exception("running container %s failed", uuid)
             self._finish_cancelled(uuid, held.logdir, f"dispatcher error: {type(e).__name__}: {e}")
         finally:
-            self.running.pop(uuid, None)
-            self._wake.set()  # its cores are free: the next container starts while this one is cleaned up
+            self._free_slot(run)
             if not run.detached:  # else the next cluster process finishes and releases it
                 await self._release(held)
+
+    def _free_slot(self, run: _Running) -> None:
+        if self.running.pop(run.container_uuid, None) is not None:
+            self._wake.set()  # the next container may start
 
     async def _start(self, run: _Running, held: _Held) -> None:
         """Lock the container, give it a token, scratch space and its mounts, and start it."""
@@ -361,6 +372,9 @@ class Dispatcher:
             exit_code = await self._wait(run, crunch.max_run_time(c), _seconds_since(c.get("started_at")))
         finally:
             run.waiting = False
+        # Its cores and RAM are free once the command has ended: the next container starts
+        # while this one's output and logs are saved (the dispatcher's work, not the command's).
+        self._free_slot(run)
         await asyncio.to_thread(mount_points.remove_mount_points, held.made_points)
         if run.cancelled:
             raise _Cancelled(run.cancel_reason)
