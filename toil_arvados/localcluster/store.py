@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import secrets
 import sqlite3
 import threading
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 from ..timestamps import timestamp  # noqa: F401  (the cluster imports it from here)
 from .indexes import INDEXES, IndexSpec
-from .uuids import RESOURCE_KINDS, kind_of_table, new_uuid, table_of
+from .uuids import BASE36, RESOURCE_KINDS, kind_of_table, new_uuid, table_of
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class Store:
             if table == "logs":  # a client-written log (e.g. live stderr) is an event of its own
                 record["id"] = self._next_log_id
                 record.setdefault("event_at", now)
-            record["etag"] = _etag(record)
+            record["etag"] = _new_etag()
             entry = self._log_entry("create", None, record, by) if log and table != "logs" else None
             self._commit(table, record, None, record if table == "logs" else entry)
             self._notify(record if table == "logs" else entry)
@@ -240,7 +241,7 @@ class Store:
             if touch:
                 new["modified_at"] = timestamp()
                 new["modified_by_user_uuid"] = by or self.system_user_uuid
-            new["etag"] = _etag(new)
+            new["etag"] = _new_etag()
             entry = self._log_entry("update", old, new, by) if log else None
             self._commit(table, new, None, entry)
             self._notify(entry)
@@ -360,7 +361,7 @@ class Store:
             "modified_at": now,
             "modified_by_user_uuid": by or self.system_user_uuid,
         }
-        entry["etag"] = _etag(entry)
+        entry["etag"] = _new_etag()
         return entry
 
     def _notify(self, entry: dict | None) -> None:
@@ -387,18 +388,15 @@ def _public(record: dict | None) -> dict | None:
     return {k: v for k, v in record.items() if k not in _SECRET_ATTRIBUTES}
 
 
-def _etag(record: dict) -> str:
-    """Arvados etags are base-36 digests of the record; clients only compare them for equality."""
-    import hashlib
-
-    body = json.dumps({k: v for k, v in record.items() if k != "etag"}, sort_keys=True, default=str)
-    n = int(hashlib.md5(body.encode()).hexdigest(), 16)
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = []
+def _new_etag() -> str:
+    """A new etag for a new version of a record: base 36, as long as Arvados' (an md5 digest of
+    the record there). Clients only compare etags, so a random 128-bit one per version serves
+    them alike, without serializing the record (and its manifest) once more per change."""
+    n, digits = secrets.randbits(128), []
     while n:
         n, r = divmod(n, 36)
-        out.append(digits[r])
-    return "".join(reversed(out))[:25]
+        digits.append(BASE36[r])
+    return "".join(reversed(digits))[:25]
 
 
 def deep_copy(record: Any) -> Any:

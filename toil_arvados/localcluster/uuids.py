@@ -22,7 +22,7 @@ KIND_TO_TABLE = {kind: table for table, (kind, _code) in RESOURCE_KINDS.items()}
 UUID_RE = re.compile(r"^([a-z0-9]{5})-([a-z0-9]{5})-([a-z0-9]{15})$")
 PDH_RE = re.compile(r"^([0-9a-f]{32})\+(\d+)$")
 
-_BASE36 = string.digits + string.ascii_lowercase
+BASE36 = string.digits + string.ascii_lowercase
 
 
 def new_uuid(cluster_id: str, table: str) -> str:
@@ -32,7 +32,7 @@ def new_uuid(cluster_id: str, table: str) -> str:
     n, digits = secrets.randbits(256), []
     for _ in range(15):
         n, r = divmod(n, 36)
-        digits.append(_BASE36[r])
+        digits.append(BASE36[r])
     return f"{cluster_id}-{code}-{''.join(reversed(digits))}"
 
 
