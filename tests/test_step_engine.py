@@ -218,6 +218,30 @@ def test_tracker_reports_requests_final_at_creation_with_one_batched_lookup(monk
     assert len(api.calls) <= 4, f"ending requests are looked up in batches, not one by one: {api.calls}"
 
 
+def test_a_final_event_that_comes_before_track_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container that runs at once can end, and its request's Final event arrive, before the
+    leader that created the request tracks it: the event must still end the request (it once
+    waited for the next full reconciliation, ``--arvadosPollInterval`` later)."""
+    from toil_arvados import arvados_client
+
+    monkeypatch.setattr(arvados_client, "subscribe_events",
+                        lambda *a, **k: (_ for _ in ()).throw(ConnectionError("no event bus here")))
+    api = FakeApi()
+    api.records["cr"]["quick"] = {"uuid": "quick", "state": "Final", "container_uuid": "c-quick"}
+    api.records["c"]["c-quick"] = {"uuid": "c-quick", "state": "Complete", "exit_code": 0}
+    done = threading.Event()
+    tracker = RequestTracker(api, poll_interval=3600)
+    try:
+        final_event = {"object_uuid": "quick", "object_kind": "arvados#containerRequest",
+                       "properties": {"new_attributes": {"state": "Final"}}}
+        tracker._on_event(final_event)  # as the event bus delivers it, before the create returned
+        tracker.track({"uuid": "quick", "state": "Committed", "container_uuid": "c-quick"},
+                      lambda cr, c: done.set())
+        assert done.wait(10), "the early Final event was lost"
+    finally:
+        tracker.stop()
+
+
 def test_ended_requests_whose_container_succeeded_cost_only_the_container_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     """Successes need only their containers (one batched list); a failure's request is read
     whole, and so is a request whose container Arvados replaced since the tracker last looked."""

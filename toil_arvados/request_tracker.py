@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,9 @@ REQUEST_FIELDS = ["uuid", "state", "container_uuid", "log_uuid", "output_uuid"]
 OUTPUT_MANIFEST = "output_manifest_text"
 
 FinalCallback = Callable[[dict, "dict | None"], None]
+#: How many Final events about requests not tracked are kept: the run's own arrive moments before
+#: their track(); the others (requests of other runs, forgotten ones) just pass through.
+_EARLY_FINALS = 4096
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class RequestTracker:
         self._lock = threading.Lock()
         self._tracked: dict[str, Tracked] = {}
         self._finishing: set[str] = set()
+        # Requests whose Final event came before track() (a container that ran at once can end
+        # before its creator registers it): most recent last, at most _EARLY_FINALS of them.
+        self._early_finals: OrderedDict[str, None] = OrderedDict()
         self._last_lookup = 0.0  # time.monotonic() of the last lookup of ended requests
         # Kept up to date at each state change (under _lock), so the progress bar's frequent
         # questions cost nothing however many requests are in flight.
@@ -106,7 +113,9 @@ class RequestTracker:
                 self._counts[old.bucket] -= 1
             self._tracked[item.cr_uuid] = item
             self._counts[item.bucket] += 1
-        if cr.get("state") == "Final":  # e.g. it reused a finished container at once
+            early = item.cr_uuid in self._early_finals
+            self._early_finals.pop(item.cr_uuid, None)
+        if cr.get("state") == "Final" or early:  # reused a finished container, or ran at once
             self._mark_final(item.cr_uuid)
 
     def forget(self, cr_uuid: str) -> bool:
@@ -189,7 +198,12 @@ class RequestTracker:
     def _mark_final(self, cr_uuid: str) -> None:
         with self._lock:
             t = self._tracked.get(cr_uuid)
-            if t is None or t.final:
+            if t is None:  # not tracked (yet?): remembered for track()
+                self._early_finals[cr_uuid] = None
+                if len(self._early_finals) > _EARLY_FINALS:
+                    self._early_finals.popitem(last=False)
+                return
+            if t.final:
                 return
             self._counts[t.bucket] -= 1
             t.final = True
