@@ -81,9 +81,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--jobstore", choices=("keep", "file"), default="keep",
                    help="job store kind for the arvados run: 'keep' (arvados:<project>/<name>) or 'file' "
                         "(a host directory the local cluster's containers see) (default: %(default)s)")
-    p.add_argument("--containers", choices=("auto", "docker", "none"), default="auto",
-                   help="run CWL DockerRequirements in Docker ('docker'), or ignore them with --no-container "
-                        "('none'); 'auto' uses Docker when an engine answers (default: %(default)s)")
+    p.add_argument("--containers", choices=("auto", *summary.CONTAINER_MODES), default="auto",
+                   help="run CWL DockerRequirements in Docker ('docker'), in the tool's image by the local "
+                        "cluster's namespace runtime ('namespace'), or ignore them with --no-container "
+                        "('none'); 'auto' uses Docker when an engine answers, else namespaces "
+                        "(default: %(default)s)")
     p.add_argument("--suite", type=Path, help="a cwl-v1.2 checkout (default: ../shared/cwl-v1.2, else the pinned download)")
     p.add_argument("--timeout", type=int, default=1200,
                    help="seconds before cwltest gives up on one test; the two-level nested scatters need over "
@@ -117,6 +119,28 @@ def docker_engine() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return f"Docker engine {out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else None
+
+
+def container_mode(asked: str) -> tuple[str, str | None]:
+    """The container mode a run uses for ``--containers asked``, and the Docker engine it uses.
+
+    ``auto`` is Docker when an engine answers, else the local cluster's namespace runtime: either
+    way each step runs in its DockerRequirement image, ENTRYPOINT included, as on Arvados.
+    """
+    engine = docker_engine() if asked in ("auto", "docker") else None
+    if asked == "docker" and engine is None:
+        raise SetupError("--containers docker, but no Docker engine answers `docker info`: start one "
+                         "(DOCKER_HOST or /var/run/docker.sock) or use --containers namespace")
+    if asked == "auto":
+        return ("docker" if engine else "namespace"), engine
+    return asked, engine
+
+
+def _mode_fact(mode: str, engine: str | None) -> str:
+    """The summary's line on how DockerRequirements ran."""
+    return {"docker": f"{engine} (Docker)",
+            "namespace": "each tool's image, run by the local cluster's namespace runtime (no Docker engine)",
+            "none": "--no-container (asked)"}[mode]
 
 
 def _load_expected(known_ids: set[str], containers: str) -> dict[str, str]:
@@ -298,12 +322,8 @@ def _main(args: argparse.Namespace) -> int:
     # --tags alone when it suffices: cwltest then names its JUnit cases right (see summary.assign).
     selection = (["--tags", args.tags] if args.tags and not ids else
                  ["-n", suite_mod.number_ranges(tests, chosen)] if len(chosen) < len(tests) else [])
-    engine = docker_engine() if args.containers != "none" else None
-    if args.containers == "docker" and engine is None:
-        raise SetupError("--containers docker, but no Docker engine answers `docker info`: start one "
-                         "(DOCKER_HOST or /var/run/docker.sock) or use --containers none")
-    container_flags = [] if engine else ["--no-container"]
-    mode = "docker" if engine else "none"
+    mode, engine = container_mode(args.containers)
+    container_flags = ["--no-container"] if mode == "none" else []
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -322,7 +342,7 @@ def _main(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         env.update(cluster_env)
         project = _prepare_cluster(cluster_env, date)
-        if engine:
+        if mode != "none":
             _load_suite_images(cluster_env)
         (work / "jobstores").mkdir()
         jobstore_base = f"arvados:{project}" if args.jobstore == "keep" else f"file:{work / 'jobstores'}"
@@ -331,11 +351,11 @@ def _main(args: argparse.Namespace) -> int:
         if args.baseline:
             # In Docker, no pre-pull: Toil's leader would `docker pull` each image (no registry is
             # reachable); cwltool finds the ones built above in the engine and pulls nothing.
-            baseline_flags = [*container_flags, *(BASELINE_DOCKER_FLAGS if engine else [])]
+            # Without an engine single_machine cannot run an image: it ignores them (--no-container).
+            baseline_flags = BASELINE_DOCKER_FLAGS if engine else ["--no-container"]
             variants.append(Variant("single_machine", ["--batchSystem", "single_machine", *TOIL_FLAGS,
                                                        *baseline_flags], f"file:{work / 'jobstores'}"))
-        print(f"== {len(chosen)} tests from {suite}; containers: "
-              f"{engine or '--no-container (' + ('asked' if args.containers == 'none' else 'no Docker engine found') + ')'}"
+        print(f"== {len(chosen)} tests from {suite}; containers: {_mode_fact(mode, engine)}"
               f"; job store: {args.jobstore}", flush=True)
         for variant in variants:
             cases, wall = run_cwltest(variant, suite=suite, selection=selection, args=args, env=env, out=out)
@@ -354,11 +374,12 @@ def _main(args: argparse.Namespace) -> int:
         f"date: {date}",
         f"suite: CWL v1.2 conformance tests at commit {suite_mod.pinned_commit()[:12]} ({len(chosen)} tests"
         + (f" tagged {args.tags}" if args.tags else "") + ")",
-        f"containers: {engine + ' (Docker)' if engine else '--no-container' + (' (asked)' if args.containers == 'none' else ' (no Docker engine here)')}",
+        f"containers: {_mode_fact(mode, engine)}",
         f"job store: {args.jobstore} for arvados" + (", file for single_machine" if args.baseline else ""),
         f"cwltest -j {args.j} on {os.cpu_count()} cores; {_versions()}",
         f"Toil flags: {' '.join(TOIL_FLAGS)}; arvados: {' '.join(ARVADOS_FLAGS)}"
-        + (f"; single_machine: {' '.join(BASELINE_DOCKER_FLAGS)}" if engine and args.baseline else ""),
+        + (f"; single_machine: {' '.join(BASELINE_DOCKER_FLAGS if engine else ['--no-container'])}"
+           if args.baseline else ""),
         f"expected failures: the entries of conformance/expected-failures.yaml for containers `{mode}`",
     ]
     record = {"facts": facts, "containers": mode, "tests": [t.id for t in chosen], "runs": [{"name": r.name, "wall_seconds": r.wall_seconds}

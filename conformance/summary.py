@@ -187,7 +187,7 @@ def tag_order(tags: set[str]) -> list[str]:
 
 
 #: How a run treats DockerRequirements: ``docker`` (an engine runs them) or ``none`` (--no-container).
-CONTAINER_MODES = ("none", "docker")
+CONTAINER_MODES = ("docker", "namespace", "none")
 
 
 def parse_expected(data: Any, known_ids: set[str], containers: str = "none") -> dict[str, str]:
