@@ -70,10 +70,12 @@ def cluster_env(cluster: ClusterConfig) -> Iterator[dict[str, str]]:
     import arvados.config
 
     env = control.client_env(cluster)
-    saved = {k: os.environ.get(k) for k in env}
+    # Verification on, as against a real cluster: the bundle in SSL_CERT_FILE, never "insecure".
+    saved = {k: os.environ.get(k) for k in [*env, "ARVADOS_API_HOST_INSECURE"]}
+    os.environ.pop("ARVADOS_API_HOST_INSECURE", None)
     os.environ.update(env)
     # The SDK reads its settings once (at import); re-read them so the settings it consults
-    # later (e.g. ARVADOS_API_HOST_INSECURE for the websocket client) are this cluster's.
+    # later (e.g. for the websocket client) are this cluster's.
     arvados.config.initialize()
     try:
         yield env
@@ -91,7 +93,7 @@ def api(cluster_env: dict[str, str]):
     import arvados
 
     return arvados.api("v1", host=cluster_env["ARVADOS_API_HOST"], token=cluster_env["ARVADOS_API_TOKEN"],
-                       insecure=True, num_retries=2)
+                       num_retries=2)
 
 
 @pytest.fixture(scope="session")

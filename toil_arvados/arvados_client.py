@@ -610,8 +610,9 @@ def describe(error: BaseException, context: str) -> str:
     elif status == 403:
         hint = ": the token lacks permission for this"
     elif isinstance(error, ssl.SSLCertVerificationError):  # the SDK re-raises it with its own message
-        hint = (": the cluster's TLS certificate is not trusted here (install its CA; for a self-signed "
-                "one, e.g. the local cluster's, set ARVADOS_API_HOST_INSECURE=1)")
+        hint = (": the cluster's TLS certificate is not trusted here (set SSL_CERT_FILE to a bundle with "
+                "its CA, for the local cluster `eval \"$(toil-arvados cluster env)\"`; or, to skip the check, "
+                "ARVADOS_API_HOST_INSECURE=1)")
     elif status is None and error_kind(error) == RETRYABLE:
         hint = ": check ARVADOS_API_HOST and that the cluster is up"
     return scrub(f"{context}: {detail}{hint}")

@@ -63,7 +63,7 @@ _READER_CACHE_SIZE = 32
 _READER_CACHE_SECONDS = 3600.0
 
 _CREDENTIALS_HELP = ("keep: URLs need Arvados credentials: set ARVADOS_API_HOST and ARVADOS_API_TOKEN "
-                     "(and ARVADOS_API_HOST_INSECURE=1 for a self-signed certificate) in the environment, "
+                     "(and SSL_CERT_FILE for a cluster with its own CA) in the environment, "
                      "or put them in ~/.config/arvados/settings.conf")
 
 __all__ = [  # the parsing helpers are re-exported so callers need one import

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import shlex
 import ssl
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from . import statelock
+from . import statelock, tls
 from .config import ClusterConfig, free_port, register
 
 
@@ -57,9 +58,7 @@ def answers(cfg: ClusterConfig, timeout: float = 2.0) -> bool:
 def stats(cfg: ClusterConfig) -> dict:
     """The cluster's own counters (``/_health/stats``: API calls in all, by token and by
     ``resource.method``), read with its root token; the read is not counted."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    ctx = tls.client_context(cfg.state_path)
     req = urllib.request.Request(f"https://{cfg.api_host}/_health/stats",
                                  headers={"Authorization": f"Bearer {cfg.root_token}"})
     with urllib.request.urlopen(req, context=ctx) as r:
@@ -190,16 +189,15 @@ def _alive(pid: int) -> bool:
 
 
 def env_lines(cfg: ClusterConfig) -> list[str]:
-    return [
-        f"export ARVADOS_API_HOST={cfg.api_host}",
-        f"export ARVADOS_API_TOKEN={cfg.root_token}",
-        "export ARVADOS_API_HOST_INSECURE=1",
-    ]
+    return [f"export {k}={shlex.quote(v)}" for k, v in client_env(cfg).items()]
 
 
 def client_env(cfg: ClusterConfig) -> dict[str, str]:
+    """What a client of the cluster needs: its address, the root token, and the CA bundle that
+    makes its certificate trusted (``SSL_CERT_FILE``: the host's CAs plus the cluster's), so TLS
+    is verified as on a real cluster, never switched off with ``ARVADOS_API_HOST_INSECURE``."""
     return {"ARVADOS_API_HOST": cfg.api_host, "ARVADOS_API_TOKEN": cfg.root_token,
-            "ARVADOS_API_HOST_INSECURE": "1"}
+            "SSL_CERT_FILE": str(tls.bundle_path(cfg.state_path))}
 
 
 def _tail(path: Path, lines: int = 5) -> str:

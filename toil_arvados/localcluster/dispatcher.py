@@ -122,13 +122,14 @@ RUNNING_FILE = "running.json"
 
 class Dispatcher:
     def __init__(self, store: Store, lifecycle: Lifecycle, config: Any, blockstore: BlockStore,
-                 runtime: Runtime, *, api_env: dict[str, str]) -> None:
+                 runtime: Runtime, *, api_env: dict[str, str], api_files: dict[str, Path] | None = None) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.config = config
         self.blockstore = blockstore
         self.runtime = runtime
         self.api_env = api_env  # ARVADOS_API_HOST etc. for containers that ask for API access
+        self.api_files = dict(api_files or {})  # and host files they see (read-only), e.g. the CA bundle
         self.work_root = Path(config.state_dir) / "containers"
         self.cache_root = Path(config.state_dir) / "mountcache"
         self.running: dict[str, _Running] = {}
@@ -454,6 +455,9 @@ class Dispatcher:
         if (c.get("runtime_constraints") or {}).get("API"):
             env.update(self.api_env)
             env["ARVADOS_API_TOKEN"] = f"v2/{token['uuid']}/{token['api_token']}"
+            # As crunch-run's CA bundle: unless the request mounts something there itself.
+            mounts += [{"path": path, "source": str(src), "writable": False}
+                       for path, src in self.api_files.items() if path not in all_mounts]
         rc = c.get("runtime_constraints") or {}
         image = c.get("container_image")
         spec = {

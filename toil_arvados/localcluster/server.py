@@ -33,7 +33,7 @@ from .keepstore import make_keep_app
 from .resources import ApiClientAuthorizations, Groups, KeepServices, Links, Logs, Users, Workflows
 from .runtime.selection import make_runtime
 from .store import Store
-from .tls import ensure_certificate, server_context
+from .tls import CONTAINER_CA_PATH, bundle_path, ensure_certificates, server_context
 from .trash_sweep import sweep
 
 logger = logging.getLogger(__name__)
@@ -94,10 +94,11 @@ class Cluster:
         self.api.route("GET", "vocabulary", self._vocabulary, auth=False)
         self.api.route("POST", "sys/trash_sweep", self._trash_sweep)
         self.eventbus = EventBus(self.store, self.authz.authenticate, self.authz.can_read_event)
-        env = {"ARVADOS_API_HOST": cfg.api_host, "ARVADOS_API_HOST_INSECURE": "1"}
+        # As crunch-run: the API host, and the CA bundle at /etc/arvados/ca-certificates.crt.
         self.dispatcher = Dispatcher(self.store, self.lifecycle, cfg, self.blockstore,
                                      make_runtime(cfg.docker_host, owner=cfg.state_dir),
-                                     api_env=env)
+                                     api_env={"ARVADOS_API_HOST": cfg.api_host},
+                                     api_files={CONTAINER_CA_PATH: bundle_path(cfg.state_path)})
         self._runners: list[web.AppRunner] = []
         self._dispatch_task: asyncio.Task | None = None
         self._sweep_task: asyncio.Task | None = None
@@ -145,7 +146,7 @@ class Cluster:
                 logger.exception("trash sweep failed")
 
     async def start(self) -> None:
-        cert, key = ensure_certificate(self.cfg.state_path / "tls", self.cfg.host)
+        certificates = ensure_certificates(self.cfg.state_path / "tls", self.cfg.host)
         api_app = self.api.make_app()
         self.eventbus.route(api_app, "/websocket")
         api_runner = web.AppRunner(api_app, access_log=None)
@@ -153,7 +154,7 @@ class Cluster:
         # reuse_address: a restart binds the recorded ports at once, though connections of the
         # previous process linger in TIME_WAIT (the address clients hold stays valid).
         await web.TCPSite(api_runner, self.cfg.host, self.cfg.api_port, reuse_address=True,
-                          ssl_context=server_context(cert, key)).start()
+                          ssl_context=server_context(certificates)).start()
         keep_app = make_keep_app(self.blockstore, authenticate=self.authz.user_for_token,
                                  signing_key=self.cfg.blob_signing_key, ttl_seconds=self.cfg.blob_signature_ttl)
         keep_runner = web.AppRunner(keep_app, access_log=None)
