@@ -5,6 +5,8 @@ clients the tests build themselves too (a second user, a restarted cluster).
 """
 from __future__ import annotations
 
+import json
+import secrets
 import time
 from typing import Any, Callable, TypeVar
 
@@ -86,3 +88,39 @@ def admin_client(cfg: Any) -> Any:
     import arvados
 
     return arvados.api("v1", host=cfg.api_host, token=cfg.root_token, insecure=True, num_retries=2)
+
+
+def refused(call: Any, statuses: tuple[int, ...]) -> str:
+    """Run an SDK request that must fail with one of ``statuses``; the error text."""
+    import arvados.errors
+    import pytest
+
+    with pytest.raises(arvados.errors.ApiError) as info:
+        call.execute()
+    assert int(info.value.resp.status) in statuses, info.value
+    return " ".join(json.loads(info.value.content)["errors"])
+
+
+def user_client(cluster_env: dict[str, str], token: str) -> Any:
+    """An SDK client of the cluster in ``cluster_env`` with ``token`` (TLS verified)."""
+    import arvados
+
+    return arvados.api("v1", host=cluster_env["ARVADOS_API_HOST"], token=token, num_retries=0)
+
+
+def make_user(api: Any, cluster_env: dict[str, str], name: str) -> tuple[dict, Any]:
+    """A non-admin user the admin made (through the API, as on Arvados) and a client with their token."""
+    tag = secrets.token_hex(4)
+    user = api.users().create(body={"user": {
+        "first_name": name, "last_name": tag, "email": f"{name}-{tag}@localhost",
+        "username": f"{name}{tag}", "is_active": True}}).execute()
+    assert user["is_admin"] is False
+    token = api.api_client_authorizations().create(body={"api_client_authorization": {
+        "owner_uuid": user["uuid"]}}).execute()
+    return user, user_client(cluster_env, token["api_token"])
+
+
+def grant(client: Any, tail: str, head: str, level: str = "can_read") -> dict:
+    """A permission link ``tail`` -> ``head`` made by ``client``."""
+    return client.links().create(body={"link": {"link_class": "permission", "name": level,
+                                                "tail_uuid": tail, "head_uuid": head}}).execute()

@@ -142,6 +142,13 @@ def test_a_filter_group_is_refused_as_project_in_one_line() -> None:
     assert gw.check_project_group({"uuid": "zzzzz-j7d0g-000000000000001", "group_class": "project"})
 
 
+def test_a_frozen_project_is_refused_in_one_line() -> None:
+    with pytest.raises(gw.ArvadosSetupError) as e:
+        gw.check_project_group({"uuid": "zzzzz-j7d0g-000000000000001", "group_class": "project",
+                                "frozen_by_uuid": "zzzzz-tpzed-000000000000002"})
+    assert "is frozen" in str(e.value) and "--arvadosProject" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_untimestamped_strips_crunch_timestamps() -> None:
     assert gw.untimestamped("2026-12-02T05:00:00.123456789Z boom") == "boom"
     assert gw.untimestamped("no stamp") == "no stamp"

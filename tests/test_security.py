@@ -20,37 +20,13 @@ import arvados.collection
 import arvados.errors
 import pytest
 
-from e2e_util import create_request, request_body, wait_final
+from e2e_util import create_request, grant as _grant, make_user as _make_user, refused as _raises, \
+    request_body, user_client, wait_final
 from toil_arvados.images.keep import repo_tag
 
 
-def _raises(call, statuses: tuple[int, ...]) -> str:
-    """Run *call*, which must fail with one of *statuses*; the error text."""
-    with pytest.raises(arvados.errors.ApiError) as info:
-        call.execute()
-    assert int(info.value.resp.status) in statuses, info.value
-    return " ".join(json.loads(info.value.content)["errors"])
-
-
 def _client(cluster_env: dict[str, str], token: str):
-    return arvados.api("v1", host=cluster_env["ARVADOS_API_HOST"], token=token, insecure=True, num_retries=0)
-
-
-def _make_user(api, cluster_env: dict[str, str], name: str):
-    """A non-admin user and a client with a token the admin made for them."""
-    tag = secrets.token_hex(4)
-    user = api.users().create(body={"user": {
-        "first_name": name, "last_name": tag, "email": f"{name}-{tag}@localhost",
-        "username": f"{name}{tag}", "is_active": True}}).execute()
-    assert user["is_admin"] is False
-    token = api.api_client_authorizations().create(body={"api_client_authorization": {
-        "owner_uuid": user["uuid"]}}).execute()
-    return user, _client(cluster_env, token["api_token"])
-
-
-def _grant(client, tail: str, head: str, level: str = "can_read") -> dict:
-    return client.links().create(body={"link": {"link_class": "permission", "name": level,
-                                                "tail_uuid": tail, "head_uuid": head}}).execute()
+    return user_client(cluster_env, token)
 
 
 @pytest.fixture(scope="module")

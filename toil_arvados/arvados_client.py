@@ -664,6 +664,9 @@ def check_project_group(group: dict) -> str:
     if kind != "project":
         raise ArvadosSetupError(f"{group['uuid']} is a {kind} group, not a project: "
                                 "give a project UUID to --arvadosProject")
+    if group.get("frozen_by_uuid"):
+        raise ArvadosSetupError(f"project {group['uuid']} is frozen (read-only, by {group['frozen_by_uuid']}): "
+                                "give another project to --arvadosProject, or unfreeze it")
     return str(group["uuid"])
 
 

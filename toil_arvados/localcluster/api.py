@@ -18,6 +18,7 @@ from aiohttp import web
 from . import indexes, registry, schema, validation
 from .auth import Authorizer, Caller, trashed_now
 from .filters import FilterError, apply_list
+from .frozen import frozen_project_of
 from .store import Store
 from .uuids import RESOURCE_KINDS, new_uuid, table_of
 
@@ -149,9 +150,16 @@ class Resource:
         return record
 
     def visible(self, req: Request, record: dict) -> bool:
-        if req.params.get("include_trash") in (True, "true"):
-            return self.authz.can_read(req.user, record)
+        """Whether get and list show ``record`` to this caller (Arvados' ``readable_by``)."""
+        if req.flag("include_trash"):
+            # Trash inside a frozen project stays hidden from all but admins (``readable_by``).
+            return self.authz.can_read(req.user, record) and (
+                req.user.is_admin or not self._trash_in_frozen_project(record))
         return not trashed_now(record) and self.authz.can_read_live(req.user, record)
+
+    def _trash_in_frozen_project(self, record: dict) -> bool:
+        return ((trashed_now(record) or self.authz.in_trashed_project(record))
+                and frozen_project_of(self.store, {"owner_uuid": record.get("owner_uuid")}) is not None)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """Extra (method, path, handler) routes under /arvados/v1/<table>/: the resource's
@@ -174,6 +182,15 @@ class Resource:
             raise not_found()
         return record
 
+    def check_writable(self, req: Request, old: dict, changes: dict | None) -> None:
+        """A 403 unless the caller may apply ``changes`` to ``old`` (None: delete or trash it)."""
+        if self.authz.can_write(req.user, old):
+            return
+        frozen = frozen_project_of(self.store, old)
+        if frozen is not None and self.authz.can_read(req.user, old):
+            raise ApiError(403, f"Forbidden: {old['uuid']} is in frozen project {frozen} (read-only until it is unfrozen)")
+        raise ApiError(403, f"Forbidden: no write permission on {old['uuid']}")
+
     def check_owner(self, req: Request, owner_uuid: str) -> None:
         """Writing into a project needs write permission on it; a missing owner is a 422."""
         if owner_uuid == req.user.uuid or req.user.is_admin and owner_uuid == self.store.system_user_uuid:
@@ -182,6 +199,10 @@ class Resource:
         if owner is None or table_of(owner_uuid) not in ("users", "groups"):
             raise unprocessable(f"owner_uuid {owner_uuid} is not a user or project that exists")
         if not self.authz.can_write(req.user, owner):
+            frozen = frozen_project_of(self.store, owner)
+            if frozen is not None and self.authz.can_read(req.user, owner):
+                raise ApiError(403, f"Forbidden: owner_uuid {owner_uuid} cannot be set or changed because "
+                                    f"project {frozen} is frozen")
             raise ApiError(403, f"Forbidden: cannot write to owner_uuid {owner_uuid}")
         if table_of(owner_uuid) == "groups" and owner.get("group_class") != "project":
             # arvados_model.rb ensure_owner_uuid_is_permitted: PermissionDeniedError, for every kind.
@@ -238,12 +259,8 @@ class Resource:
         return out
 
     async def get(self, req: Request) -> dict:
-        record = self.store.get(req.params["uuid"])
-        if (record is None or table_of(req.params["uuid"]) != self.table
-                or not self.authz.can_read(req.user, record)):
-            raise not_found()
-        if not req.flag("include_trash") and ((trashed_now(record) and self.table != "collections")
-                                              or self.authz.in_trashed_project(record)):
+        record = self.fetch(req, req.params["uuid"])
+        if not self.visible(req, record):
             raise not_found()
         return self._shape(req, record)
 
@@ -269,14 +286,13 @@ class Resource:
 
     async def update(self, req: Request) -> dict:
         old = self.fetch(req, req.params["uuid"])
-        if not self.authz.can_write(req.user, old):
-            raise ApiError(403, f"Forbidden: no write permission on {old['uuid']}")
         changes = req.body(singular_of(self.table), self.table)
         try:
             changes = schema.validate(self.table, changes, creating=False)
         except schema.SchemaError as e:
             raise unprocessable(str(e)) from None
         changes.pop("uuid", None)
+        self.check_writable(req, old, changes)
         if "owner_uuid" in changes and changes["owner_uuid"] != old.get("owner_uuid"):
             self.check_owner(req, changes["owner_uuid"])
         self.check_name_lengths(changes)
@@ -291,8 +307,7 @@ class Resource:
 
     async def delete(self, req: Request) -> dict:
         old = self.fetch(req, req.params["uuid"])
-        if not self.authz.can_write(req.user, old):
-            raise ApiError(403, f"Forbidden: no write permission on {old['uuid']}")
+        self.check_writable(req, old, None)
         self.before_delete(req, old)
         self.store.delete(old["uuid"], by=req.user.uuid)
         return self._shape(req, old)
@@ -359,17 +374,20 @@ class Trashable(Resource):
 
     def _writable(self, req: Request) -> dict:
         old = self.fetch(req, req.params["uuid"])
-        if not self.authz.can_write(req.user, old):
-            raise ApiError(403, f"Forbidden: no write permission on {old['uuid']}")
+        self.check_writable(req, old, None)
         return old
 
     async def trash(self, req: Request) -> dict:
         from ..timestamps import timestamp
 
         old = self._writable(req)
+        self.before_trash(req, old)
         now = time.time()
         changes = {"is_trashed": True, "trash_at": timestamp(now), "delete_at": timestamp(now + self.TRASH_LIFETIME)}
         return self._shape(req, self.store.update(old["uuid"], changes, by=req.user.uuid))
+
+    def before_trash(self, req: Request, old: dict) -> None:
+        """Refuse to trash ``old`` (e.g. a project holding a frozen one)."""
 
     async def delete(self, req: Request) -> dict:
         """Arvados' ``delete`` puts the object in the trash (``untrash`` brings it back)."""

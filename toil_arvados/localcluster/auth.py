@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from .frozen import frozen_project_of
 from .indexes import token_digest
 from .signing import token_secret  # noqa: F401  (callers import it from here too)
 from .store import Store, timestamp
@@ -171,7 +172,12 @@ class Authorizer:
         return self.can_read(caller, record) and not self.in_trashed_project(record)
 
     def can_write(self, caller: Caller, record: dict) -> bool:
-        return self.level(caller, record) >= 2
+        """Write permission, which nobody has inside a frozen project (see :mod:`frozen`)."""
+        return frozen_project_of(self.store, record) is None and self.level(caller, record) >= 2
+
+    def can_unfreeze(self, caller: Caller, record: dict) -> bool:
+        """Arvados' ``can?(unfreeze:)``: what write would be were it not frozen, at manage level."""
+        return self.level(caller, record) >= 3
 
     def _principals(self, user_uuid: str) -> set[str]:
         """The user and the groups (roles) they are a member of."""

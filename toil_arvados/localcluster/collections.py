@@ -11,7 +11,7 @@ from typing import Any
 
 from . import manifest as mf
 from .api import ApiError, Request, Trashable, unprocessable
-from .auth import token_secret, trashed_now
+from .auth import token_secret
 from .signing import sign_locator, verify_locator
 from .store import Store, timestamp
 
@@ -127,16 +127,14 @@ class Collections(Trashable):
 
         if is_pdh(uuid):  # Arvados serves a collection by content hash too
             for rec in self.store.lookup("collections", "portable_data_hash", uuid):
-                if rec.get("portable_data_hash") == uuid and self.authz.can_read(req.user, rec) \
-                        and (req.flag("include_trash")
-                             or not (trashed_now(rec) or self.authz.in_trashed_project(rec))):
+                if rec.get("portable_data_hash") == uuid and self.visible(req, rec):
                     shown = self._shape(req, rec)
                     return {k: v for k, v in shown.items()
                             if k in ("kind", "portable_data_hash", "manifest_text", "unsigned_manifest_text",
                                      "file_count", "file_size_total")} | {"uuid": None, "etag": "", "owner_uuid": None}
             raise ApiError(404, "Path not found")
         record = self.fetch(req, uuid)
-        if (trashed_now(record) or self.authz.in_trashed_project(record)) and not req.flag("include_trash"):
+        if not self.visible(req, record):
             raise ApiError(404, "Path not found")
         return self._shape(req, record)
 

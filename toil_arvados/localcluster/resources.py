@@ -8,8 +8,9 @@ from __future__ import annotations
 import secrets
 import string
 
-from . import indexes
+from . import frozen, indexes
 from .api import ApiError, Request, Resource, Trashable, list_filters, not_found, unprocessable
+from .auth import trashed_now
 from .filters import FilterError, apply_list
 from .uuids import table_of
 
@@ -89,7 +90,45 @@ class Groups(Trashable):
         if attrs.get("group_class") not in ("project", "role", "filter"):
             raise unprocessable(
                 f"Invalid group_class {attrs.get('group_class')!r}: must be one of project, role, filter")
+        if attrs.get("frozen_by_uuid") == "":
+            attrs["frozen_by_uuid"] = None
+        self._check_freeze(req, None, attrs)
         return attrs
+
+    def prepare_update(self, req: Request, old: dict, changes: dict) -> dict:
+        if changes.get("frozen_by_uuid") == "":
+            changes["frozen_by_uuid"] = None
+        self._check_freeze(req, old, dict(old, **changes))
+        if (changes.get("is_trashed") or changes.get("trash_at")) and not trashed_now(old):
+            self.before_trash(req, old)
+        return changes
+
+    def check_writable(self, req: Request, old: dict, changes: dict | None) -> None:
+        """Unfreezing needs what write would need were the project not frozen: manage."""
+        if old.get("frozen_by_uuid") and changes and "frozen_by_uuid" in changes and not changes["frozen_by_uuid"]:
+            if not self.authz.can_unfreeze(req.user, old):
+                raise ApiError(403, f"Forbidden: unfreezing {old['uuid']} needs can_manage on it")
+            return
+        super().check_writable(req, old, changes)
+
+    def before_trash(self, req: Request, old: dict) -> None:
+        error = frozen.trash_error(self.store, old["uuid"])
+        if error:
+            raise unprocessable(error)
+
+    def _check_freeze(self, req: Request, old: dict | None, merged: dict) -> None:
+        """Arvados' ``check_frozen_state_change_allowed`` and ``update_frozen``'s request check."""
+        trashed = bool(merged.get("trash_at") or merged.get("delete_at") or merged.get("is_trashed")) or (
+            old is not None and self.authz.in_trashed_project(old))
+        error = frozen.state_change_error(req.user.uuid, old, merged, trashed)
+        if error:
+            raise unprocessable(error)
+        if old is not None and merged.get("frozen_by_uuid") and not old.get("frozen_by_uuid"):
+            if self.authz.level(req.user, old) < 3:
+                raise ApiError(403, f"Forbidden: freezing {old['uuid']} needs can_manage on it")
+            error = frozen.active_request_error(self.store, old["uuid"])
+            if error:
+                raise unprocessable(error)
 
     async def contents(self, req: Request) -> dict:
         """What a project (or a user's home project) holds, across kinds, as one list."""

@@ -1,0 +1,81 @@
+"""Frozen projects, as Arvados has them (``groups.frozen_by_uuid``).
+
+A project is frozen by setting ``frozen_by_uuid`` to one's own user uuid. From then on the
+project, every project below it and everything they own is read-only for everyone, admins
+included: nothing is created in it, moved in or out, changed, trashed or deleted (``User.can?``
+answers no to ``write`` when the target or its owner is in ``frozen_groups``). Only unfreezing is
+allowed, to whoever could manage it (``can?(unfreeze:)``, manage level; ``API.UnfreezeProjectRequiresAdmin``
+is false by default). Mirrors ``services/api/app/models/group.rb`` (``check_frozen_state_change_allowed``,
+``update_frozen``, ``update_trash``) and ``user.rb`` ``can?``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .uuids import table_of
+
+#: Container request states a project can be frozen with (``update_frozen``).
+_SETTLED_REQUESTS = ("Uncommitted", "Final")
+
+
+def frozen_project_of(store: Any, record: dict) -> str | None:
+    """The frozen project that makes ``record`` read-only (itself, or a project above it), else None."""
+    if table_of(record.get("uuid") or "") == "groups" and record.get("frozen_by_uuid"):
+        return record["uuid"]
+    owner, seen = record.get("owner_uuid"), set()
+    while isinstance(owner, str) and table_of(owner) == "groups" and owner not in seen:
+        seen.add(owner)
+        group = store.get(owner)
+        if group is None:
+            return None
+        if group.get("frozen_by_uuid"):
+            return owner
+        owner = group.get("owner_uuid")
+    return None
+
+
+def subtree(store: Any, project_uuid: str) -> list[str]:
+    """The project and every project below it, top down."""
+    out, queue = [], [project_uuid]
+    while queue:
+        uuid = queue.pop(0)
+        if uuid in out:
+            continue
+        out.append(uuid)
+        queue += [g["uuid"] for g in store.lookup("groups", "owner_uuid", uuid) if g.get("group_class") == "project"]
+    return out
+
+
+def state_change_error(caller_uuid: str, old: dict | None, merged: dict, trashed: bool) -> str | None:
+    """Why ``frozen_by_uuid`` cannot change from ``old`` (None: a new group) to ``merged``'s, or None.
+
+    The caller's permission to manage the project is checked apart (a 403, not a 422).
+    """
+    value = merged.get("frozen_by_uuid")
+    if value == (old or {}).get("frozen_by_uuid") or (old is None and not value):
+        return None
+    if merged.get("group_class") != "project":
+        return "frozen_by_uuid cannot be modified on a non-project group"
+    if value and value != caller_uuid:
+        return "frozen_by_uuid can only be set to the current user's UUID"
+    if value and trashed:
+        return "frozen_by_uuid cannot be set on a trashed project"
+    return None
+
+
+def active_request_error(store: Any, project_uuid: str) -> str | None:
+    """Why the project cannot be frozen now: a container request in it (or below) is still going."""
+    for owner in subtree(store, project_uuid):
+        for cr in store.lookup("container_requests", "owner_uuid", owner):
+            if cr.get("state") not in _SETTLED_REQUESTS:
+                return f"cannot freeze project containing container request {cr['uuid']} with state = {cr['state']}"
+    return None
+
+
+def trash_error(store: Any, project_uuid: str) -> str | None:
+    """Why the project cannot be trashed: it holds a frozen project (``update_trash``)."""
+    for uuid in subtree(store, project_uuid)[1:]:
+        group = store.get(uuid)
+        if group and group.get("frozen_by_uuid"):
+            return f"cannot trash project containing frozen project {uuid}"
+    return None
