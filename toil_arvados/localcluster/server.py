@@ -47,7 +47,10 @@ def exported_config(cfg: ClusterConfig) -> dict[str, Any]:
     return {
         "ClusterID": cfg.cluster_id,
         "API": {"MaxItemsPerResponse": 1000, "MaxRequestSize": MAX_REQUEST_SIZE,
-                "AsyncPermissionsUpdateInterval": "20s"},
+                "AsyncPermissionsUpdateInterval": "20s",
+                # Frozen projects (frozen.py): Arvados' defaults, which this cluster enforces.
+                "FreezeProjectRequiresDescription": False, "FreezeProjectRequiresProperties": {},
+                "UnfreezeProjectRequiresAdmin": False},
         "Collections": {"DefaultReplication": 1, "BlobSigningTTL": f"{cfg.blob_signature_ttl}s",
                         "CollectionVersioning": False, "TrashSweepInterval": f"{TRASH_SWEEP_INTERVAL}s",
                         "DefaultTrashLifetime": "336h", "ForwardSlashNameSubstitution": "",
