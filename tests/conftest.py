@@ -138,3 +138,19 @@ def own_cluster(tmp_path: Path):
     finally:
         control.down(state)
 
+
+
+@pytest.fixture(scope="module")
+def alice(api, cluster_env):
+    """A non-admin user of the session's cluster (fresh per module) and their SDK client."""
+    from e2e_util import make_user
+
+    return make_user(api, cluster_env, "alice")
+
+
+@pytest.fixture(scope="module")
+def mallory(api, cluster_env):
+    """A second non-admin user, to try what one user must not do to another."""
+    from e2e_util import make_user
+
+    return make_user(api, cluster_env, "mallory")

@@ -6,17 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import TEST_IMAGE
-from e2e_util import create_request, get_request, grant, make_user, refused, request_body, wait_final
-
-
-@pytest.fixture(scope="module")
-def alice(api, cluster_env):
-    return make_user(api, cluster_env, "alice")
-
-
-@pytest.fixture(scope="module")
-def mallory(api, cluster_env):
-    return make_user(api, cluster_env, "mallory")
+from e2e_util import create_request, get_request, grant, refused, request_body, wait_final
 
 
 def _project(client, name: str, owner: str | None = None) -> dict:

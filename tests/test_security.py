@@ -30,16 +30,6 @@ def _client(cluster_env: dict[str, str], token: str):
 
 
 @pytest.fixture(scope="module")
-def alice(api, cluster_env):
-    return _make_user(api, cluster_env, "alice")
-
-
-@pytest.fixture(scope="module")
-def mallory(api, cluster_env):
-    return _make_user(api, cluster_env, "mallory")
-
-
-@pytest.fixture(scope="module")
 def image_pdh(api, test_image, alice, mallory) -> str:
     """The test image, shared by the admin with both users (its links and collection)."""
     links = api.links().list(filters=[["link_class", "=", "docker_image_repo+tag"],
