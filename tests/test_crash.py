@@ -99,10 +99,12 @@ def _kill9(state: Path, lose_containers: bool) -> list[int]:
     processes the cluster had started."""
     pid = int((state / "server.pid").read_text())
     children = sorted(_descendants(pid))
+    # The runtimes are found before the kill: once the cluster process is dead they are
+    # reparented, and no longer its children.
+    runtimes = _children(pid) if lose_containers else set()
     os.kill(pid, signal.SIGKILL)
-    if lose_containers:
-        for runtime in _children(pid):
-            os.kill(runtime, signal.SIGKILL)
+    for runtime in runtimes:
+        os.kill(runtime, signal.SIGKILL)
     wait_for(lambda: _alive(pid) or (lose_containers and any(_alive(c) for c in children)),
              lambda alive: not alive, 15, "the cluster process (and its containers) to die")
     try:
