@@ -115,8 +115,11 @@ def _kill9(state: Path, lose_containers: bool) -> list[int]:
 
 
 def _runtime_pid(state: Path, container_uuid: str) -> int:
-    """The pid of the runtime process running a container (what the cluster recorded)."""
-    return json.loads((state / "containers" / container_uuid / "running.json").read_text())["runtime"]["pid"]
+    """The pid of the runtime process running a container (what the cluster recorded). The
+    container is Running from just before its runtime starts, so the record may follow."""
+    record = state / "containers" / container_uuid / "running.json"
+    wait_for(record.exists, bool, 10, f"{record} to be written")
+    return json.loads(record.read_text())["runtime"]["pid"]
 
 
 def test_kill_9_then_up_adopts_the_running_containers(own_cluster, insecure_sdk) -> None:
