@@ -144,7 +144,7 @@ def _mode_fact(mode: str, engine: str | None) -> str:
 
 
 def _load_expected(known_ids: set[str], containers: str) -> dict[str, str]:
-    """The expected failures that apply in container mode ``containers`` ("docker" or "none")."""
+    """The expected failures that apply in container mode ``containers`` (see summary.CONTAINER_MODES)."""
     import yaml
 
     try:

@@ -93,4 +93,4 @@ def test_certificates_are_made_once_and_the_ca_key_is_never_written(tmp_path: Pa
     again = tls.ensure_certificates(tmp_path, "127.0.0.1")
     assert {p: p.read_bytes() for p in (again.cert, again.key, again.ca, again.bundle)} == before
     assert first.key.stat().st_mode & 0o077 == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca-certificates.crt", "ca.pem", "cert.pem", "key.pem"]
+    assert sorted(p.name for p in (tmp_path / "tls").iterdir()) == ["ca-certificates.crt", "ca.pem", "cert.pem", "key.pem"]

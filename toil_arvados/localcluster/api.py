@@ -186,10 +186,15 @@ class Resource:
         """A 403 unless the caller may apply ``changes`` to ``old`` (None: delete or trash it)."""
         if self.authz.can_write(req.user, old):
             return
-        frozen = frozen_project_of(self.store, old)
-        if frozen is not None and self.authz.can_read(req.user, old):
+        frozen = self._frozen_for(req, old)
+        if frozen is not None:
             raise ApiError(403, f"Forbidden: {old['uuid']} is in frozen project {frozen} (read-only until it is unfrozen)")
         raise ApiError(403, f"Forbidden: no write permission on {old['uuid']}")
+
+    def _frozen_for(self, req: Request, record: dict) -> str | None:
+        """The frozen project that keeps ``record`` read-only, named only to who can read it."""
+        frozen = frozen_project_of(self.store, record)
+        return frozen if frozen is not None and self.authz.can_read(req.user, record) else None
 
     def check_owner(self, req: Request, owner_uuid: str) -> None:
         """Writing into a project needs write permission on it; a missing owner is a 422."""
@@ -199,8 +204,8 @@ class Resource:
         if owner is None or table_of(owner_uuid) not in ("users", "groups"):
             raise unprocessable(f"owner_uuid {owner_uuid} is not a user or project that exists")
         if not self.authz.can_write(req.user, owner):
-            frozen = frozen_project_of(self.store, owner)
-            if frozen is not None and self.authz.can_read(req.user, owner):
+            frozen = self._frozen_for(req, owner)
+            if frozen is not None:
                 raise ApiError(403, f"Forbidden: owner_uuid {owner_uuid} cannot be set or changed because "
                                     f"project {frozen} is frozen")
             raise ApiError(403, f"Forbidden: cannot write to owner_uuid {owner_uuid}")

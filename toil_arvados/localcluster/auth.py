@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .frozen import frozen_project_of
 from .indexes import token_digest
 from .signing import token_secret  # noqa: F401  (callers import it from here too)
-from .store import Store, timestamp
+from .store import Store, groups_above, timestamp
 from .uuids import table_of
 
 _LEVELS = {"can_read": 1, "can_write": 2, "can_manage": 3}
@@ -156,16 +156,7 @@ class Authorizer:
         one): hidden from list and get unless ``include_trash``, unreadable for mounts and reuse,
         and deleted with the project.
         """
-        owner, seen = record.get("owner_uuid"), set()
-        while isinstance(owner, str) and table_of(owner) == "groups" and owner not in seen:
-            seen.add(owner)
-            group = self.store.get(owner)
-            if group is None:
-                return False
-            if trashed_now(group):
-                return True
-            owner = group.get("owner_uuid")
-        return False
+        return any(trashed_now(group) for group in groups_above(self.store, record))
 
     def can_read_live(self, caller: Caller, record: dict) -> bool:
         """Readable and not inside a trashed project: what Arvados' ``readable_by`` finds."""
@@ -175,8 +166,8 @@ class Authorizer:
         """Write permission, which nobody has inside a frozen project (see :mod:`frozen`)."""
         return frozen_project_of(self.store, record) is None and self.level(caller, record) >= 2
 
-    def can_unfreeze(self, caller: Caller, record: dict) -> bool:
-        """Arvados' ``can?(unfreeze:)``: what write would be were it not frozen, at manage level."""
+    def can_manage(self, caller: Caller, record: dict) -> bool:
+        """Manage permission; also Arvados' ``can?(unfreeze:)`` (manage level, frozen or not)."""
         return self.level(caller, record) >= 3
 
     def _principals(self, user_uuid: str) -> set[str]:

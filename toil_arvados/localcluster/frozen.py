@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .store import groups_above
 from .uuids import table_of
 
 #: Container request states a project can be frozen with (``update_frozen``).
@@ -22,27 +23,17 @@ def frozen_project_of(store: Any, record: dict) -> str | None:
     """The frozen project that makes ``record`` read-only (itself, or a project above it), else None."""
     if table_of(record.get("uuid") or "") == "groups" and record.get("frozen_by_uuid"):
         return record["uuid"]
-    owner, seen = record.get("owner_uuid"), set()
-    while isinstance(owner, str) and table_of(owner) == "groups" and owner not in seen:
-        seen.add(owner)
-        group = store.get(owner)
-        if group is None:
-            return None
-        if group.get("frozen_by_uuid"):
-            return owner
-        owner = group.get("owner_uuid")
-    return None
+    return next((group["uuid"] for group in groups_above(store, record) if group.get("frozen_by_uuid")), None)
 
 
 def subtree(store: Any, project_uuid: str) -> list[str]:
     """The project and every project below it, top down."""
-    out, queue = [], [project_uuid]
-    while queue:
-        uuid = queue.pop(0)
-        if uuid in out:
-            continue
-        out.append(uuid)
-        queue += [g["uuid"] for g in store.lookup("groups", "owner_uuid", uuid) if g.get("group_class") == "project"]
+    out, seen = [project_uuid], {project_uuid}
+    for uuid in out:  # grows as it goes: breadth first
+        for g in store.lookup("groups", "owner_uuid", uuid):
+            if g.get("group_class") == "project" and g["uuid"] not in seen:
+                seen.add(g["uuid"])
+                out.append(g["uuid"])
     return out
 
 

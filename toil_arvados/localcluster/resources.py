@@ -106,7 +106,7 @@ class Groups(Trashable):
     def check_writable(self, req: Request, old: dict, changes: dict | None) -> None:
         """Unfreezing needs what write would need were the project not frozen: manage."""
         if old.get("frozen_by_uuid") and changes and "frozen_by_uuid" in changes and not changes["frozen_by_uuid"]:
-            if not self.authz.can_unfreeze(req.user, old):
+            if not self.authz.can_manage(req.user, old):
                 raise ApiError(403, f"Forbidden: unfreezing {old['uuid']} needs can_manage on it")
             return
         super().check_writable(req, old, changes)
@@ -124,7 +124,7 @@ class Groups(Trashable):
         if error:
             raise unprocessable(error)
         if old is not None and merged.get("frozen_by_uuid") and not old.get("frozen_by_uuid"):
-            if self.authz.level(req.user, old) < 3:
+            if not self.authz.can_manage(req.user, old):
                 raise ApiError(403, f"Forbidden: freezing {old['uuid']} needs can_manage on it")
             error = frozen.active_request_error(self.store, old["uuid"])
             if error:

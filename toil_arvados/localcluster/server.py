@@ -149,7 +149,7 @@ class Cluster:
                 logger.exception("trash sweep failed")
 
     async def start(self) -> None:
-        certificates = ensure_certificates(self.cfg.state_path / "tls", self.cfg.host)
+        certificates = ensure_certificates(self.cfg.state_path, self.cfg.host)
         api_app = self.api.make_app()
         self.eventbus.route(api_app, "/websocket")
         api_runner = web.AppRunner(api_app, access_log=None)

@@ -374,6 +374,19 @@ class Store:
                 logger.exception("event listener failed")
 
 
+def groups_above(store: "Store", record: dict) -> Iterable[dict]:
+    """The groups that own ``record``, nearest first (its project, that project's owner, ...),
+    up to a user or a missing group: the chain Arvados' trashed and frozen groups follow."""
+    owner, seen = record.get("owner_uuid"), set()
+    while isinstance(owner, str) and table_of(owner) == "groups" and owner not in seen:
+        seen.add(owner)
+        group = store.get(owner)
+        if group is None:
+            return
+        yield group
+        owner = group.get("owner_uuid")
+
+
 def _hashable(value: Any) -> bool:
     try:
         hash(value)

@@ -36,7 +36,9 @@ class Certificates:
     bundle: Path  #: the host's trusted CAs plus the cluster's: what clients trust
 
     @classmethod
-    def under(cls, directory: Path) -> "Certificates":
+    def of(cls, state_path: Path) -> "Certificates":
+        """The files of the cluster whose state dir is ``state_path``."""
+        directory = state_path / "tls"
         return cls(directory / "cert.pem", directory / "key.pem", directory / "ca.pem",
                    directory / "ca-certificates.crt")
 
@@ -46,16 +48,16 @@ class Certificates:
 
 def bundle_path(state_path: Path) -> Path:
     """The CA bundle clients of the cluster in ``state_path`` trust."""
-    return Certificates.under(state_path / "tls").bundle
+    return Certificates.of(state_path).bundle
 
 
-def ensure_certificates(directory: Path, host: str) -> Certificates:
+def ensure_certificates(state_path: Path, host: str) -> Certificates:
     """Make (once) the CA, a server certificate for ``host`` and the bundle; later starts reuse
     them, so clients that trust the bundle keep trusting the cluster across restarts."""
-    files = Certificates.under(directory)
+    files = Certificates.of(state_path)
     if files.complete():
         return files
-    directory.mkdir(parents=True, exist_ok=True)
+    files.cert.parent.mkdir(parents=True, exist_ok=True)
     ca_pem, cert_pem, key_pem = _issue(host)
     fd = os.open(files.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -136,4 +138,4 @@ def server_context(files: Certificates) -> ssl.SSLContext:
 
 def client_context(state_path: Path) -> ssl.SSLContext:
     """A context that verifies the cluster in ``state_path`` by its CA (hostname included)."""
-    return ssl.create_default_context(cafile=str(Certificates.under(state_path / "tls").ca))
+    return ssl.create_default_context(cafile=str(Certificates.of(state_path).ca))
